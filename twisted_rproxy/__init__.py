@@ -1,0 +1,44 @@
+"""
+twisted_rproxy: an event-driven reverse proxy built on Twisted.
+
+Run it with C{twistd rproxy}, or embed its pieces in a Twisted application:
+L{ProxyService} (listeners, pools and the resource tree for one
+configuration), L{ProxyResource} (forwards requests through a
+L{BackendPool}), L{Router} (host and path prefix routing) and the
+configuration loaders.
+"""
+
+__version__ = "0.1.0.dev0"
+
+from twisted_rproxy.config import (
+    Config,
+    ConfigError,
+    PoolConfig,
+    RouteConfig,
+    ServerConfig,
+    configFromArguments,
+    loadConfig,
+)
+from twisted_rproxy.pool import BackendPool
+from twisted_rproxy.proxy import ProxyResource
+from twisted_rproxy.server import ProxySite
+from twisted_rproxy.service import ProxyService, makeService
+from twisted_rproxy.tree import Router, buildResource
+
+__all__ = [
+    "__version__",
+    "BackendPool",
+    "Config",
+    "ConfigError",
+    "PoolConfig",
+    "ProxyResource",
+    "ProxyService",
+    "ProxySite",
+    "RouteConfig",
+    "Router",
+    "ServerConfig",
+    "buildResource",
+    "configFromArguments",
+    "loadConfig",
+    "makeService",
+]

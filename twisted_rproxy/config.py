@@ -1,0 +1,1257 @@
+"""
+The configuration of twisted_rproxy: a tree of frozen attrs classes, read
+from a TOML file by L{loadConfig}, from an already parsed mapping by
+L{parseConfig}, or built from command-line arguments by
+L{configFromArguments}.
+
+Validation is a pure function of the data (plus two checks of the file
+system: that static directories exist, and that endpoint strings parse), and
+every mistake becomes one L{ConfigError} that names the file, the dotted key
+and what is wrong, so that C{twistd rproxy --check} can print it without a
+traceback.  Unknown keys are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Collection, Mapping, Sequence
+from fractions import Fraction
+from typing import cast
+
+from attrs import frozen
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = [
+    "COMMAND_LINE",
+    "NOT_SUPPORTED",
+    "BackendServer",
+    "Config",
+    "ConfigError",
+    "PoolConfig",
+    "RouteConfig",
+    "ServerConfig",
+    "configFromArguments",
+    "loadConfig",
+    "parseConfig",
+    "parseDuration",
+    "parseSize",
+    "validateEndpoint",
+]
+
+COMMAND_LINE = "<command line>"
+"""
+The L{ConfigError.source} and L{Config.source} of a configuration built by
+L{configFromArguments}.
+"""
+
+NOT_SUPPORTED = "is not supported by this version of twisted_rproxy yet"
+"""
+The L{ConfigError.message} for a table or key that the configuration format
+reserves but this version does not implement yet.
+"""
+
+_BALANCERS = ("round-robin",)
+_DEFAULT_LISTEN = ("tcp:8080",)
+_DEFAULT_POOL = "default"
+
+_SIZE_UNITS: Mapping[str, int] = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+}
+_SIZE_UNIT_NAMES = "B, K, KB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB"
+
+_DURATION_UNITS: Mapping[str, Fraction] = {
+    "": Fraction(1),
+    "ms": Fraction(1, 1000),
+    "s": Fraction(1),
+    "m": Fraction(60),
+    "h": Fraction(3600),
+    "d": Fraction(86400),
+}
+_DURATION_UNIT_NAMES = "ms, s, m, h, d"
+
+_NUMBER_AND_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*\Z")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
+_POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
+_HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\Z")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_VIA_PSEUDONYM = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z:-]+\Z")
+_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\Z")
+_HOST_HEADER_VALUE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:\[\]-]+\Z")
+_URL_PATH = re.compile(r"/[\x21-\x7e]*\Z")
+
+
+class ConfigError(Exception):
+    """
+    One configuration mistake: the file, the key and what is wrong.
+
+    @ivar source: The configuration file's path as it was given, or
+        L{COMMAND_LINE}.
+    @ivar key: The dotted path of the offending key, such as
+        C{"pools.app.servers[1]"} or C{"routes[0].pool"}; C{""} when the
+        mistake concerns the whole file.
+    @ivar message: What is wrong and, where useful, what is expected.
+    """
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        """
+        @param source: See L{ConfigError.source}.
+        @param key: See L{ConfigError.key}.
+        @param message: See L{ConfigError.message}.
+        """
+        super().__init__(source, key, message)
+        self.source = source
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        """
+        @return: C{"SOURCE: KEY: MESSAGE"}, or C{"SOURCE: MESSAGE"} when
+            there is no key.
+        """
+        if self.key:
+            return f"{self.source}: {self.key}: {self.message}"
+        return f"{self.source}: {self.message}"
+
+
+@frozen
+class BackendServer:
+    """
+    One backend server of a pool.
+
+    @ivar url: The URL as it was written, such as C{"http://127.0.0.1:8001"}.
+    @ivar scheme: C{"http"} or C{"https"}.
+    @ivar host: The host name or IP address, lowercased, without the brackets
+        of an IPv6 literal (C{"::1"}).
+    @ivar port: The port, 80 or 443 when the URL gives none.
+    @ivar weight: The server's share of requests relative to the other servers
+        of its pool, at least 1.
+    """
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    weight: int = 1
+
+
+@frozen
+class PoolConfig:
+    """
+    A named pool of backend servers (C{[pools.NAME]}).
+
+    @ivar name: The pool's name.
+    @ivar servers: The servers, at least one, in file order.
+    @ivar balance: The balancing method; only C{"round-robin"} so far.
+    @ivar maxConnections: Connections per server, at least 1.
+    @ivar maxPending: Requests of the pool queued while waiting for a
+        connection; more are refused.
+    @ivar maxIdle: Idle keep-alive connections kept per server.
+    @ivar connectTimeout: Seconds to wait for a connection to a server.
+    @ivar readTimeout: Seconds to wait for response headers, and between two
+        reads of a response body.
+    @ivar idleTimeout: Seconds after which an idle backend connection is
+        closed.
+    @ivar pendingTimeout: Seconds a queued request waits for a connection
+        before it fails.
+    @ivar hostHeader: L{None} to forward the client's C{Host} header,
+        C{"backend"} to send the server's C{host:port}, or any other string to
+        send that literal value.
+    @ivar retries: How many times an idempotent request is retried on a fresh
+        connection when the backend closed a reused connection.
+    """
+
+    name: str
+    servers: tuple[BackendServer, ...]
+    balance: str = "round-robin"
+    maxConnections: int = 256
+    maxPending: int = 1024
+    maxIdle: int = 64
+    connectTimeout: float = 5.0
+    readTimeout: float = 60.0
+    idleTimeout: float = 30.0
+    pendingTimeout: float = 10.0
+    hostHeader: str | None = None
+    retries: int = 1
+
+
+@frozen
+class RouteConfig:
+    """
+    One route (C{[[routes]]}): which requests go to which pool or directory.
+
+    The router picks the most specific route, not the first: among the routes
+    whose host matches the request (a route with a host beats a route
+    without one), the one with the longest path prefix.
+
+    @ivar path: The path prefix, starting with C{"/"}.
+    @ivar host: L{None} for any host, an exact lowercased host name such as
+        C{"example.com"}, or a wildcard such as C{"*.example.com"}.
+    @ivar pool: The name of the pool requests are forwarded to, or L{None} for
+        a static route.
+    @ivar static: The absolute path of the directory served, or L{None} for a
+        pool route.
+    @ivar stripPrefix: Whether the matched path prefix is removed before a
+        request is forwarded to the pool.
+    @ivar maxBodySize: This route's request body limit in bytes, or L{None}
+        for L{ServerConfig.maxBodySize}.
+    @ivar requestBuffering: This route's choice to buffer request bodies, or
+        L{None} for L{ServerConfig.requestBuffering}.
+    """
+
+    path: str = "/"
+    host: str | None = None
+    pool: str | None = None
+    static: str | None = None
+    stripPrefix: bool = False
+    maxBodySize: int | None = None
+    requestBuffering: bool | None = None
+
+
+@frozen
+class ServerConfig:
+    """
+    The client-facing side of the proxy (C{[server]}).
+
+    @ivar listen: Twisted server endpoint strings, such as C{"tcp:8080"}.
+    @ivar accessLog: C{"-"} for standard output, the absolute path of a file,
+        or L{None} for no access log.
+    @ivar serverHeader: The value of the proxy's own C{Server} header, or
+        L{None} to send none.
+    @ivar maxBodySize: The largest request body accepted, in bytes.
+    @ivar requestBuffering: Whether a request body is read whole before the
+        request is forwarded (L{False}: streamed).
+    @ivar idleTimeout: Seconds an idle client keep-alive connection is kept.
+    @ivar maxHeaderSize: The largest request line plus headers, in bytes.
+    @ivar maxHeaders: The most request headers accepted.
+    @ivar forwardedHeaders: Whether C{X-Forwarded-For}, C{X-Forwarded-Proto}
+        and C{X-Forwarded-Host} are added to forwarded requests.
+    @ivar via: The pseudonym of the proxy in C{Via} headers, or L{None} to add
+        no C{Via} header.
+    @ivar trustedProxies: Networks (normalized CIDR strings) whose
+        C{X-Forwarded-For} headers are believed.
+    @ivar hideHeaders: Lowercased names of backend response headers that are
+        not passed on to clients.
+    """
+
+    listen: tuple[str, ...] = _DEFAULT_LISTEN
+    accessLog: str | None = None
+    serverHeader: str | None = None
+    maxBodySize: int = 10 * 1024 * 1024
+    requestBuffering: bool = True
+    idleTimeout: float = 60.0
+    maxHeaderSize: int = 16384
+    maxHeaders: int = 100
+    forwardedHeaders: bool = True
+    via: str | None = "twisted_rproxy"
+    trustedProxies: tuple[str, ...] = ()
+    hideHeaders: tuple[str, ...] = ("server", "x-powered-by")
+
+
+@frozen
+class Config:
+    """
+    A whole, validated configuration.
+
+    @ivar source: The configuration file's path, or L{COMMAND_LINE}.
+    @ivar server: The client-facing settings.
+    @ivar pools: The backend pools by name.
+    @ivar routes: The routes in file order (see L{RouteConfig} for how one is
+        chosen).
+    """
+
+    source: str
+    server: ServerConfig
+    pools: Mapping[str, PoolConfig]
+    routes: tuple[RouteConfig, ...]
+
+
+def _typeName(value: object) -> str:
+    """
+    Name the type of a parsed TOML value for an error message.
+    """
+    if isinstance(value, Mapping):
+        return "table"
+    return type(value).__name__
+
+
+def _joinKey(prefix: str, name: str) -> str:
+    """
+    Append one key to a dotted key path, quoting it as TOML would if it is
+    not a bare key.
+    """
+    part = name if _BARE_KEY.match(name) else json.dumps(name)
+    return f"{prefix}.{part}" if prefix else part
+
+
+def parseSize(value: str | int, source: str, key: str) -> int:
+    """
+    Parse a size in bytes.
+
+    An integer is a number of bytes.  A string is a number, optionally with
+    a decimal fraction, then optional spaces, then an optional unit, case
+    insensitive: C{B}; C{K}, C{KB} (1000), C{KiB} (1024); C{M}, C{MB}, C{MiB};
+    C{G}, C{GB}, C{GiB}; C{T}, C{TB}, C{TiB}.  So C{"64KiB"} is 65536,
+    C{"10MB"} and C{"10M"} are 10000000, C{"1.5 KiB"} is 1536.
+
+    @param value: The size as written.
+    @param source: The file named by the error, if any.
+    @param key: The key named by the error, if any.
+    @return: The size in bytes, at least 0.
+    @raise ConfigError: If C{value} is negative, not a whole number of
+        bytes, or not a size at all.
+    """
+    return _parseSize(value, source, key)
+
+
+def _parseSize(value: object, source: str, key: str) -> int:
+    """
+    L{parseSize} of any parsed TOML value, so that a wrong type gets the same
+    clear message.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(
+            source,
+            key,
+            "expected a size (a number of bytes, or a string like "
+            f'"64KiB" or "10MB"), got {_typeName(value)}',
+        )
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(source, key, f"must not be negative, got {value}")
+        return value
+    if value.strip().startswith("-"):
+        raise ConfigError(source, key, f"must not be negative, got {value!r}")
+    match = _NUMBER_AND_UNIT.match(value)
+    if match is None:
+        raise ConfigError(
+            source,
+            key,
+            f"invalid size {value!r} (expected a number of bytes, or a "
+            'string like "64KiB" or "10MB")',
+        )
+    number, unit = match.groups()
+    multiplier = _SIZE_UNITS.get(unit.lower())
+    if multiplier is None:
+        raise ConfigError(
+            source,
+            key,
+            f"unknown unit {unit!r} in size {value!r} "
+            f"(expected one of {_SIZE_UNIT_NAMES})",
+        )
+    # Fractions are exact where floats and Decimal's default context round.
+    size = Fraction(number) * multiplier
+    if size.denominator != 1:
+        raise ConfigError(source, key, f"size {value!r} is not a whole number of bytes")
+    return size.numerator
+
+
+def parseDuration(value: str | int | float, source: str, key: str) -> float:
+    """
+    Parse a duration in seconds.
+
+    A number (integer or float) is a number of seconds.  A string is a
+    number, optionally with a decimal fraction, then optional spaces, then an
+    optional unit, case insensitive: C{ms}, C{s}, C{m} (minutes), C{h}, C{d}.
+    So C{"250ms"} is 0.25, C{"1.5s"} is 1.5, C{"2m"} is 120.
+
+    @param value: The duration as written.
+    @param source: The file named by the error, if any.
+    @param key: The key named by the error, if any.
+    @return: The duration in seconds, at least 0 and finite.
+    @raise ConfigError: If C{value} is negative, infinite, not a number or
+        not a duration at all.
+    """
+    return _parseDuration(value, source, key)
+
+
+def _parseDuration(value: object, source: str, key: str) -> float:
+    """
+    L{parseDuration} of any parsed TOML value, so that a wrong type gets the
+    same clear message.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(
+            source,
+            key,
+            "expected a duration (a number of seconds, or a string like "
+            f'"5s" or "250ms"), got {_typeName(value)}',
+        )
+    if isinstance(value, str):
+        if value.strip().startswith("-"):
+            raise ConfigError(source, key, f"must not be negative, got {value!r}")
+        match = _NUMBER_AND_UNIT.match(value)
+        if match is None:
+            raise ConfigError(
+                source,
+                key,
+                f"invalid duration {value!r} (expected a number of seconds, "
+                'or a string like "5s", "250ms", "2m" or "1h")',
+            )
+        number, unit = match.groups()
+        multiplier = _DURATION_UNITS.get(unit.lower())
+        if multiplier is None:
+            raise ConfigError(
+                source,
+                key,
+                f"unknown unit {unit!r} in duration {value!r} "
+                f"(expected one of {_DURATION_UNIT_NAMES})",
+            )
+        exact: Fraction | int | float = Fraction(number) * multiplier
+    else:
+        if value < 0:
+            raise ConfigError(source, key, f"must not be negative, got {value}")
+        exact = value
+    try:
+        seconds = float(exact)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ConfigError(source, key, f"duration {value!r} is not finite")
+    return seconds
+
+
+# Twisted leaves these two unannotated; typed views keep mypy --strict useful
+# here without blanket ignores.
+_serverFromString = cast(Callable[[object, str], object], serverFromString)
+_MemoryReactor = cast(Callable[[], object], MemoryReactor)
+
+
+def validateEndpoint(description: str, source: str, key: str) -> None:
+    """
+    Check that a string is a Twisted server endpoint description, without
+    listening.
+
+    @param description: The endpoint string, such as C{"tcp:8080"}.
+    @param source: The file named by the error, if any.
+    @param key: The key named by the error, if any.
+    @raise ConfigError: If the description is empty or does not parse.
+    """
+    if not description.strip():
+        raise ConfigError(
+            source,
+            key,
+            'an endpoint must not be empty (expected something like "tcp:8080")',
+        )
+    try:
+        endpoint = _serverFromString(_MemoryReactor(), description)
+    except Exception as e:
+        # Endpoint parsers, plugins included, raise what they like (ValueError,
+        # TypeError, KeyError, IndexError, OSError for missing certificate
+        # files...); any of them means the description cannot be used.
+        reason = str(e) or type(e).__name__
+        raise ConfigError(
+            source, key, f"invalid server endpoint {description!r}: {reason}"
+        ) from None
+    # Twisted's TCP and SSL parsers accept any integer as a port; binding
+    # would fail only at start-up.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ConfigError(
+            source,
+            key,
+            f"invalid server endpoint {description!r}: port {port} is out of "
+            "range (expected 0 to 65535)",
+        )
+
+
+class _Table:
+    """
+    One TOML table being validated: its dotted key and typed accessors whose
+    errors name the full key.
+    """
+
+    def __init__(self, value: object, source: str, key: str) -> None:
+        if not isinstance(value, Mapping):
+            raise ConfigError(source, key, f"expected a table, got {_typeName(value)}")
+        self.data: Mapping[str, object] = value
+        self.source = source
+        self.key = key
+
+    def keyOf(self, name: str) -> str:
+        return _joinKey(self.key, name)
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.source, self.keyOf(name), message)
+
+    def checkKeys(self, allowed: Collection[str], coming: Collection[str] = ()) -> None:
+        """
+        Reject any key that is not in C{allowed}; keys in C{coming} are
+        reported as not supported yet.
+        """
+        for name in self.data:
+            if name in allowed:
+                continue
+            if name in coming:
+                raise self.error(name, NOT_SUPPORTED)
+            message = "unknown key"
+            candidates = sorted(set(allowed) | set(coming))
+            close = difflib.get_close_matches(name, candidates, n=1)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+            raise self.error(name, message)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def optionalString(self, name: str) -> str | None:
+        value = self.data.get(name)
+        if value is None or isinstance(value, str):
+            return value
+        raise self.error(name, f"expected a string, got {_typeName(value)}")
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.optionalBoolean(name)
+        return default if value is None else value
+
+    def optionalBoolean(self, name: str) -> bool | None:
+        value = self.data.get(name)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.error(
+            name, f"expected a boolean (true or false), got {_typeName(value)}"
+        )
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"expected an integer, got {_typeName(value)}")
+        if value < minimum:
+            raise self.error(name, f"must be at least {minimum}, got {value}")
+        return value
+
+    def optionalSize(self, name: str, minimum: int = 0) -> int | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        size = _parseSize(value, self.source, self.keyOf(name))
+        if size < minimum:
+            raise self.error(name, f"must be at least {minimum} bytes, got {value!r}")
+        return size
+
+    def size(self, name: str, default: int, minimum: int = 0) -> int:
+        value = self.optionalSize(name, minimum)
+        return default if value is None else value
+
+    def timeout(self, name: str, default: float) -> float:
+        """
+        A duration that must be greater than zero.
+        """
+        value = self.data.get(name)
+        if value is None:
+            return default
+        seconds = _parseDuration(value, self.source, self.keyOf(name))
+        if seconds <= 0:
+            raise self.error(name, f"must be greater than 0, got {value!r}")
+        return seconds
+
+    def stringList(
+        self, name: str, default: tuple[str, ...], allowSingle: bool = False
+    ) -> tuple[str, ...]:
+        """
+        A list of strings, each of whose errors names C{NAME[INDEX]}; with
+        C{allowSingle}, a lone string is a list of one.
+        """
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if allowSingle and isinstance(value, str):
+            return (value,)
+        if not isinstance(value, list):
+            raise self.error(
+                name, f"expected a list of strings, got {_typeName(value)}"
+            )
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(
+                    self.source,
+                    f"{self.keyOf(name)}[{index}]",
+                    f"expected a string, got {_typeName(item)}",
+                )
+        return tuple(value)
+
+
+_TOP_LEVEL_KEYS = ("server", "pools", "routes")
+_TOP_LEVEL_COMING = ("tls", "caches", "filters", "admin")
+_SERVER_KEYS = (
+    "listen",
+    "access_log",
+    "server_header",
+    "max_body_size",
+    "request_buffering",
+    "idle_timeout",
+    "max_header_size",
+    "max_headers",
+    "forwarded_headers",
+    "via",
+    "trusted_proxies",
+    "hide_headers",
+)
+_SERVER_COMING = ("workers",)
+_POOL_KEYS = (
+    "servers",
+    "balance",
+    "max_connections",
+    "max_pending",
+    "max_idle",
+    "connect_timeout",
+    "read_timeout",
+    "idle_timeout",
+    "pending_timeout",
+    "host_header",
+    "retries",
+)
+_POOL_COMING = ("health",)
+_SERVER_ENTRY_KEYS = ("url", "weight")
+_ROUTE_KEYS = (
+    "path",
+    "host",
+    "pool",
+    "static",
+    "strip_prefix",
+    "max_body_size",
+    "request_buffering",
+)
+_ROUTE_COMING = ("cache", "filters")
+
+
+def _parseBackendURL(url: str, source: str, key: str, weight: int = 1) -> BackendServer:
+    """
+    Validate one backend URL: C{http} or C{https}, a host, an optional port
+    from 1 to 65535, and nothing else but an optional C{"/"} path.
+    """
+    expected = "expected http://HOST[:PORT] or https://HOST[:PORT]"
+    if not url or any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(source, key, f"invalid backend URL {url!r} ({expected})")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(source, key, f"not a URL: {url!r} ({expected})")
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(
+            source,
+            key,
+            f"unsupported scheme {scheme!r} in {url!r} (expected http or https)",
+        )
+    for marker, what in (("?", "a query"), ("#", "a fragment")):
+        if marker in rest:
+            raise ConfigError(
+                source, key, f"backend URL {url!r} must not contain {what}"
+            )
+    netloc, slash, path = rest.partition("/")
+    if slash and path:
+        raise ConfigError(
+            source,
+            key,
+            f"backend URL {url!r} must not contain a path ('/{path}'); "
+            "a backend URL names a server only",
+        )
+    if "@" in netloc:
+        raise ConfigError(
+            source, key, f"backend URL {url!r} must not contain user information"
+        )
+    portText: str | None
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        if end == -1:
+            raise ConfigError(
+                source, key, f"unterminated IPv6 address in backend URL {url!r}"
+            )
+        host = netloc[1:end].lower()
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(
+                source, key, f"invalid IPv6 address {host!r} in backend URL {url!r}"
+            ) from None
+        after = netloc[end + 1 :]
+        if after and not after.startswith(":"):
+            raise ConfigError(source, key, f"invalid backend URL {url!r} ({expected})")
+        portText = after[1:] if after else None
+    else:
+        host, colon, portText = netloc.partition(":")
+        host = host.lower().removesuffix(".") if host != "." else host
+        if not colon:
+            portText = None
+        if not host:
+            raise ConfigError(
+                source, key, f"backend URL {url!r} has no host ({expected})"
+            )
+        if portText is not None and ":" in portText:
+            raise ConfigError(
+                source,
+                key,
+                f"invalid backend URL {url!r}: write IPv6 addresses in "
+                "brackets, like http://[::1]:8001",
+            )
+        if not _HOST_NAME.match(host):
+            raise ConfigError(
+                source, key, f"invalid host {host!r} in backend URL {url!r}"
+            )
+    if portText:
+        if not (portText.isascii() and portText.isdigit()):
+            raise ConfigError(
+                source, key, f"invalid port {portText!r} in backend URL {url!r}"
+            )
+        port = int(portText)
+        if not 1 <= port <= 65535:
+            raise ConfigError(
+                source,
+                key,
+                f"port {port} in backend URL {url!r} is out of range "
+                "(expected 1 to 65535)",
+            )
+    else:
+        port = 80 if scheme == "http" else 443
+    return BackendServer(url=url, scheme=scheme, host=host, port=port, weight=weight)
+
+
+def _checkDistinctServers(
+    servers: Sequence[BackendServer], source: str, keys: Sequence[str]
+) -> None:
+    """
+    Reject a server listed twice in one pool.
+    """
+    seen: dict[tuple[str, str, int], int] = {}
+    for index, server in enumerate(servers):
+        address = (server.scheme, server.host, server.port)
+        if address in seen:
+            raise ConfigError(
+                source,
+                keys[index],
+                f"{server.url!r} is the same server as {servers[seen[address]].url!r}",
+            )
+        seen[address] = index
+
+
+def _parseServerEntry(value: object, source: str, key: str) -> BackendServer:
+    """
+    Parse one entry of a pool's C{servers}: a URL, or a table with C{url} and
+    C{weight}.
+    """
+    if isinstance(value, str):
+        return _parseBackendURL(value, source, key)
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            key,
+            'expected a URL string or a table like { url = "http://host:port", '
+            f"weight = 2 }}, got {_typeName(value)}",
+        )
+    table = _Table(value, source, key)
+    table.checkKeys(_SERVER_ENTRY_KEYS)
+    url = table.optionalString("url")
+    if url is None:
+        raise table.error("url", "is required")
+    weight = table.integer("weight", 1, 1)
+    return _parseBackendURL(url, source, table.keyOf("url"), weight)
+
+
+def _parseListen(
+    endpoints: Sequence[str], source: str, keys: Sequence[str], listKey: str
+) -> tuple[str, ...]:
+    """
+    Validate listening endpoints: at least one, each parseable, none twice.
+    """
+    if not endpoints:
+        raise ConfigError(source, listKey, "must list at least one endpoint")
+    for index, description in enumerate(endpoints):
+        validateEndpoint(description, source, keys[index])
+        if description in endpoints[:index]:
+            raise ConfigError(
+                source, keys[index], f"endpoint {description!r} is listed twice"
+            )
+    return tuple(endpoints)
+
+
+def _resolveAccessLog(
+    value: str | None, baseDirectory: str, source: str, key: str
+) -> str | None:
+    """
+    C{"-"} stays as is; a file path is made absolute against C{baseDirectory}.
+    """
+    if value is None or value == "-":
+        return value
+    if not value:
+        raise ConfigError(
+            source,
+            key,
+            'must be "-" (standard output) or a file path; leave it out '
+            "for no access log",
+        )
+    return os.path.abspath(os.path.join(baseDirectory, value))
+
+
+def _resolveDirectory(value: str, baseDirectory: str, source: str, key: str) -> str:
+    """
+    Make a static directory absolute against C{baseDirectory} and check that
+    it is a directory.
+    """
+    if not value:
+        raise ConfigError(source, key, "must be a directory path, got an empty string")
+    path = os.path.abspath(os.path.join(baseDirectory, os.path.expanduser(value)))
+    if not os.path.exists(path):
+        raise ConfigError(source, key, f"directory {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise ConfigError(source, key, f"{path!r} is not a directory")
+    return path
+
+
+def _checkPath(path: str, source: str, key: str) -> str:
+    """
+    Check a route's path prefix.
+    """
+    if not path.startswith("/"):
+        raise ConfigError(source, key, f"must start with '/', got {path!r}")
+    if not _URL_PATH.match(path):
+        raise ConfigError(
+            source,
+            key,
+            f"invalid path {path!r} (no spaces or control characters; "
+            "percent-encode anything else)",
+        )
+    for marker, what in (("?", "a query"), ("#", "a fragment")):
+        if marker in path:
+            raise ConfigError(source, key, f"path {path!r} must not contain {what}")
+    return path
+
+
+def _normalizeRouteHost(host: str, source: str, key: str) -> str:
+    """
+    Lowercase a route's host and check that it is a host name, a bracketed
+    IPv6 address or a C{*.}-prefixed wildcard, without a port.
+    """
+    normalized = host.strip().lower()
+    if normalized.endswith(".") and len(normalized) > 1:
+        normalized = normalized[:-1]
+    if not normalized:
+        raise ConfigError(
+            source, key, "must not be empty; leave it out to match any host"
+        )
+    if normalized.startswith("["):
+        if not normalized.endswith("]"):
+            raise ConfigError(
+                source, key, f"invalid host {host!r}: a host must not include a port"
+            )
+        try:
+            ipaddress.IPv6Address(normalized[1:-1])
+        except ValueError:
+            raise ConfigError(source, key, f"invalid IPv6 address {host!r}") from None
+        return normalized
+    if ":" in normalized:
+        raise ConfigError(
+            source,
+            key,
+            f"invalid host {host!r}: a host must not include a port "
+            "(write IPv6 addresses in brackets)",
+        )
+    name = normalized.removeprefix("*.")
+    if not _HOST_NAME.match(name):
+        raise ConfigError(
+            source,
+            key,
+            f'invalid host {host!r} (expected a host name like "example.com" '
+            'or a wildcard like "*.example.com")',
+        )
+    return normalized
+
+
+def _parseServer(value: object, source: str, baseDirectory: str) -> ServerConfig:
+    """
+    Parse the C{[server]} table.
+    """
+    table = _Table(value, source, "server")
+    table.checkKeys(_SERVER_KEYS, _SERVER_COMING)
+    defaults = ServerConfig()
+
+    listen = table.stringList("listen", defaults.listen, allowSingle=True)
+    if isinstance(table.data.get("listen"), str):
+        listenKeys = [table.keyOf("listen")]
+    else:
+        listenKeys = [f"{table.keyOf('listen')}[{i}]" for i in range(len(listen))]
+    listen = _parseListen(listen, source, listenKeys, table.keyOf("listen"))
+
+    accessLog = _resolveAccessLog(
+        table.optionalString("access_log"),
+        baseDirectory,
+        source,
+        table.keyOf("access_log"),
+    )
+
+    serverHeader = table.optionalString("server_header")
+    if serverHeader is not None and not _HEADER_VALUE.match(serverHeader):
+        raise table.error(
+            "server_header",
+            "must be printable ASCII, not empty, without leading or trailing "
+            "spaces; leave it out to send no Server header",
+        )
+
+    via: str | None
+    rawVia = table.data.get("via")
+    if rawVia is None or rawVia is True:
+        via = defaults.via
+    elif rawVia is False or rawVia == "":
+        via = None
+    elif isinstance(rawVia, str):
+        if not _VIA_PSEUDONYM.match(rawVia):
+            raise table.error(
+                "via",
+                f"invalid pseudonym {rawVia!r} (one word of letters, digits "
+                "and punctuation, no spaces)",
+            )
+        via = rawVia
+    else:
+        raise table.error(
+            "via",
+            f"expected a string or false, got {_typeName(rawVia)}",
+        )
+
+    trustedProxies = []
+    for index, network in enumerate(
+        table.stringList("trusted_proxies", defaults.trustedProxies)
+    ):
+        try:
+            trustedProxies.append(str(ipaddress.ip_network(network, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                source,
+                f"{table.keyOf('trusted_proxies')}[{index}]",
+                f"invalid network {network!r} (expected an IPv4 or IPv6 "
+                'address or CIDR network like "10.0.0.0/8")',
+            ) from None
+
+    hideHeaders = []
+    for index, header in enumerate(
+        table.stringList("hide_headers", defaults.hideHeaders)
+    ):
+        if not _TOKEN.match(header):
+            raise ConfigError(
+                source,
+                f"{table.keyOf('hide_headers')}[{index}]",
+                f"invalid header name {header!r}",
+            )
+        hideHeaders.append(header.lower())
+
+    return ServerConfig(
+        listen=listen,
+        accessLog=accessLog,
+        serverHeader=serverHeader,
+        maxBodySize=table.size("max_body_size", defaults.maxBodySize),
+        requestBuffering=table.boolean("request_buffering", defaults.requestBuffering),
+        idleTimeout=table.timeout("idle_timeout", defaults.idleTimeout),
+        maxHeaderSize=table.size("max_header_size", defaults.maxHeaderSize, 1),
+        maxHeaders=table.integer("max_headers", defaults.maxHeaders, 1),
+        forwardedHeaders=table.boolean("forwarded_headers", defaults.forwardedHeaders),
+        via=via,
+        trustedProxies=tuple(trustedProxies),
+        hideHeaders=tuple(hideHeaders),
+    )
+
+
+def _parsePool(name: str, value: object, source: str) -> PoolConfig:
+    """
+    Parse one C{[pools.NAME]} table.
+    """
+    key = _joinKey("pools", name)
+    if not name:
+        raise ConfigError(source, key, "a pool name must not be empty")
+    if not _POOL_NAME.match(name):
+        raise ConfigError(
+            source,
+            key,
+            f"invalid pool name {name!r} (use letters, digits, '_', '.' and '-')",
+        )
+    table = _Table(value, source, key)
+    table.checkKeys(_POOL_KEYS, _POOL_COMING)
+
+    rawServers = table.data.get("servers")
+    if rawServers is None:
+        raise table.error(
+            "servers", 'is required: a list of backend URLs like "http://host:port"'
+        )
+    if not isinstance(rawServers, list):
+        raise table.error(
+            "servers",
+            f"expected a list of backend URLs, got {_typeName(rawServers)}",
+        )
+    if not rawServers:
+        raise table.error("servers", "must list at least one backend server")
+    serverKeys = [f"{table.keyOf('servers')}[{i}]" for i in range(len(rawServers))]
+    servers = tuple(
+        _parseServerEntry(entry, source, serverKeys[index])
+        for index, entry in enumerate(rawServers)
+    )
+    _checkDistinctServers(servers, source, serverKeys)
+
+    defaults = PoolConfig(name=name, servers=servers)
+    balance = table.optionalString("balance")
+    if balance is None:
+        balance = defaults.balance
+    elif balance not in _BALANCERS:
+        raise table.error(
+            "balance",
+            f"unsupported balancing method {balance!r} "
+            f"(supported: {', '.join(_BALANCERS)})",
+        )
+
+    hostHeader = table.optionalString("host_header")
+    if hostHeader == "preserve":
+        hostHeader = None
+    elif hostHeader is not None and not _HOST_HEADER_VALUE.match(hostHeader):
+        raise table.error(
+            "host_header",
+            f'invalid value {hostHeader!r} (expected "preserve", "backend" '
+            'or a host name like "app.example.com")',
+        )
+
+    return PoolConfig(
+        name=name,
+        servers=servers,
+        balance=balance,
+        maxConnections=table.integer("max_connections", defaults.maxConnections, 1),
+        maxPending=table.integer("max_pending", defaults.maxPending, 0),
+        maxIdle=table.integer("max_idle", defaults.maxIdle, 0),
+        connectTimeout=table.timeout("connect_timeout", defaults.connectTimeout),
+        readTimeout=table.timeout("read_timeout", defaults.readTimeout),
+        idleTimeout=table.timeout("idle_timeout", defaults.idleTimeout),
+        pendingTimeout=table.timeout("pending_timeout", defaults.pendingTimeout),
+        hostHeader=hostHeader,
+        retries=table.integer("retries", defaults.retries, 0),
+    )
+
+
+def _parsePools(value: object, source: str) -> dict[str, PoolConfig]:
+    """
+    Parse the C{pools} table of tables.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            "pools",
+            f"expected a table of pools ([pools.NAME]), got {_typeName(value)}",
+        )
+    return {name: _parsePool(name, pool, source) for name, pool in value.items()}
+
+
+def _parseRoute(
+    index: int,
+    value: object,
+    source: str,
+    baseDirectory: str,
+    pools: Mapping[str, PoolConfig],
+) -> RouteConfig:
+    """
+    Parse one C{[[routes]]} table.
+    """
+    table = _Table(value, source, f"routes[{index}]")
+    table.checkKeys(_ROUTE_KEYS, _ROUTE_COMING)
+
+    path = table.optionalString("path")
+    path = "/" if path is None else _checkPath(path, source, table.keyOf("path"))
+    host = table.optionalString("host")
+    if host is not None:
+        host = _normalizeRouteHost(host, source, table.keyOf("host"))
+
+    pool = table.optionalString("pool")
+    static = table.optionalString("static")
+    if pool is not None and static is not None:
+        raise ConfigError(
+            source, table.key, "must have exactly one of 'pool' or 'static', not both"
+        )
+    if pool is None and static is None:
+        raise ConfigError(
+            source,
+            table.key,
+            "must have exactly one of 'pool' or 'static', has neither",
+        )
+    if pool is not None and pool not in pools:
+        defined = ", ".join(sorted(pools)) or "none"
+        raise table.error("pool", f"no pool named {pool!r} (defined: {defined})")
+    if static is not None:
+        static = _resolveDirectory(static, baseDirectory, source, table.keyOf("static"))
+        for name in ("strip_prefix", "request_buffering"):
+            if table.has(name):
+                raise table.error(
+                    name,
+                    "applies to pool routes only (a static route serves its "
+                    "directory under its path)",
+                )
+
+    return RouteConfig(
+        path=path,
+        host=host,
+        pool=pool,
+        static=static,
+        stripPrefix=table.boolean("strip_prefix", False),
+        maxBodySize=table.optionalSize("max_body_size"),
+        requestBuffering=table.optionalBoolean("request_buffering"),
+    )
+
+
+def _checkDistinctRoutes(routes: Sequence[RouteConfig], source: str) -> None:
+    """
+    Reject a route with the same host and path as an earlier one.
+    """
+    seen: dict[tuple[str | None, str], int] = {}
+    for index, route in enumerate(routes):
+        where = (route.host, route.path)
+        if where in seen:
+            hostText = "any host" if route.host is None else f"host {route.host!r}"
+            raise ConfigError(
+                source,
+                f"routes[{index}]",
+                f"same host and path as routes[{seen[where]}] "
+                f"({hostText}, path {route.path!r})",
+            )
+        seen[where] = index
+
+
+def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> Config:
+    """
+    Validate an already parsed configuration.
+
+    @param data: The parsed TOML document.
+    @param source: The file named by errors and recorded in the result.
+    @param baseDirectory: The directory against which relative paths
+        (static directories, the access log) are resolved: the directory of
+        the configuration file.
+    @return: The validated configuration.
+    @raise ConfigError: For the first mistake found.
+    """
+    top = _Table(data, source, "")
+    top.checkKeys(_TOP_LEVEL_KEYS, _TOP_LEVEL_COMING)
+
+    server = (
+        _parseServer(data["server"], source, baseDirectory)
+        if "server" in data
+        else ServerConfig()
+    )
+    pools = _parsePools(data["pools"], source) if "pools" in data else {}
+
+    rawRoutes = data.get("routes")
+    if rawRoutes is None:
+        raise ConfigError(source, "routes", "at least one [[routes]] table is required")
+    if not isinstance(rawRoutes, list):
+        raise ConfigError(
+            source,
+            "routes",
+            f"expected an array of tables ([[routes]]), got {_typeName(rawRoutes)}",
+        )
+    if not rawRoutes:
+        raise ConfigError(source, "routes", "at least one [[routes]] table is required")
+    routes = tuple(
+        _parseRoute(index, route, source, baseDirectory, pools)
+        for index, route in enumerate(rawRoutes)
+    )
+    _checkDistinctRoutes(routes, source)
+    return Config(source=source, server=server, pools=pools, routes=routes)
+
+
+def loadConfig(path: str) -> Config:
+    """
+    Read and validate a TOML configuration file.
+
+    @param path: The file's path; relative paths in the file are resolved
+        against its directory.
+    @return: The validated configuration, whose C{source} is C{path}.
+    @raise ConfigError: If the file cannot be read, is not valid TOML, or
+        holds a mistake.
+    """
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(path, "", f"cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            path, "", f"invalid TOML: not UTF-8 text (byte offset {e.start})"
+        ) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "", f"invalid TOML: {e}") from None
+    return parseConfig(data, path, os.path.dirname(os.path.abspath(path)))
+
+
+def configFromArguments(
+    listen: Sequence[str],
+    backends: Sequence[str],
+    static: str | None,
+    staticPrefix: str = "/",
+    accessLog: str | None = None,
+) -> Config:
+    """
+    Build the configuration of the command-line mode (no file): one
+    round-robin pool named C{"default"} holding C{backends}, and the routes
+    C{static} on C{staticPrefix} (if given) then C{"/"} to the pool (if
+    backends are given).  Relative paths are resolved against the current
+    directory.
+
+    @param listen: Server endpoint strings; empty means C{("tcp:8080",)}.
+    @param backends: Backend URLs.
+    @param static: A directory to serve, or L{None}.
+    @param staticPrefix: The path under which C{static} is served.
+    @param accessLog: C{"-"}, a file path, or L{None} for no access log.
+    @return: The configuration, whose C{source} is L{COMMAND_LINE}.
+    @raise ConfigError: Naming the option (C{"--listen"}, C{"--backend"},
+        C{"--static"}, C{"--static-prefix"}, C{"--access-log"}) at fault.
+    """
+    source = COMMAND_LINE
+    baseDirectory = os.getcwd()
+    endpoints = tuple(listen) or _DEFAULT_LISTEN
+    listenTuple = _parseListen(
+        endpoints, source, ["--listen"] * len(endpoints), "--listen"
+    )
+    if not backends and static is None:
+        raise ConfigError(
+            source,
+            "--backend",
+            "nothing to serve: give at least one --backend URL or a --static directory",
+        )
+    servers = tuple(_parseBackendURL(url, source, "--backend") for url in backends)
+    _checkDistinctServers(servers, source, ["--backend"] * len(servers))
+
+    pools: dict[str, PoolConfig] = {}
+    routes: list[RouteConfig] = []
+    if static is not None:
+        prefix = _checkPath(staticPrefix, source, "--static-prefix")
+        if servers and prefix == "/":
+            raise ConfigError(
+                source,
+                "--static-prefix",
+                "static files and backends cannot both be served on '/'; "
+                "give a --static-prefix such as /static/",
+            )
+        directory = _resolveDirectory(static, baseDirectory, source, "--static")
+        routes.append(RouteConfig(path=prefix, static=directory))
+    if servers:
+        pools[_DEFAULT_POOL] = PoolConfig(name=_DEFAULT_POOL, servers=servers)
+        routes.append(RouteConfig(path="/", pool=_DEFAULT_POOL))
+    server = ServerConfig(
+        listen=listenTuple,
+        accessLog=_resolveAccessLog(accessLog, baseDirectory, source, "--access-log"),
+    )
+    return Config(source=source, server=server, pools=pools, routes=tuple(routes))

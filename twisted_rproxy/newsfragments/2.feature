@@ -1,0 +1,1 @@
+The core reverse proxy: `twistd rproxy` with a TOML configuration or --listen/--backend, persistent HTTP/1.1 backend pools, streaming in both directions, forwarding headers, 502/504 error pages and a combined access log.

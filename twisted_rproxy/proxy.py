@@ -1,0 +1,353 @@
+"""
+The proxy resource: forwards one request through a L{BackendPool} and
+streams the response back to the client.
+
+The header rules are plain functions of data (L{upstreamHeaders},
+L{downstreamHeaders}), so that they are tested without a reactor.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from io import BytesIO
+from typing import IO, Union
+
+from attrs import field, frozen
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from zope.interface import implementer
+
+from twisted_rproxy.interfaces import IResponseReceiver
+from twisted_rproxy.pages import renderError
+from twisted_rproxy.pool import (
+    BackendError,
+    BackendPool,
+    BackendRequest,
+    PoolOverloaded,
+    RequestBodyStream,
+)
+
+_log = Logger()
+
+_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+#: Headers that describe one connection, not the message (RFC 9110 section
+#: 7.6.1), and never cross the proxy in either direction; C{Expect} and the
+#: framing headers are the proxy's own business with each side.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+)
+
+_REQUEST_SKIP = HOP_BY_HOP | {b"expect", b"content-length", b"host"}
+_FORWARDED = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
+
+
+def _parseNetworks(cidrs: Iterable[str]) -> tuple[_Network, ...]:
+    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+@frozen
+class ForwardingPolicy:
+    """
+    How requests are rewritten on their way to a pool, and responses on
+    their way back.
+
+    @ivar forwardedHeaders: Add C{X-Forwarded-For}, C{-Proto} and C{-Host}.
+    @ivar via: The pseudonym this proxy gives itself in C{Via}, or L{None}
+        for no C{Via}.
+    @ivar trustedProxies: Networks whose C{X-Forwarded-*} headers are
+        believed and extended; from anyone else they are replaced.
+    @ivar hostHeader: L{None} to forward the client's C{Host}, C{"backend"}
+        for the chosen server's C{host:port}, or a literal value.
+    @ivar hideHeaders: Lowercased names of backend response headers that
+        clients never see.
+    """
+
+    forwardedHeaders: bool = True
+    via: bytes | None = b"twisted_rproxy"
+    trustedProxies: tuple[_Network, ...] = field(default=(), converter=_parseNetworks)
+    hostHeader: str | None = None
+    hideHeaders: frozenset[bytes] = frozenset([b"server", b"x-powered-by"])
+
+    def trusts(self, address: str) -> bool:
+        """
+        Whether C{address} is a trusted proxy.
+        """
+        if not self.trustedProxies:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trustedProxies)
+
+
+def connectionTokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
+    """
+    The lowercased header names listed in C{Connection} header values.
+    """
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip(b" \t").lower() for value in values for token in value.split(b",")
+    )
+
+
+def upstreamHeaders(
+    headers: Iterable[tuple[bytes, Sequence[bytes]]],
+    policy: ForwardingPolicy,
+    clientAddress: str,
+    secure: bool,
+    host: bytes | None,
+    version: bytes = b"1.1",
+) -> list[tuple[bytes, bytes]]:
+    """
+    The headers to send a backend for a client request.
+
+    Hop-by-hop headers, those named in C{Connection}, framing headers and
+    C{Expect} are dropped (the proxy frames the body itself); C{Host} is
+    set by the policy; the forwarding headers are added.
+
+    @param headers: The client's headers, as C{(name, [values])} pairs.
+    @param clientAddress: The client's IP address.
+    @param secure: Whether the client connection is TLS.
+    @param host: The client's C{Host} value, if it sent one.
+    @param version: The client's HTTP version number, for C{Via}.
+    @return: C{(name, value)} pairs.
+    """
+    items = list(headers)
+    dropped: frozenset[bytes] = _REQUEST_SKIP
+    for name, values in items:
+        if name.lower() == b"connection":
+            dropped = dropped | connectionTokens(values)
+            break
+    trusted = policy.forwardedHeaders and policy.trusts(clientAddress)
+    if policy.forwardedHeaders:
+        dropped = dropped | _FORWARDED
+    out: list[tuple[bytes, bytes]] = []
+    forwardedFor: list[bytes] = []
+    forwardedProto: bytes | None = None
+    forwardedHost: bytes | None = None
+    via: list[bytes] = []
+    for name, values in items:
+        lower = name.lower()
+        if lower in dropped:
+            if trusted:
+                if lower == b"x-forwarded-for":
+                    forwardedFor.extend(values)
+                elif lower == b"x-forwarded-proto":
+                    forwardedProto = values[-1]
+                elif lower == b"x-forwarded-host":
+                    forwardedHost = values[-1]
+            continue
+        if lower == b"via":
+            via.extend(values)
+            continue
+        for value in values:
+            out.append((name, value))
+    if policy.hostHeader is None:
+        if host is not None:
+            out.insert(0, (b"Host", host))
+    elif policy.hostHeader == "backend":
+        # The pool adds the chosen server's own authority.
+        pass
+    else:
+        out.insert(0, (b"Host", policy.hostHeader.encode("ascii")))
+    if policy.forwardedHeaders:
+        forwardedFor.append(clientAddress.encode("ascii"))
+        out.append((b"X-Forwarded-For", b", ".join(forwardedFor)))
+        out.append(
+            (
+                b"X-Forwarded-Proto",
+                forwardedProto or (b"https" if secure else b"http"),
+            )
+        )
+        if forwardedHost is not None:
+            out.append((b"X-Forwarded-Host", forwardedHost))
+        elif host is not None:
+            out.append((b"X-Forwarded-Host", host))
+    if policy.via is not None:
+        via.append(version + b" " + policy.via)
+    if via:
+        out.append((b"Via", b", ".join(via)))
+    return out
+
+
+def downstreamHeaders(
+    headers: Sequence[tuple[bytes, bytes]], policy: ForwardingPolicy
+) -> list[tuple[bytes, bytes]]:
+    """
+    The headers of a backend response that the client gets.
+
+    Hop-by-hop headers, those named in C{Connection}, and the policy's
+    hidden headers are dropped.
+    """
+    hidden = HOP_BY_HOP | policy.hideHeaders
+    for name, value in headers:
+        if name.lower() == b"connection":
+            hidden = hidden | connectionTokens(
+                [v for n, v in headers if n.lower() == b"connection"]
+            )
+            break
+    return [(name, value) for name, value in headers if name.lower() not in hidden]
+
+
+@implementer(IResponseReceiver)
+class _ProxyExchange:
+    """
+    Carries one backend response to the client's request.
+    """
+
+    __slots__ = ("request", "policy", "handle", "producing", "_bodyFile")
+
+    def __init__(self, request: IRequest, policy: ForwardingPolicy) -> None:
+        self.request = request
+        self.policy = policy
+        self.handle: object = None
+        self.producing = False
+
+    def responseStarted(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        connection: object,
+    ) -> None:
+        request = self.request
+        request.setResponseCode(status, reason or None)
+        responseHeaders = request.responseHeaders
+        for name, value in downstreamHeaders(headers, self.policy):
+            lower = name.lower()
+            if lower == b"date":
+                responseHeaders.setRawHeaders(name, [value])
+            else:
+                responseHeaders.addRawHeader(name, value)
+        if getattr(request, "_disconnected", False):
+            return
+        request.registerProducer(connection, True)
+        self.producing = True
+
+    def responseData(self, data: bytes) -> None:
+        self.request.write(data)
+
+    def responseFinished(self) -> None:
+        request = self.request
+        if self.producing:
+            self.producing = False
+            request.unregisterProducer()
+        if not getattr(request, "_disconnected", False):
+            request.finish()
+
+    def requestFailed(self, reason: BackendError) -> None:  # type: ignore[override]
+        request = self.request
+        if self.producing:
+            self.producing = False
+            request.unregisterProducer()
+        if getattr(request, "_disconnected", False):
+            return
+        if request.startedWriting:
+            # The response is cut short: only closing tells the client so.
+            transport = request.channel.transport if request.channel else None
+            if transport is not None:
+                transport.abortConnection()
+            return
+        retryAfter = 1 if isinstance(reason, PoolOverloaded) else None
+        renderError(request, reason.status, retryAfter)
+
+    def clientGone(self, reason: Failure) -> None:
+        handle = self.handle
+        if handle is not None:
+            handle.cancel()  # type: ignore[attr-defined]
+
+
+class ProxyResource(Resource):
+    """
+    Forwards every request under it to a L{BackendPool}.
+
+    @ivar pool: Where requests go.
+    @ivar policy: How their headers are rewritten.
+    @ivar stripPrefix: A path prefix removed from the request target before
+        it is forwarded (C{b"/api"} forwards C{/api/users} as C{/users}),
+        or C{b""}.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        pool: BackendPool,
+        policy: ForwardingPolicy | None = None,
+        stripPrefix: bytes = b"",
+    ) -> None:
+        super().__init__()
+        self.pool = pool
+        self.policy = policy if policy is not None else ForwardingPolicy()
+        self.stripPrefix = stripPrefix.rstrip(b"/")
+
+    def render(self, request: IRequest) -> object:
+        """
+        Forward C{request}; the response is written as it arrives.
+        """
+        policy = self.policy
+        target = request.uri
+        if self.stripPrefix and target.startswith(self.stripPrefix):
+            target = target[len(self.stripPrefix) :]
+            if not target.startswith(b"/"):
+                target = b"/" + target
+        requestHeaders = request.requestHeaders
+        hostValues = requestHeaders.getRawHeaders(b"host")
+        host = hostValues[0] if hostValues else None
+        client = request.getClientAddress()
+        clientHost = getattr(client, "host", "") or ""
+        version = request.clientproto.split(b"/", 1)[-1] if request.clientproto else b"1.1"
+        headers = upstreamHeaders(
+            requestHeaders.getAllRawHeaders(),
+            policy,
+            clientHost,
+            request.isSecure(),
+            host,
+            version,
+        )
+        stream: RequestBodyStream | None = getattr(request, "bodyStream", None)
+        body: bytes | IO[bytes] | None
+        length = 0
+        if stream is not None:
+            body = None
+        else:
+            content = request.content
+            if content is None:
+                body = b""
+            elif isinstance(content, BytesIO):
+                body = content.getvalue()
+                length = len(body)
+            else:
+                content.seek(0, 2)
+                length = content.tell()
+                content.seek(0)
+                body = content if length else b""
+        backendRequest = BackendRequest(
+            request.method,
+            target,
+            headers,
+            body,
+            length,
+            stream,
+            hostFromBackend=policy.hostHeader == "backend",
+        )
+        exchange = _ProxyExchange(request, policy)
+        exchange.handle = self.pool.submit(backendRequest, exchange)
+        if not exchange.handle.done:  # type: ignore[attr-defined]
+            request.notifyFinish().addErrback(exchange.clientGone)
+        return NOT_DONE_YET

@@ -1,0 +1,324 @@
+"""
+The client-facing endpoint: the L{ProxySite}, its HTTP/1.1 channel and
+request class, body size limits, request-body streaming and the access log.
+
+twisted.web reads a request's whole body before it calls C{render}. The
+proxy needs two things it does not offer: refusing an oversized body from
+its C{Content-Length} before reading it (413), and forwarding a body while
+it arrives (C{request_buffering = false}). L{ProxyHTTPChannel} asks the
+request what to do once the headers are in, and L{ProxyRequest} either
+buffers the body (in memory, or in a temporary file past
+L{ProxySite.memoryBodyLimit}) or starts processing at once and streams it.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from collections.abc import Callable
+from io import BytesIO
+from typing import IO, TextIO
+from urllib.parse import unquote_to_bytes as unquote
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import (
+    HTTPChannel,
+    _GenericHTTPChannelProtocol,
+    combinedLogFormatter,
+    datetimeToString,
+)
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from twisted_rproxy.config import ServerConfig
+from twisted_rproxy.interfaces import IProxyReactor
+from twisted_rproxy.pages import renderError
+from twisted_rproxy.pool import RequestBodyStream
+
+_log = Logger()
+
+#: What the body policy answers: the largest body accepted, and whether
+#: the body is buffered (L{True}) or streamed to the backend.
+BodyPolicy = Callable[["ProxyRequest"], tuple[int, bool]]
+
+_dateCache: tuple[int, bytes] = (0, b"")
+
+
+def httpDate(now: float) -> bytes:
+    """
+    The RFC 9110 C{Date} value for C{now}, computed once a second.
+    """
+    global _dateCache
+    second = int(now)
+    if _dateCache[0] != second:
+        _dateCache = (second, datetimeToString(second))
+    return _dateCache[1]
+
+
+class ProxyRequest(Request):
+    """
+    A request whose body is size-checked before it is read, and buffered or
+    streamed as its route says.
+
+    @ivar bodyStream: For a streamed body, the L{RequestBodyStream} the
+        proxy forwards from; L{None} when the body is buffered in
+        C{content}.
+    """
+
+    bodyStream: RequestBodyStream | None = None
+    route: object = None
+    _maxBody: int | None = None
+    _received = 0
+    _streaming = False
+
+    def headersReceived(self, length: int | None) -> int | None:
+        """
+        Decide how to take the body, once the method, target and headers
+        are known and before any of the body is read.
+
+        @param length: The body's C{Content-Length}, L{None} for a chunked
+            body.
+        @return: L{None} to go on, or the status to refuse the request with.
+        """
+        site = self.channel.site
+        maxBody, buffered = site.bodyPolicy(self)
+        if length is not None and length > maxBody:
+            return 413
+        self._maxBody = maxBody
+        self._streaming = not buffered and length != 0
+        return None
+
+    def gotLength(self, length: int | None) -> None:
+        if not self._streaming:
+            Request.gotLength(self, length)
+            return
+        self.content = BytesIO()
+        self.bodyStream = RequestBodyStream(length, self.channel.transport)
+        # Process now, with the body still to come: the proxy forwards it as
+        # it arrives.
+        self.args = {}
+        self.path = self.uri.split(b"?", 1)[0]
+        self.process()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._maxBody is not None and self._received > self._maxBody:
+            self._refuseBody()
+            return
+        stream = self.bodyStream
+        if stream is not None:
+            stream.dataReceived(data)
+        else:
+            self.content.write(data)
+
+    def _refuseBody(self) -> None:
+        channel = self.channel
+        if channel is None:
+            return
+        channel.persistent = False
+        if self.bodyStream is not None:
+            self.bodyStream.stopStreaming()
+        self._maxBody = None
+        if not self.startedWriting and not self.finished:
+            renderError(self, 413)
+        else:
+            channel.forceClose()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._streaming:
+            stream = self.bodyStream
+            if stream is not None:
+                stream.finished()
+            return
+        if self.channel is None:
+            return
+        Request.requestReceived(self, command, path, version)
+
+    def process(self) -> None:
+        site = self.channel.site
+        self.site = site
+        headers = self.responseHeaders
+        serverHeader = getattr(site, "serverHeader", None)
+        if serverHeader:
+            headers.setRawHeaders(b"server", [serverHeader])
+        headers.setRawHeaders(b"date", [httpDate(site.reactor.seconds())])
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            resource = site.getResourceFor(self)
+            self.render(resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def finish(self) -> None:
+        if self._streaming and self.bodyStream is not None:
+            if not self.bodyStream.complete and self.channel is not None:
+                # The rest of the body is still on the wire: the connection
+                # can't carry another request.
+                self.channel.persistent = False
+        Request.finish(self)
+
+
+class ProxyHTTPChannel(HTTPChannel):
+    """
+    An HTTP/1.1 channel that lets its request refuse or stream the body
+    once the headers are in (see L{ProxyRequest.headersReceived}).
+    """
+
+    _closing = False
+    _host: object = None
+    _secure: bool | None = None
+
+    def getHost(self) -> object:
+        # Asked for every request; the answer is the connection's.
+        host = self._host
+        if host is None:
+            host = self._host = HTTPChannel.getHost(self)
+        return host
+
+    def isSecure(self) -> bool:
+        secure = self._secure
+        if secure is None:
+            secure = self._secure = bool(HTTPChannel.isSecure(self))
+        return secure
+
+    def allHeadersReceived(self) -> None:
+        request = self.requests[-1]
+        request.method = self._command
+        request.uri = self._path
+        request.clientproto = self._version
+        self.persistent = self.checkPersistence(request, self._version)
+        refusal = request.headersReceived(self.length)
+        if refusal is not None:
+            self.persistent = False
+            self._handlingRequest = True
+            self.setTimeout(None)
+            renderError(request, refusal)
+            self._closing = True
+            return
+        request.gotLength(self.length)
+        expect = request.requestHeaders.getRawHeaders(b"expect")
+        if (
+            expect
+            and expect[0].lower() == b"100-continue"
+            and self._version == b"HTTP/1.1"
+            and not request.startedWriting
+        ):
+            self._send100Continue()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        HTTPChannel.dataReceived(self, data)
+
+    def allContentReceived(self) -> None:
+        if self._closing or not self.requests:
+            return
+        HTTPChannel.allContentReceived(self)
+
+    def loseConnection(self) -> None:
+        self._closing = True
+        HTTPChannel.loseConnection(self)
+
+    def forceClose(self) -> None:
+        """
+        Close now, whatever is in flight: a response can't be completed.
+        """
+        self._closing = True
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class ProxySite(Site):
+    """
+    The proxy's twisted.web site: L{ProxyRequest}s on L{ProxyHTTPChannel}s,
+    the configured limits, and the access log.
+
+    @ivar bodyPolicy: Called with each request once its headers are in;
+        returns the largest body accepted and whether to buffer it. The
+        service sets it from the routes; by default every request gets the
+        server-wide settings.
+    @ivar memoryBodyLimit: Buffered bodies up to this size stay in memory;
+        larger or chunked ones go to a temporary file.
+    """
+
+    requestFactory = ProxyRequest
+    displayTracebacks = False
+    noisy = False
+    memoryBodyLimit = 1024 * 1024
+
+    def __init__(
+        self,
+        resource: IResource,
+        config: ServerConfig,
+        reactor: IProxyReactor,
+        bodyPolicy: BodyPolicy | None = None,
+    ) -> None:
+        Site.__init__(
+            self,
+            resource,
+            parsePOSTFormSubmission=False,
+            timeout=config.idleTimeout or None,
+            reactor=reactor,
+        )
+        self.config = config
+        self.serverHeader = config.serverHeader.encode() if config.serverHeader else None
+        defaultPolicy = (config.maxBodySize, config.requestBuffering)
+        self.bodyPolicy: BodyPolicy = bodyPolicy or (lambda request: defaultPolicy)
+        self._accessLog: TextIO | None = None
+
+    def protocol(self) -> _GenericHTTPChannelProtocol:  # type: ignore[override]
+        # twisted.web's own factory does this with a plain HTTPChannel; the
+        # wrapper switches to HTTP/2 when TLS negotiates it.
+        channel = ProxyHTTPChannel()
+        channel.maxHeaders = self.config.maxHeaders
+        channel.totalHeadersSize = self.config.maxHeaderSize
+        return _GenericHTTPChannelProtocol(channel)
+
+    def getContentFile(self, length: int | None) -> IO[bytes]:
+        """
+        Where a buffered request body is kept.
+        """
+        if length is not None and length <= self.memoryBodyLimit:
+            return BytesIO()
+        return tempfile.TemporaryFile()
+
+    def startFactory(self) -> None:
+        path = self.config.accessLog
+        if path is not None and self._accessLog is None:
+            if path == "-":
+                self._accessLog = sys.__stdout__
+            else:
+                self._accessLog = open(path, "a", buffering=1, encoding="utf-8")
+        Site.startFactory(self)
+
+    def stopFactory(self) -> None:
+        log, self._accessLog = self._accessLog, None
+        if log is not None and log is not sys.__stdout__:
+            log.close()
+        Site.stopFactory(self)
+
+    def reopenAccessLog(self) -> None:
+        """
+        Close and reopen the access log file (after it was rotated).
+        """
+        path = self.config.accessLog
+        if path is None or path == "-":
+            return
+        old = self._accessLog
+        self._accessLog = open(path, "a", buffering=1, encoding="utf-8")
+        if old is not None:
+            old.close()
+
+    def log(self, request: Request) -> None:  # type: ignore[override]
+        accessLog = self._accessLog
+        if accessLog is not None:
+            line = combinedLogFormatter(self._logDateTime, request)
+            try:
+                accessLog.write(line + "\n")
+            except (OSError, ValueError) as e:
+                _log.error("Cannot write the access log: {error}", error=e)

@@ -1,0 +1,164 @@
+"""
+The C{twistd rproxy} command: its options and the service it runs.
+
+This is the only module that imports the global reactor.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from twisted.application.service import IService, MultiService
+from twisted.python import usage
+
+from twisted_rproxy import __version__
+from twisted_rproxy.config import Config, ConfigError, configFromArguments, loadConfig
+from twisted_rproxy.service import ProxyService
+
+
+class Options(usage.Options):
+    """
+    The options of C{twistd rproxy}.
+    """
+
+    synopsis = (
+        "[--config FILE | --listen ENDPOINT --backend URL [--backend URL ...] "
+        "[--static DIR] | --demo] [--check]"
+    )
+    longdesc = (
+        "Run twisted_rproxy, a reverse proxy. Give a TOML configuration "
+        "file with --config, or a plain proxy on the command line: --listen "
+        "(a Twisted server endpoint, such as tcp:8080:interface=127.0.0.1; "
+        "repeatable) and one --backend URL per backend server (one round-robin "
+        "pool), and/or --static DIR. --demo runs a demonstration on "
+        "tcp:8080. --check validates the configuration and exits."
+    )
+    optFlags = [
+        [
+            "check",
+            None,
+            "Validate the configuration and exit: status 0 if it is good, "
+            "1 with the problem (file, key, what is wrong) if not.",
+        ],
+        [
+            "demo",
+            None,
+            "Run the demonstration: the proxy on tcp:8080 (or --listen) in "
+            "front of built-in demo backends on 127.0.0.1.",
+        ],
+        ["version", None, "Print the version and exit."],
+    ]
+    optParameters = [
+        ["config", "c", None, "The TOML configuration file."],
+        [
+            "static",
+            None,
+            None,
+            "A directory to serve (on / without backends, else under "
+            "--static-prefix).",
+        ],
+        ["static-prefix", None, "/", "The path prefix of --static."],
+        [
+            "access-log",
+            None,
+            None,
+            "Write a combined-format access log to this file ('-': standard "
+            "output). Off by default.",
+        ],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+        self["backends"] = []
+
+    def opt_listen(self, endpoint: str) -> None:
+        """
+        A Twisted server endpoint to listen on, such as tcp:8080 or
+        tcp:8080:interface=127.0.0.1 (repeatable; default tcp:8080).
+        """
+        self["listen"].append(endpoint)
+
+    opt_l = opt_listen
+
+    def opt_backend(self, url: str) -> None:
+        """
+        A backend server URL, such as http://127.0.0.1:8001 (repeatable: one
+        round-robin pool).
+        """
+        self["backends"].append(url)
+
+    opt_b = opt_backend
+
+    def opt_version(self) -> None:
+        """
+        Print the version and exit.
+        """
+        print(f"twisted_rproxy {__version__}")
+        raise SystemExit(0)
+
+    def postOptions(self) -> None:
+        """
+        Check that the options fit together, load the configuration, and
+        answer C{--check}.
+
+        A configuration mistake ends the command with status 1 and a one-line
+        message, without a traceback or the whole usage text.
+        """
+        fromArguments = (
+            self["listen"] or self["backends"] or self["static"] or self["access-log"]
+        )
+        if self["config"] and (fromArguments or self["demo"]):
+            raise usage.UsageError(
+                "--config can't be combined with --listen, --backend, --static, "
+                "--access-log or --demo"
+            )
+        if self["demo"] and (self["backends"] or self["static"]):
+            raise usage.UsageError("--demo can't be combined with --backend or --static")
+        if not (self["config"] or self["backends"] or self["static"] or self["demo"]):
+            raise usage.UsageError(
+                "nothing to run: give --config FILE, --backend URL (and --listen), "
+                "--static DIR, or --demo"
+            )
+        self.rproxyConfig: Config | None = None
+        if self["demo"]:
+            if self["check"]:
+                print("twisted_rproxy: the demo configuration is built in and valid")
+                raise SystemExit(0)
+            return
+        try:
+            if self["config"]:
+                self.rproxyConfig = loadConfig(self["config"])
+            else:
+                self.rproxyConfig = configFromArguments(
+                    self["listen"],
+                    self["backends"],
+                    self["static"],
+                    self["static-prefix"],
+                    self["access-log"],
+                )
+        except ConfigError as e:
+            sys.stderr.write(f"twisted_rproxy: {e}\n")
+            raise SystemExit(1)
+        if self["check"]:
+            print(f"twisted_rproxy: {self.rproxyConfig.source}: configuration OK")
+            raise SystemExit(0)
+
+
+def makeService(options: Options) -> IService:
+    """
+    The service C{twistd rproxy} runs for C{options}.
+    """
+    from twisted.internet import reactor
+
+    if options["demo"]:
+        from twisted_rproxy.demo import demoConfig, startDemoBackends
+
+        backends = startDemoBackends(reactor)
+        parent = MultiService()
+        backends.setServiceParent(parent)
+        config = demoConfig(backends, tuple(options["listen"]))
+        ProxyService(config, reactor).setServiceParent(parent)
+        return parent
+    assert options.rproxyConfig is not None
+    return ProxyService(options.rproxyConfig, reactor)

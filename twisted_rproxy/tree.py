@@ -1,0 +1,229 @@
+"""
+The resource tree built from a configuration: a L{Router} that sends each
+request, by host and path prefix, to its route's resource (a
+L{ProxyResource} in front of a pool, or a static directory).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from attrs import frozen
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.web.static import File
+
+from twisted_rproxy.config import Config, RouteConfig, ServerConfig
+from twisted_rproxy.pages import renderError
+from twisted_rproxy.pool import BackendPool
+from twisted_rproxy.proxy import ForwardingPolicy, ProxyResource
+
+
+@frozen
+class Route:
+    """
+    One route of a L{Router}, ready to serve.
+
+    @ivar path: The path prefix, as bytes, starting with C{b"/"}.
+    @ivar host: L{None} for any host, an exact lowercased host, or
+        C{"*.example.com"}.
+    @ivar resource: What serves the matched requests. Path traversal goes
+        on in it below the prefix.
+    @ivar maxBodySize: The largest request body accepted.
+    @ivar requestBuffering: Whether request bodies are buffered.
+    """
+
+    path: bytes
+    host: str | None
+    resource: IResource
+    maxBodySize: int
+    requestBuffering: bool
+
+    @property
+    def prefixSegments(self) -> int:
+        """
+        How many path segments the prefix consumes.
+        """
+        return len([s for s in self.path.split(b"/") if s])
+
+    def matchesPath(self, path: bytes) -> bool:
+        """
+        Whether C{path} is under this route's prefix, at a segment
+        boundary (C{/api} matches C{/api} and C{/api/x}, not C{/apix}).
+        """
+        prefix = self.path
+        if not path.startswith(prefix):
+            return False
+        return (
+            prefix.endswith(b"/") or len(path) == len(prefix) or path[len(prefix)] == 47
+        )
+
+    def matchesHost(self, host: str | None) -> bool:
+        """
+        Whether a request for C{host} (lowercased, without port) is for this
+        route.
+        """
+        pattern = self.host
+        if pattern is None:
+            return True
+        if host is None:
+            return False
+        if pattern.startswith("*."):
+            return host.endswith(pattern[1:]) and len(host) > len(pattern) - 1
+        return host == pattern
+
+
+def requestHost(request: IRequest) -> str | None:
+    """
+    The host a request is for: its C{Host} header, lowercased, without the
+    port; L{None} without one.
+    """
+    values = request.requestHeaders.getRawHeaders(b"host")
+    if not values:
+        return None
+    host = values[0].strip().lower()
+    if host.startswith(b"["):
+        end = host.find(b"]")
+        host = host[1:end] if end > 0 else host
+    else:
+        host = host.rsplit(b":", 1)[0] if b":" in host else host
+    return host.decode("ascii", "replace")
+
+
+class _NotFound(Resource):
+    """
+    The proxy's own 404 page, for requests no route takes.
+    """
+
+    isLeaf = True
+
+    def render(self, request: IRequest) -> object:
+        renderError(request, 404)
+        return NOT_DONE_YET
+
+
+class Router(Resource):
+    """
+    Sends each request to the resource of its most specific route: among
+    the routes whose host matches (a route with a host beats one without),
+    the one with the longest path prefix.
+
+    It is the root of the proxy's resource tree; the route's resource
+    continues traversal below the prefix.
+    """
+
+    def __init__(self, routes: Sequence[Route]) -> None:
+        super().__init__()
+        self.routes = sorted(
+            routes, key=lambda r: (r.host is not None, len(r.path)), reverse=True
+        )
+        self._notFound = _NotFound()
+        self._byHost = any(route.host is not None for route in self.routes)
+
+    def routeFor(self, request: IRequest) -> Route | None:
+        """
+        The route that takes C{request}, if any; remembered on the request.
+        """
+        cached = getattr(request, "route", None)
+        if isinstance(cached, Route):
+            return cached
+        path = request.uri.split(b"?", 1)[0]
+        host = requestHost(request) if self._byHost else None
+        for route in self.routes:
+            if route.matchesPath(path) and route.matchesHost(host):
+                try:
+                    request.route = route  # type: ignore[attr-defined]
+                except AttributeError:
+                    pass
+                return route
+        return None
+
+    def getChildWithDefault(self, name: bytes, request: IRequest) -> IResource:
+        route = self.routeFor(request)
+        if route is None:
+            return self._notFound
+        # Traversal took one segment already: put it back, then let the
+        # prefix take its own.
+        prepath, postpath = request.prepath, request.postpath
+        postpath.insert(0, prepath.pop())
+        for _ in range(route.prefixSegments):
+            if not postpath:
+                break
+            prepath.append(postpath.pop(0))
+        return route.resource
+
+    def render(self, request: IRequest) -> object:
+        return self._notFound.render(request)
+
+    def bodyPolicy(self, request: IRequest, server: ServerConfig) -> tuple[int, bool]:
+        """
+        The body limit and buffering choice for C{request}, from its route.
+        """
+        route = self.routeFor(request)
+        if route is None:
+            return server.maxBodySize, server.requestBuffering
+        return route.maxBodySize, route.requestBuffering
+
+
+class StaticDirectory(File):
+    """
+    Files from one directory, without directory listings, and with the
+    proxy's own 404 page.
+    """
+
+    def directoryListing(self) -> IResource:
+        return _NotFound()
+
+    childNotFound = _NotFound()
+
+
+def policyFor(server: ServerConfig, hostHeader: str | None) -> ForwardingPolicy:
+    """
+    The forwarding policy for a pool's routes.
+    """
+    return ForwardingPolicy(
+        forwardedHeaders=server.forwardedHeaders,
+        via=server.via.encode("ascii") if server.via else None,
+        trustedProxies=server.trustedProxies,
+        hostHeader=hostHeader,
+        hideHeaders=frozenset(name.lower().encode("ascii") for name in server.hideHeaders),
+    )
+
+
+def buildRoute(
+    route: RouteConfig, server: ServerConfig, pools: Mapping[str, BackendPool]
+) -> Route:
+    """
+    The servable L{Route} for one route of the configuration.
+    """
+    resource: IResource
+    if route.pool is not None:
+        pool = pools[route.pool]
+        resource = ProxyResource(
+            pool,
+            policyFor(server, pool.config.hostHeader),
+            route.path.encode("ascii") if route.stripPrefix else b"",
+        )
+    else:
+        assert route.static is not None
+        resource = StaticDirectory(route.static)
+    return Route(
+        path=route.path.encode("ascii"),
+        host=route.host,
+        resource=resource,
+        maxBodySize=route.maxBodySize
+        if route.maxBodySize is not None
+        else server.maxBodySize,
+        requestBuffering=route.requestBuffering
+        if route.requestBuffering is not None
+        else server.requestBuffering,
+    )
+
+
+def buildResource(config: Config, pools: Mapping[str, BackendPool]) -> Router:
+    """
+    The proxy's resource tree for C{config}, forwarding to C{pools} (one
+    L{BackendPool} for each of C{config.pools}).
+    """
+    return Router([buildRoute(route, config.server, pools) for route in config.routes])
