@@ -33,6 +33,9 @@ from twisted_rproxy.pool import (
 
 _log = Logger()
 
+#: Buffered bodies up to this size are sent from memory.
+_READ_WHOLE = 1024 * 1024
+
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 #: Headers that describe one connection, not the message (RFC 9110 section
@@ -336,7 +339,9 @@ class ProxyResource(Resource):
                 content.seek(0, 2)
                 length = content.tell()
                 content.seek(0)
-                body = content if length else b""
+                # Small bodies go in one write; large ones are sent from the
+                # file as the backend connection takes them.
+                body = content.read() if length <= _READ_WHOLE else content
         backendRequest = BackendRequest(
             request.method,
             target,
