@@ -105,6 +105,8 @@ class LoadRow:
     proxyCpuSeconds: float | None = None
     proxyCpuUsPerRequest: float | None = None
     proxyCpuPercent: float | None = None
+    proxyCoreBusyPercent: float | None = None
+    loadCoreBusyPercent: float | None = None
     ratios: dict[str, float] = field(default_factory=dict)
 
 
@@ -248,6 +250,34 @@ def groupCpuSeconds(pgid: int) -> float:
         if fields:
             ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def coreTimes() -> dict[str, tuple[int, int]]:
+    """
+    Per CPU (C{"0"}, C{"1"}, ...): busy and total jiffies from /proc/stat.
+    """
+    times = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            jiffies = [int(v) for v in values[:8]]
+            idle = jiffies[3] + jiffies[4]  # idle, iowait
+            times[name[3:]] = (sum(jiffies) - idle, sum(jiffies))
+    return times
+
+
+def coreBusyPercent(
+    before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]], cpu: str
+) -> float | None:
+    """
+    How busy CPU C{cpu} was between two L{coreTimes} readings, in percent:
+    by anything, ours or not (the machine may be shared).
+    """
+    if cpu not in before or cpu not in after:
+        return None
+    busy = after[cpu][0] - before[cpu][0]
+    total = after[cpu][1] - before[cpu][1]
+    return 100.0 * busy / total if total else None
 
 
 def groupRssMiB(pgid: int) -> float:
@@ -589,12 +619,16 @@ def measureLoad(
     if args.warmup > 0:
         runWrk(procs, args, port, scenario, args.warmup)
     cpu0 = groupCpuSeconds(proxyPgid) if proxyPgid else 0.0
+    cores0 = coreTimes()
     started = time.monotonic()
     text = runWrk(procs, args, port, scenario, args.duration)
     wall = time.monotonic() - started
+    cores1 = coreTimes()
     row = LoadRow(scenario.name, target, **parseWrk(text))
     if row.rps is None or not row.requests:
         raise RowFailed(f"no requests completed: {text.strip()}")
+    row.proxyCoreBusyPercent = coreBusyPercent(cores0, cores1, args.proxy_cpu)
+    row.loadCoreBusyPercent = coreBusyPercent(cores0, cores1, args.load_cpu)
     if proxyPgid:
         cpu = groupCpuSeconds(proxyPgid) - cpu0
         row.proxyCpuSeconds = cpu
@@ -795,13 +829,13 @@ def loadTable(rows: Sequence[LoadRow]) -> list[str]:
     """
     lines = [
         "| scenario | target | req/s | p50 ms | p99 ms | errors "
-        "| proxy µs CPU/req | proxy CPU % | req/s ÷ direct | p50 ÷ direct "
-        "| p99 ÷ direct |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| proxy µs CPU/req | proxy CPU % | proxy core busy % | load core busy % "
+        "| req/s ÷ direct | p50 ÷ direct | p99 ÷ direct |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         if r.status != "ok":
-            cells = [r.scenario, r.target, _statusCell(r.status)] + [""] * 8
+            cells = [r.scenario, r.target, _statusCell(r.status)] + [""] * 10
         else:
             cells = [
                 r.scenario,
@@ -812,6 +846,8 @@ def loadTable(rows: Sequence[LoadRow]) -> list[str]:
                 _fmt(r.errors),
                 _fmt(r.proxyCpuUsPerRequest),
                 _fmt(r.proxyCpuPercent),
+                _fmt(r.proxyCoreBusyPercent),
+                _fmt(r.loadCoreBusyPercent),
                 _fmt(r.ratios.get("rps"), 2),
                 _fmt(r.ratios.get("p50Ms"), 2),
                 _fmt(r.ratios.get("p99Ms"), 2),
@@ -862,7 +898,10 @@ def markdown(
         lines += ["", *streamTable(streams)]
     failures = [r for r in (*loads, *streams) if r.status != "ok"]
     for r in failures:
-        lines += ["", f"**{r.scenario} / {r.target}**: {r.status}"]
+        first, *rest = r.status.splitlines()
+        lines += ["", f"**{r.scenario} / {r.target}**: {first}"]
+        if rest:
+            lines += ["", "```text", *rest, "```"]
     return "\n".join(lines) + "\n"
 
 
