@@ -18,12 +18,11 @@ from attrs import define, field
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IPullProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from zope.interface import implementer
-from twisted.internet.interfaces import IPullProducer
 
 LOCALHOST = "127.0.0.1"
 
@@ -257,7 +256,9 @@ class _BackendProtocol(Protocol):
             self._writeChunks(list(reply.chunks), reply)
         elif reply.bigBody is not None:
             self.transport.registerProducer(
-                _PatternProducer(self.transport, reply.bigBody, lambda: self._finished(reply)),
+                _PatternProducer(
+                    self.transport, reply.bigBody, lambda: self._finished(reply)
+                ),
                 False,
             )
         else:
@@ -513,7 +514,9 @@ def parseResponses(
     return responses, data
 
 
-def finalCount(predicateCount: int, methods: list[bytes] | None = None) -> Callable[[bytes], bool]:
+def finalCount(
+    predicateCount: int, methods: list[bytes] | None = None
+) -> Callable[[bytes], bool]:
     """
     A L{RawClient.waitFor} predicate: C{predicateCount} final responses are
     complete.
