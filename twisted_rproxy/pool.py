@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import IO, TYPE_CHECKING, Callable
+from typing import IO, TYPE_CHECKING, Any, Callable
 
 from attrs import define
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
@@ -551,7 +552,7 @@ class BackendConnection(Protocol):
                 parts.append(body)
             else:
                 parts.append(b"\r\n")
-            transport.write(b"".join(parts))
+            _writeThrough(transport, b"".join(parts))
         else:
             assert body is not None
             parts.append(b"Content-Length: %d\r\n\r\n" % (request.bodyLength,))
@@ -933,6 +934,34 @@ class BackendConnection(Protocol):
 
 def _noop() -> None:
     pass
+
+
+def _writeThrough(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to a TCP transport at once when nothing is queued before
+    it, and leave only what the socket did not take to the transport.
+
+    A Twisted transport queues every write until the reactor's next turn,
+    which costs a turn and two C{epoll_ctl} calls per request; a request
+    head almost always fits in the socket buffer at once.
+    """
+    if (
+        type(transport) is _TCPClient
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and not transport.disconnecting
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            # Let the transport meet the error the ordinary way.
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 def _hostPort(server: BackendServer) -> bytes:

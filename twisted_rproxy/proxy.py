@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from twisted_rproxy.interfaces import IResponseReceiver
 from twisted_rproxy.pages import renderError
+from twisted_rproxy.server import ProxyRequest
 from twisted_rproxy.pool import (
     BackendError,
     BackendPool,
@@ -54,7 +55,13 @@ HOP_BY_HOP = frozenset(
 )
 
 _REQUEST_SKIP = HOP_BY_HOP | {b"expect", b"content-length", b"host"}
-_FORWARDED = frozenset([b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"])
+_REQUEST_SKIP_FORWARDED = _REQUEST_SKIP | {
+    b"x-forwarded-for",
+    b"x-forwarded-proto",
+    b"x-forwarded-host",
+}
+# Connection options that name no header.
+_CONNECTION_OPTIONS = frozenset([b"close", b"keep-alive"])
 
 
 def _parseNetworks(cidrs: Iterable[str]) -> tuple[_Network, ...]:
@@ -76,6 +83,8 @@ class ForwardingPolicy:
         for the chosen server's C{host:port}, or a literal value.
     @ivar hideHeaders: Lowercased names of backend response headers that
         clients never see.
+    @ivar responseHidden: Every response header name that is not passed
+        on: the hop-by-hop ones and C{hideHeaders}.
     """
 
     forwardedHeaders: bool = True
@@ -83,6 +92,11 @@ class ForwardingPolicy:
     trustedProxies: tuple[_Network, ...] = field(default=(), converter=_parseNetworks)
     hostHeader: str | None = None
     hideHeaders: frozenset[bytes] = frozenset([b"server", b"x-powered-by"])
+    responseHidden: frozenset[bytes] = field(init=False)
+
+    @responseHidden.default
+    def _responseHidden(self) -> frozenset[bytes]:
+        return HOP_BY_HOP | self.hideHeaders
 
     def trusts(self, address: str) -> bool:
         """
@@ -130,24 +144,21 @@ def upstreamHeaders(
     @param version: The client's HTTP version number, for C{Via}.
     @return: C{(name, value)} pairs.
     """
-    items = list(headers)
-    dropped: frozenset[bytes] = _REQUEST_SKIP
-    for name, values in items:
-        if name.lower() == b"connection":
-            dropped = dropped | connectionTokens(values)
-            break
-    trusted = policy.forwardedHeaders and policy.trusts(clientAddress)
-    if policy.forwardedHeaders:
-        dropped = dropped | _FORWARDED
+    forwarded = policy.forwardedHeaders
+    dropped = _REQUEST_SKIP_FORWARDED if forwarded else _REQUEST_SKIP
+    trusted = forwarded and policy.trusts(clientAddress)
     out: list[tuple[bytes, bytes]] = []
+    named: frozenset[bytes] = frozenset()
     forwardedFor: list[bytes] = []
     forwardedProto: bytes | None = None
     forwardedHost: bytes | None = None
     via: list[bytes] = []
-    for name, values in items:
+    for name, values in headers:
         lower = name.lower()
         if lower in dropped:
-            if trusted:
+            if lower == b"connection":
+                named = connectionTokens(values) - _CONNECTION_OPTIONS
+            elif trusted:
                 if lower == b"x-forwarded-for":
                     forwardedFor.extend(values)
                 elif lower == b"x-forwarded-proto":
@@ -160,27 +171,24 @@ def upstreamHeaders(
             continue
         for value in values:
             out.append((name, value))
-    if policy.hostHeader is None:
+    if named:
+        out = [(name, value) for name, value in out if name.lower() not in named]
+    hostHeader = policy.hostHeader
+    if hostHeader is None:
         if host is not None:
             out.insert(0, (b"Host", host))
-    elif policy.hostHeader == "backend":
-        # The pool adds the chosen server's own authority.
-        pass
-    else:
-        out.insert(0, (b"Host", policy.hostHeader.encode("ascii")))
-    if policy.forwardedHeaders:
+    elif hostHeader != "backend":
+        # (For "backend", the pool adds the chosen server's own authority.)
+        out.insert(0, (b"Host", hostHeader.encode("ascii")))
+    if forwarded:
         forwardedFor.append(clientAddress.encode("ascii"))
         out.append((b"X-Forwarded-For", b", ".join(forwardedFor)))
         out.append(
-            (
-                b"X-Forwarded-Proto",
-                forwardedProto or (b"https" if secure else b"http"),
-            )
+            (b"X-Forwarded-Proto", forwardedProto or (b"https" if secure else b"http"))
         )
+        forwardedHost = forwardedHost or host
         if forwardedHost is not None:
             out.append((b"X-Forwarded-Host", forwardedHost))
-        elif host is not None:
-            out.append((b"X-Forwarded-Host", host))
     if policy.via is not None:
         via.append(version + b" " + policy.via)
     if via:
@@ -197,14 +205,19 @@ def downstreamHeaders(
     Hop-by-hop headers, those named in C{Connection}, and the policy's
     hidden headers are dropped.
     """
-    hidden = HOP_BY_HOP | policy.hideHeaders
-    for name, value in headers:
-        if name.lower() == b"connection":
-            hidden = hidden | connectionTokens(
-                [v for n, v in headers if n.lower() == b"connection"]
-            )
-            break
-    return [(name, value) for name, value in headers if name.lower() not in hidden]
+    hidden = policy.responseHidden
+    out = []
+    named: frozenset[bytes] = frozenset()
+    for header in headers:
+        lower = header[0].lower()
+        if lower in hidden:
+            if lower == b"connection":
+                named |= connectionTokens([header[1]]) - _CONNECTION_OPTIONS
+            continue
+        out.append(header)
+    if named:
+        out = [(name, value) for name, value in out if name.lower() not in named]
+    return out
 
 
 @implementer(IResponseReceiver)
@@ -232,8 +245,8 @@ class _ProxyExchange:
         request.setResponseCode(status, reason or None)
         responseHeaders = request.responseHeaders
         for name, value in downstreamHeaders(headers, self.policy):
-            lower = name.lower()
-            if lower == b"date":
+            if name[0] in b"Dd" and name.lower() == b"date":
+                # The backend's date replaces the one the request set.
                 responseHeaders.setRawHeaders(name, [value])
             else:
                 responseHeaders.addRawHeader(name, value)
@@ -352,7 +365,12 @@ class ProxyResource(Resource):
             hostFromBackend=policy.hostHeader == "backend",
         )
         exchange = _ProxyExchange(request, policy)
-        exchange.handle = self.pool.submit(backendRequest, exchange)
-        if not exchange.handle.done:  # type: ignore[attr-defined]
-            request.notifyFinish().addErrback(exchange.clientGone)
+        handle = self.pool.submit(backendRequest, exchange)
+        if not handle.done:
+            exchange.handle = handle
+            if isinstance(request, ProxyRequest):
+                # Cheaper than a Deferred from notifyFinish for each request.
+                request.onConnectionLost = exchange.clientGone
+            else:
+                request.notifyFinish().addErrback(exchange.clientGone)
         return NOT_DONE_YET

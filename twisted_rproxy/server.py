@@ -64,10 +64,15 @@ class ProxyRequest(Request):
     @ivar bodyStream: For a streamed body, the L{RequestBodyStream} the
         proxy forwards from; L{None} when the body is buffered in
         C{content}.
+    @ivar route: The route that takes the request, once the router found
+        it.
+    @ivar onConnectionLost: Called with the reason if the client connection
+        is lost before the response is finished.
     """
 
     bodyStream: RequestBodyStream | None = None
     route: object = None
+    onConnectionLost: Callable[[Failure], object] | None = None
     _maxBody: int | None = None
     _received = 0
     _streaming = False
@@ -154,7 +159,15 @@ class ProxyRequest(Request):
         except BaseException:
             self.processingFailed(Failure())
 
+    def connectionLost(self, reason: Failure) -> None:
+        Request.connectionLost(self, reason)
+        callback = self.onConnectionLost
+        if callback is not None:
+            self.onConnectionLost = None
+            callback(reason)
+
     def finish(self) -> None:
+        self.onConnectionLost = None
         if self._streaming and self.bodyStream is not None:
             if not self.bodyStream.complete and self.channel is not None:
                 # The rest of the body is still on the wire: the connection

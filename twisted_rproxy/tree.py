@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from attrs import frozen
+from attrs import field, frozen
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
@@ -32,6 +32,7 @@ class Route:
         on in it below the prefix.
     @ivar maxBodySize: The largest request body accepted.
     @ivar requestBuffering: Whether request bodies are buffered.
+    @ivar prefixSegments: How many path segments the prefix consumes.
     """
 
     path: bytes
@@ -39,12 +40,10 @@ class Route:
     resource: IResource
     maxBodySize: int
     requestBuffering: bool
+    prefixSegments: int = field(init=False)
 
-    @property
-    def prefixSegments(self) -> int:
-        """
-        How many path segments the prefix consumes.
-        """
+    @prefixSegments.default
+    def _prefixSegments(self) -> int:
         return len([s for s in self.path.split(b"/") if s])
 
     def matchesPath(self, path: bytes) -> bool:
