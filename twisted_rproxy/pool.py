@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.tcp import Client as _TCPClient
+from twisted.internet.tcp import Server as _TCPServer
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
@@ -552,7 +553,7 @@ class BackendConnection(Protocol):
                 parts.append(body)
             else:
                 parts.append(b"\r\n")
-            _writeThrough(transport, b"".join(parts))
+            writeThrough(transport, b"".join(parts))
         else:
             assert body is not None
             parts.append(b"Content-Length: %d\r\n\r\n" % (request.bodyLength,))
@@ -932,21 +933,26 @@ class BackendConnection(Protocol):
         exchange.fail(failure)
 
 
+_PLAIN_TCP = (_TCPClient, _TCPServer)
+
+
 def _noop() -> None:
     pass
 
 
-def _writeThrough(transport: Any, data: bytes) -> None:
+def writeThrough(transport: Any, data: bytes) -> None:
     """
-    Write C{data} to a TCP transport at once when nothing is queued before
-    it, and leave only what the socket did not take to the transport.
+    Write C{data} to a plain TCP transport at once when nothing is queued
+    before it, and leave only what the socket did not take to the
+    transport.
 
     A Twisted transport queues every write until the reactor's next turn,
-    which costs a turn and two C{epoll_ctl} calls per request; a request
-    head almost always fits in the socket buffer at once.
+    which costs a turn and two C{epoll_ctl} calls; a request head, or a
+    small response, almost always fits in the socket buffer at once. Other
+    transports (TLS, memory) get an ordinary C{write}.
     """
     if (
-        type(transport) is _TCPClient
+        type(transport) in _PLAIN_TCP
         and not transport.dataBuffer
         and not transport._tempDataBuffer
         and not transport.disconnecting

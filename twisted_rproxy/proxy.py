@@ -243,13 +243,17 @@ class _ProxyExchange:
     ) -> None:
         request = self.request
         request.setResponseCode(status, reason or None)
-        responseHeaders = request.responseHeaders
-        for name, value in downstreamHeaders(headers, self.policy):
-            if name[0] in b"Dd" and name.lower() == b"date":
-                # The backend's date replaces the one the request set.
-                responseHeaders.setRawHeaders(name, [value])
-            else:
-                responseHeaders.addRawHeader(name, value)
+        passed = downstreamHeaders(headers, self.policy)
+        if isinstance(request, ProxyRequest):
+            request.passedHeaders = passed
+        else:
+            responseHeaders = request.responseHeaders
+            for name, value in passed:
+                if name[0] in b"Dd" and name.lower() == b"date":
+                    # The backend's date replaces one set earlier.
+                    responseHeaders.setRawHeaders(name, [value])
+                else:
+                    responseHeaders.addRawHeader(name, value)
         if getattr(request, "_disconnected", False):
             return
         request.registerProducer(connection, True)
@@ -280,6 +284,8 @@ class _ProxyExchange:
                 transport.abortConnection()
             return
         retryAfter = 1 if isinstance(reason, PoolOverloaded) else None
+        if isinstance(request, ProxyRequest):
+            request.passedHeaders = None
         renderError(request, reason.status, retryAfter)
 
     def clientGone(self, reason: Failure) -> None:

@@ -23,10 +23,12 @@ from urllib.parse import unquote_to_bytes as unquote
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import (
+    NO_BODY_CODES,
     HTTPChannel,
     _GenericHTTPChannelProtocol,
     combinedLogFormatter,
     datetimeToString,
+    toChunk,
 )
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
@@ -34,7 +36,7 @@ from twisted.web.server import Request, Site
 from twisted_rproxy.config import ServerConfig
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.pages import renderError
-from twisted_rproxy.pool import RequestBodyStream
+from twisted_rproxy.pool import RequestBodyStream, writeThrough
 
 _log = Logger()
 
@@ -43,6 +45,10 @@ _log = Logger()
 BodyPolicy = Callable[["ProxyRequest"], tuple[int, bool]]
 
 _dateCache: tuple[int, bytes] = (0, b"")
+
+
+def _discard(data: bytes) -> None:
+    pass
 
 
 def httpDate(now: float) -> bytes:
@@ -66,12 +72,15 @@ class ProxyRequest(Request):
         C{content}.
     @ivar route: The route that takes the request, once the router found
         it.
+    @ivar passedHeaders: Response headers passed on from a backend as they
+        are (already filtered); written after those of C{responseHeaders}.
     @ivar onConnectionLost: Called with the reason if the client connection
         is lost before the response is finished.
     """
 
     bodyStream: RequestBodyStream | None = None
     route: object = None
+    passedHeaders: list[tuple[bytes, bytes]] | None = None
     onConnectionLost: Callable[[Failure], object] | None = None
     _maxBody: int | None = None
     _received = 0
@@ -141,13 +150,10 @@ class ProxyRequest(Request):
         Request.requestReceived(self, command, path, version)
 
     def process(self) -> None:
+        # Unlike twisted.web's, this sets no Date or Server header here: the
+        # first write adds them unless the response has its own.
         site = self.channel.site
         self.site = site
-        headers = self.responseHeaders
-        serverHeader = getattr(site, "serverHeader", None)
-        if serverHeader:
-            headers.setRawHeaders(b"server", [serverHeader])
-        headers.setRawHeaders(b"date", [httpDate(site.reactor.seconds())])
         self.prepath = []
         self.postpath = list(map(unquote, self.path[1:].split(b"/")))
         if self.path == b"*":
@@ -158,6 +164,76 @@ class ProxyRequest(Request):
             self.render(resource)
         except BaseException:
             self.processingFailed(Failure())
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self.channel is not None:
+            passed = self.passedHeaders
+            if passed is not None:
+                if type(self.channel) is ProxyHTTPChannel:
+                    self._writeHead(passed, data)
+                    return
+                # HTTP/2: through twisted.web's own header handling.
+                self.passedHeaders = None
+                for name, value in passed:
+                    self.responseHeaders.addRawHeader(name, value)
+            self._addOwnHeaders()
+        Request.write(self, data)
+
+    def _addOwnHeaders(self) -> None:
+        headers = self.responseHeaders
+        site = self.channel.site
+        if not headers.hasHeader(b"date"):
+            headers.setRawHeaders(b"date", [httpDate(site.reactor.seconds())])
+        serverHeader = getattr(site, "serverHeader", None)
+        if serverHeader and not headers.hasHeader(b"server"):
+            headers.setRawHeaders(b"server", [serverHeader])
+
+    def _writeHead(self, passed: list[tuple[bytes, bytes]], data: bytes) -> None:
+        """
+        Write the response head and the first body bytes in one go, with
+        the backend's headers as they are (the pool validated them) and no
+        round trip through a L{Headers} object.
+        """
+        self.startedWriting = 1
+        code = self.code
+        version = self.clientproto
+        noBody = self.method == b"HEAD" or code in NO_BODY_CODES
+        head = [version, b" %d " % (code,), self.code_message, b"\r\n"]
+        hasLength = hasDate = hasServer = False
+        for name, value in passed:
+            first = name[0]
+            if first in b"Cc":
+                hasLength = hasLength or name.lower() == b"content-length"
+            elif first in b"Dd":
+                hasDate = hasDate or name.lower() == b"date"
+            head += (name, b": ", value, b"\r\n")
+        for name, values in self.responseHeaders.getAllRawHeaders():
+            lower = name.lower()
+            hasDate = hasDate or lower == b"date"
+            hasServer = hasServer or lower == b"server"
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        site = self.channel.site
+        if not hasDate:
+            head += (b"Date: ", httpDate(site.reactor.seconds()), b"\r\n")
+        serverHeader = getattr(site, "serverHeader", None)
+        if serverHeader and not hasServer:
+            head += (b"Server: ", serverHeader, b"\r\n")
+        if noBody:
+            head.append(b"\r\n")
+            self.channel.writeSequence(head)
+            self.write = _discard  # type: ignore[method-assign]
+            return
+        if not hasLength and version == b"HTTP/1.1":
+            self.chunked = 1
+            head.append(b"Transfer-Encoding: chunked\r\n\r\n")
+            if data:
+                head += toChunk(data)
+        else:
+            head.append(b"\r\n")
+            head.append(data)
+        self.sentLength += len(data)
+        self.channel.writeSequence(head)
 
     def connectionLost(self, reason: Failure) -> None:
         Request.connectionLost(self, reason)
@@ -236,6 +312,12 @@ class ProxyHTTPChannel(HTTPChannel):
     def loseConnection(self) -> None:
         self._closing = True
         HTTPChannel.loseConnection(self)
+
+    def write(self, data: bytes) -> None:
+        writeThrough(self.transport, data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        writeThrough(self.transport, b"".join(iovec))
 
     def forceClose(self) -> None:
         """
