@@ -1114,3 +1114,96 @@ class _CountingDownload(Protocol):
     def connectionLost(self, reason: Any = None) -> None:
         if not self.done.called:
             self.done.callback(None)
+
+
+class EmbeddingTests(LoopbackTestCase):
+    """
+    The proxy's pieces mounted in an application's own twisted.web tree, and
+    static routes, with real sockets.
+    """
+
+    async def listenSite(self, root: Any) -> int:
+        from twisted.web.server import Site
+
+        site = Site(root)
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        number: int = port.getHost().port
+        return number
+
+    @asyncTest
+    async def test_proxyResourceInPlainSite(self) -> None:
+        """
+        A L{ProxyResource} mounted under C{/api} of a plain twisted.web Site
+        forwards below the prefix, beside the application's own pages.
+        """
+        from twisted.web.resource import Resource
+        from twisted.web.static import Data
+
+        from twisted_rproxy import BackendPool, ProxyResource
+
+        backend = await self.startBackend()
+        pool = BackendPool(
+            reactor,
+            PoolConfig(name="api", servers=(backendServer(backend.portNumber),)),
+        )
+        self.addCleanup(pool.close)
+        root = Resource()
+        root.putChild(b"", Data(b"home page", "text/plain"))
+        root.putChild(b"api", ProxyResource(pool, stripPrefix=b"/api"))
+        port = await self.listenSite(root)
+        client = self.httpClient()
+        response = await client.get(f"http://127.0.0.1:{port}/api/users?x=1")
+        self.assertEqual(response.code, 200)
+        await response.content()
+        self.assertEqual(backend.requests[-1].target, b"/users?x=1")
+        self.assertEqual(
+            backend.requests[-1].header(b"x-forwarded-for"), [b"127.0.0.1"]
+        )
+        home = await client.get(f"http://127.0.0.1:{port}/")
+        self.assertEqual(await home.content(), b"home page")
+        self.assertEqual(len(backend.requests), 1)
+
+    @asyncTest
+    async def test_staticRouteServesFiles(self) -> None:
+        """
+        A static route serves its directory's files below its prefix, with
+        ranges, while other paths go to the pool.
+        """
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        payload = bytes(range(256)) * 40
+        with open(os.path.join(directory, "data.bin"), "wb") as f:
+            f.write(payload)
+        backend = await self.startBackend()
+        config = Config(
+            source="test",
+            server=ServerConfig(listen=("tcp:0:interface=127.0.0.1",)),
+            pools={
+                "app": PoolConfig(
+                    name="app", servers=(backendServer(backend.portNumber),)
+                )
+            },
+            routes=(
+                RouteConfig(path="/files/", static=directory),
+                RouteConfig(path="/", pool="app"),
+            ),
+        )
+        service = ProxyService(config, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        port = (await service.whenListening())[0].getHost().port
+        client = self.httpClient()
+        whole = await client.get(f"http://127.0.0.1:{port}/files/data.bin")
+        self.assertEqual(whole.code, 200)
+        self.assertEqual(await whole.content(), payload)
+        part = await client.get(
+            f"http://127.0.0.1:{port}/files/data.bin",
+            headers={"Range": "bytes=100-199"},
+        )
+        self.assertEqual(part.code, 206)
+        self.assertEqual(await part.content(), payload[100:200])
+        other = await client.get(f"http://127.0.0.1:{port}/elsewhere")
+        self.assertEqual(other.code, 200)
+        await other.content()
+        self.assertEqual([r.target for r in backend.requests], [b"/elsewhere"])
