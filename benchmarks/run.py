@@ -896,7 +896,8 @@ def markdown(
         lines += ["", *loadTable(loads)]
     if streams:
         lines += ["", *streamTable(streams)]
-    failures = [r for r in (*loads, *streams) if r.status != "ok"]
+    rows: list[LoadRow | StreamRow] = [*loads, *streams]
+    failures = [r for r in rows if r.status != "ok"]
     for r in failures:
         first, *rest = r.status.splitlines()
         lines += ["", f"**{r.scenario} / {r.target}**: {first}"]
@@ -1154,7 +1155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         session.close()
-    failed = any(r.status != "ok" for r in (*loads, *streams))
+    rows: list[LoadRow | StreamRow] = [*loads, *streams]
+    failed = any(r.status != "ok" for r in rows)
     return 1 if failed else 0
 
 

@@ -46,7 +46,9 @@ def makePool(
     return BackendPool(reactor, config)  # type: ignore[arg-type]
 
 
-def get(target: bytes = b"/", method: bytes = b"GET", body: bytes = b"") -> BackendRequest:
+def get(
+    target: bytes = b"/", method: bytes = b"GET", body: bytes = b""
+) -> BackendRequest:
     return BackendRequest(method, target, [(b"Host", b"example.com")], body, len(body))
 
 
@@ -67,7 +69,11 @@ class Recorder:
         self.producer: Any = None
 
     def responseStarted(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], connection: Any
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        connection: Any,
     ) -> None:
         self.status, self.reason, self.headers = status, reason, headers
         self.producer = connection
@@ -88,7 +94,9 @@ class Harness:
     A pool on a memory reactor, and the backend connections it opened.
     """
 
-    def __init__(self, testCase: SynchronousTestCase, *servers: BackendServer, **settings: Any):
+    def __init__(
+        self, testCase: SynchronousTestCase, *servers: BackendServer, **settings: Any
+    ):
         self.reactor = MemoryReactorClock()
         self.pool = makePool(self.reactor, *servers, **settings)
         self.connections: list[tuple[BackendConnection, StringTransport]] = []
@@ -108,6 +116,7 @@ class Harness:
         """
         host, port, factory, timeout, bindAddress = self.reactor.tcpClients[index]
         protocol = factory.buildProtocol(None)
+        assert isinstance(protocol, BackendConnection)
         transport = StringTransport()
         protocol.makeConnection(transport)
         self.connections.append((protocol, transport))
@@ -115,7 +124,11 @@ class Harness:
 
     def refuse(self, index: int = -1, reason: Exception | None = None) -> None:
         host, port, factory, timeout, bindAddress = self.reactor.tcpClients[index]
-        factory.clientConnectionFailed(None, Failure(reason or ConnectionRefusedError()))
+        # The pool's factory never looks at the connector.
+        factory.clientConnectionFailed(
+            None,  # type: ignore[arg-type]
+            Failure(reason or ConnectionRefusedError()),
+        )
 
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nServer: backend\r\n\r\nhello"
@@ -456,7 +469,9 @@ class FailureTests(SynchronousTestCase):
         self.assertIsInstance(refused.failure, PoolClosed)
 
 
-def respond(h: Harness, *pieces: bytes, request: BackendRequest | None = None) -> Recorder:
+def respond(
+    h: Harness, *pieces: bytes, request: BackendRequest | None = None
+) -> Recorder:
     recorder = h.submit(request)
     protocol, _ = h.accept()
     for piece in pieces:
@@ -527,7 +542,9 @@ class ResponseParsingTests(SynchronousTestCase):
         cuts = sorted(
             data.draw(st.lists(st.integers(1, len(wire) - 1), max_size=10, unique=True))
         )
-        pieces = [wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+        pieces = [
+            wire[a:b] for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True)
+        ]
         h = Harness(self)
         recorder = respond(h, *pieces)
         self.assertEqual(recorder.body, b"".join(chunks))
@@ -570,7 +587,7 @@ class ResponseParsingTests(SynchronousTestCase):
         """
         for status in (b"204 No Content", b"304 Not Modified"):
             h = Harness(self)
-            recorder = respond(h, b"HTTP/1.1 " + status + b"\r\nETag: \"x\"\r\n\r\n")
+            recorder = respond(h, b"HTTP/1.1 " + status + b'\r\nETag: "x"\r\n\r\n')
             self.assertTrue(recorder.finished)
             self.assertEqual(len(h.pool.servers[0].idle), 1)
 
@@ -579,8 +596,11 @@ class ResponseParsingTests(SynchronousTestCase):
         1xx interim responses are skipped; the final response is reported.
         """
         h = Harness(self)
-        recorder = respond(h, b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
-                           b"Link: </a.css>\r\n\r\n" + OK)
+        recorder = respond(
+            h,
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n"
+            b"Link: </a.css>\r\n\r\n" + OK,
+        )
         self.assertEqual((recorder.status, recorder.body), (200, b"hello"))
 
     def test_extraBytesAfterBodyPreventReuse(self) -> None:
@@ -611,7 +631,8 @@ class ResponseParsingTests(SynchronousTestCase):
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
-            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
@@ -646,9 +667,7 @@ class RequestBodyTests(SynchronousTestCase):
         h = Harness(self)
         h.submit(get(b"/f", b"POST", b"a=1&b=2"))
         _, transport = h.accept()
-        self.assertTrue(
-            transport.value().endswith(b"Content-Length: 7\r\n\r\na=1&b=2")
-        )
+        self.assertTrue(transport.value().endswith(b"Content-Length: 7\r\n\r\na=1&b=2"))
 
     def test_emptyPostHasContentLength(self) -> None:
         """
@@ -677,7 +696,9 @@ class RequestBodyTests(SynchronousTestCase):
         stream.finished()
         wire = transport.value()
         self.assertIn(b"Transfer-Encoding: chunked\r\n\r\n", wire)
-        self.assertTrue(wire.endswith(b"%x\r\n%s\r\n2\r\nbc\r\n0\r\n\r\n" % (70000, b"a" * 70000)))
+        self.assertTrue(
+            wire.endswith(b"%x\r\n%s\r\n2\r\nbc\r\n0\r\n\r\n" % (70000, b"a" * 70000))
+        )
 
     def test_streamedSizedBody(self) -> None:
         """

@@ -39,8 +39,13 @@ class UpstreamHeadersTests(SynchronousTestCase):
         """
         End-to-end headers pass unchanged, in order, with Host first.
         """
-        out = upstreamHeaders(CLIENT, ForwardingPolicy(via=None, forwardedHeaders=False),
-                              "192.0.2.1", False, b"example.com")
+        out = upstreamHeaders(
+            CLIENT,
+            ForwardingPolicy(via=None, forwardedHeaders=False),
+            "192.0.2.1",
+            False,
+            b"example.com",
+        )
         self.assertEqual(
             out,
             [(b"Host", b"example.com"), (b"User-Agent", b"curl"), (b"Accept", b"*/*")],
@@ -65,8 +70,13 @@ class UpstreamHeadersTests(SynchronousTestCase):
             (b"Content-Length", [b"10"]),
             (b"Content-Type", [b"text/plain"]),
         ]
-        out = upstreamHeaders(headers, ForwardingPolicy(via=None, forwardedHeaders=False),
-                              "192.0.2.1", False, b"example.com")
+        out = upstreamHeaders(
+            headers,
+            ForwardingPolicy(via=None, forwardedHeaders=False),
+            "192.0.2.1",
+            False,
+            b"example.com",
+        )
         self.assertEqual(
             names(out), [b"host", b"user-agent", b"accept", b"content-type"]
         )
@@ -75,7 +85,9 @@ class UpstreamHeadersTests(SynchronousTestCase):
         """
         X-Forwarded-For, -Proto and -Host describe the client's request.
         """
-        out = upstreamHeaders(CLIENT, ForwardingPolicy(), "192.0.2.1", True, b"example.com")
+        out = upstreamHeaders(
+            CLIENT, ForwardingPolicy(), "192.0.2.1", True, b"example.com"
+        )
         self.assertEqual(value(out, b"x-forwarded-for"), b"192.0.2.1")
         self.assertEqual(value(out, b"x-forwarded-proto"), b"https")
         self.assertEqual(value(out, b"x-forwarded-host"), b"example.com")
@@ -90,7 +102,9 @@ class UpstreamHeadersTests(SynchronousTestCase):
             (b"X-Forwarded-Proto", [b"https"]),
             (b"X-Forwarded-Host", [b"evil.example"]),
         ]
-        out = upstreamHeaders(headers, ForwardingPolicy(), "192.0.2.1", False, b"example.com")
+        out = upstreamHeaders(
+            headers, ForwardingPolicy(), "192.0.2.1", False, b"example.com"
+        )
         self.assertEqual(value(out, b"x-forwarded-for"), b"192.0.2.1")
         self.assertEqual(value(out, b"x-forwarded-proto"), b"http")
         self.assertEqual(value(out, b"x-forwarded-host"), b"example.com")
@@ -107,7 +121,9 @@ class UpstreamHeadersTests(SynchronousTestCase):
         ]
         policy = ForwardingPolicy(trustedProxies=("10.0.0.0/8",))
         out = upstreamHeaders(headers, policy, "10.1.2.3", False, b"internal")
-        self.assertEqual(value(out, b"x-forwarded-for"), b"203.0.113.7, 10.0.0.2, 10.1.2.3")
+        self.assertEqual(
+            value(out, b"x-forwarded-for"), b"203.0.113.7, 10.0.0.2, 10.1.2.3"
+        )
         self.assertEqual(value(out, b"x-forwarded-proto"), b"https")
         self.assertEqual(value(out, b"x-forwarded-host"), b"public.example")
 
@@ -125,8 +141,9 @@ class UpstreamHeadersTests(SynchronousTestCase):
         This proxy adds itself to Via, after what came before.
         """
         headers = CLIENT + [(b"Via", [b"1.0 upstream"])]
-        out = upstreamHeaders(headers, ForwardingPolicy(), "192.0.2.1", False,
-                              b"example.com", b"1.1")
+        out = upstreamHeaders(
+            headers, ForwardingPolicy(), "192.0.2.1", False, b"example.com", b"1.1"
+        )
         self.assertEqual(value(out, b"via"), b"1.0 upstream, 1.1 twisted_rproxy")
 
     def test_hostPolicies(self) -> None:
@@ -134,13 +151,25 @@ class UpstreamHeadersTests(SynchronousTestCase):
         Host is the client's by default, absent for C{"backend"} (the pool
         sets it), or a literal.
         """
-        preserve = upstreamHeaders(CLIENT, ForwardingPolicy(), "192.0.2.1", False, b"example.com")
+        preserve = upstreamHeaders(
+            CLIENT, ForwardingPolicy(), "192.0.2.1", False, b"example.com"
+        )
         self.assertEqual(value(preserve, b"host"), b"example.com")
-        backend = upstreamHeaders(CLIENT, ForwardingPolicy(hostHeader="backend"), "192.0.2.1",
-                                  False, b"example.com")
+        backend = upstreamHeaders(
+            CLIENT,
+            ForwardingPolicy(hostHeader="backend"),
+            "192.0.2.1",
+            False,
+            b"example.com",
+        )
         self.assertIsNone(value(backend, b"host"))
-        literal = upstreamHeaders(CLIENT, ForwardingPolicy(hostHeader="app.internal"),
-                                  "192.0.2.1", False, b"example.com")
+        literal = upstreamHeaders(
+            CLIENT,
+            ForwardingPolicy(hostHeader="app.internal"),
+            "192.0.2.1",
+            False,
+            b"example.com",
+        )
         self.assertEqual(value(literal, b"host"), b"app.internal")
 
 
@@ -159,7 +188,8 @@ class DownstreamHeadersTests(SynchronousTestCase):
             (b"Content-Type", b"text/html"),
         ]
         self.assertEqual(
-            downstreamHeaders(headers, ForwardingPolicy()), [(b"Content-Type", b"text/html")]
+            downstreamHeaders(headers, ForwardingPolicy()),
+            [(b"Content-Type", b"text/html")],
         )
 
     def test_hopByHopRemoved(self) -> None:

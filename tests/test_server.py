@@ -56,7 +56,9 @@ class Proxy:
         self.backends: list[tuple[Any, StringTransport]] = []
 
     def client(self) -> tuple[Any, StringTransport]:
-        protocol = self.service.site.buildProtocol(IPv4Address("TCP", "192.0.2.7", 5555))
+        protocol = self.service.site.buildProtocol(
+            IPv4Address("TCP", "192.0.2.7", 5555)
+        )
         transport = StringTransport(
             hostAddress=IPv4Address("TCP", "192.0.2.1", 80),
             peerAddress=IPv4Address("TCP", "192.0.2.7", 5555),
@@ -67,6 +69,7 @@ class Proxy:
     def acceptBackend(self, index: int = -1) -> tuple[Any, StringTransport]:
         _, _, factory, _, _ = self.reactor.tcpClients[index]
         protocol = factory.buildProtocol(None)
+        assert protocol is not None
         transport = StringTransport()
         protocol.makeConnection(transport)
         self.backends.append((protocol, transport))
@@ -93,7 +96,9 @@ class ProxyingTests(SynchronousTestCase):
         """
         proxy = Proxy()
         client, clientTransport = proxy.client()
-        client.dataReceived(b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Mine: 1\r\n\r\n")
+        client.dataReceived(
+            b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Mine: 1\r\n\r\n"
+        )
         protocol, transport = proxy.acceptBackend()
         self.assertEqual(
             transport.value(),
@@ -173,7 +178,8 @@ class ProxyingTests(SynchronousTestCase):
         self.assertIn(b"GET / HTTP/1.1\r\n", transport.value())
         self.assertIn(b"Via: 1.0 twisted_rproxy", transport.value())
         protocol.dataReceived(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n"
         )
         response = clientTransport.value()
         self.assertTrue(response.startswith(b"HTTP/1.0 200 OK"))
@@ -257,12 +263,17 @@ class ErrorTests(SynchronousTestCase):
         A backend that refuses connections gives a 502 page that names no
         address.
         """
-        proxy = Proxy(pools={"app": PoolConfig(name="app", servers=(backend(8001),),
-                                               retries=0)})
+        proxy = Proxy(
+            pools={"app": PoolConfig(name="app", servers=(backend(8001),), retries=0)}
+        )
         client, clientTransport = proxy.client()
         client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         factory = proxy.reactor.tcpClients[0][2]
-        factory.clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        # The pool's factory never looks at the connector.
+        factory.clientConnectionFailed(
+            None,  # type: ignore[arg-type]
+            Failure(ConnectionRefusedError()),
+        )
         self.assertErrorPage(clientTransport.value(), b"502")
         self.assertFalse(clientTransport.disconnecting)
 
@@ -270,8 +281,11 @@ class ErrorTests(SynchronousTestCase):
         """
         A backend that does not answer within its read timeout gives 504.
         """
-        proxy = Proxy(pools={"app": PoolConfig(name="app", servers=(backend(8001),),
-                                               readTimeout=2.0)})
+        proxy = Proxy(
+            pools={
+                "app": PoolConfig(name="app", servers=(backend(8001),), readTimeout=2.0)
+            }
+        )
         client, clientTransport = proxy.client()
         client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         proxy.acceptBackend()
@@ -335,11 +349,15 @@ class ErrorTests(SynchronousTestCase):
         )
         proxy = Proxy(routes=routes, maxBodySize=10)
         client, clientTransport = proxy.client()
-        client.dataReceived(b"POST /upload/x HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+        client.dataReceived(
+            b"POST /upload/x HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n"
+        )
         client.dataReceived(b"y" * 50)
         self.assertEqual(len(proxy.reactor.tcpClients), 1)
         client2, clientTransport2 = proxy.client()
-        client2.dataReceived(b"POST /other HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n")
+        client2.dataReceived(
+            b"POST /other HTTP/1.1\r\nHost: x\r\nContent-Length: 50\r\n\r\n"
+        )
         self.assertTrue(clientTransport2.value().startswith(b"HTTP/1.1 413 "))
 
     def test_clientGoneAbortsBackend(self) -> None:
@@ -407,7 +425,8 @@ class StreamingTests(SynchronousTestCase):
         proxy = Proxy(requestBuffering=False)
         client, _ = proxy.client()
         client.dataReceived(
-            b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
+            b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n"
         )
         protocol, transport = proxy.acceptBackend()
         client.dataReceived(b"2\r\nde\r\n0\r\n\r\n")
@@ -423,7 +442,9 @@ class StreamingTests(SynchronousTestCase):
         """
         proxy = Proxy(requestBuffering=False)
         client, clientTransport = proxy.client()
-        client.dataReceived(b"PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc")
+        client.dataReceived(
+            b"PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc"
+        )
         protocol, transport = proxy.acceptBackend()
         protocol.dataReceived(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
         self.assertTrue(clientTransport.value().startswith(b"HTTP/1.1 403 "))
@@ -450,7 +471,8 @@ class RoutingTests(SynchronousTestCase):
     def request(self, proxy: Proxy, line: bytes, host: bytes = b"example.com") -> bytes:
         client, transport = proxy.client()
         client.dataReceived(line + b"\r\nHost: " + host + b"\r\n\r\n")
-        return transport.value()
+        response: bytes = transport.value()
+        return response
 
     def backendPort(self, proxy: Proxy) -> int:
         port: int = proxy.reactor.tcpClients[-1][1]
@@ -525,12 +547,21 @@ class RoutingTests(SynchronousTestCase):
             RouteConfig(path="/", pool="app"),
         )
         proxy = Proxy(routes=routes, pools=self.pools)
-        self.assertTrue(self.request(proxy, b"GET /static/css/b.css HTTP/1.1")
-                        .startswith(b"HTTP/1.1 404 "))
-        self.assertTrue(self.request(proxy, b"GET /static/css/ HTTP/1.1")
-                        .startswith(b"HTTP/1.1 404 "))
-        self.assertTrue(self.request(proxy, b"GET /static/../../etc/passwd HTTP/1.1")
-                        .startswith(b"HTTP/1.1 404 "))
+        self.assertTrue(
+            self.request(proxy, b"GET /static/css/b.css HTTP/1.1").startswith(
+                b"HTTP/1.1 404 "
+            )
+        )
+        self.assertTrue(
+            self.request(proxy, b"GET /static/css/ HTTP/1.1").startswith(
+                b"HTTP/1.1 404 "
+            )
+        )
+        self.assertTrue(
+            self.request(proxy, b"GET /static/../../etc/passwd HTTP/1.1").startswith(
+                b"HTTP/1.1 404 "
+            )
+        )
         self.assertEqual(proxy.reactor.tcpClients, [])
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 from twisted.application.service import Service
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.iweb import IRequest
@@ -53,7 +54,9 @@ class DemoBackend(Resource):
     isLeaf = True
 
     def __init__(self, number: int, count: int) -> None:
-        super().__init__()
+        # mypy reports super() calls to Twisted's untyped methods despite
+        # untyped_calls_exclude (python/mypy#16653).
+        super().__init__()  # type: ignore[no-untyped-call]
         self.number = number
         self.count = count
 
@@ -94,13 +97,16 @@ class DemoBackends(Service):
     def __init__(self, ports: list[IListeningPort]) -> None:
         self.ports = ports
 
-    def stopService(self) -> Deferred[object]:
-        super().stopService()
+    def stopService(self) -> Deferred[list[tuple[bool, None]]]:
+        super().stopService()  # type: ignore[no-untyped-call]  # python/mypy#16653
         return DeferredList([Deferred.fromCoroutine(_stop(p)) for p in self.ports])
 
 
 async def _stop(port: IListeningPort) -> None:
-    await port.stopListening()
+    # stopListening() may return None when the port stops at once.
+    stopped = port.stopListening()
+    if stopped is not None:
+        await stopped
 
 
 def startDemoBackends(reactor: IProxyReactor, count: int = 2) -> DemoBackends:
@@ -113,7 +119,11 @@ def startDemoBackends(reactor: IProxyReactor, count: int = 2) -> DemoBackends:
         site = Site(DemoBackend(number, count))
         site.noisy = False
         site.log = lambda request: None  # type: ignore[method-assign]
-        ports.append(reactor.listenTCP(0, site, interface="127.0.0.1"))
+        # IReactorTCP.listenTCP is annotated with the bare ServerFactory, that
+        # is ServerFactory[_ProtoWithFactory]; Factory is invariant in its
+        # protocol type, so no concrete factory such as Site matches it.
+        port = reactor.listenTCP(0, site, interface="127.0.0.1")  # type: ignore[arg-type]
+        ports.append(port)
     return DemoBackends(ports)
 
 
@@ -124,7 +134,7 @@ def demoConfig(backends: DemoBackends, listen: tuple[str, ...] = ()) -> Config:
     output.
     """
     servers = tuple(
-        parseBackendURL(f"http://127.0.0.1:{port.getHost().port}", "<demo>", "demo")
+        parseBackendURL(f"http://127.0.0.1:{_portNumber(port)}", "<demo>", "demo")
         for port in backends.ports
     )
     return Config(
@@ -133,3 +143,13 @@ def demoConfig(backends: DemoBackends, listen: tuple[str, ...] = ()) -> Config:
         pools={"demo": PoolConfig(name="demo", servers=servers)},
         routes=(RouteConfig(path="/", pool="demo"),),
     )
+
+
+def _portNumber(port: IListeningPort) -> int:
+    """
+    The TCP port number C{port} listens on.
+    """
+    address = port.getHost()
+    if not isinstance(address, IPv4Address):
+        raise TypeError(f"not listening on IPv4 TCP: {address!r}")
+    return address.port

@@ -7,6 +7,8 @@ them to plug their own pieces in.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet.interfaces import (
     IReactorCore,
     IReactorSSL,
@@ -14,6 +16,10 @@ from twisted.internet.interfaces import (
     IReactorTime,
 )
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    # Only for annotations: twisted_rproxy.pool imports this module.
+    from twisted_rproxy.pool import Backend, BackendRequest
 
 
 class IProxyReactor(IReactorTCP, IReactorSSL, IReactorTime, IReactorCore):
@@ -44,11 +50,13 @@ class IBalancer(Interface):
     no I/O and reads no clock.
     """
 
-    def pick(servers: object, request: object) -> object:
+    def pick(servers: list[Backend], request: BackendRequest) -> Backend | None:
         """
         Choose a server for a request.
 
-        @param servers: The pool's servers, a sequence of L{IBackendServer}.
+        @param servers: The pool's servers, a list of
+            L{twisted_rproxy.pool.Backend} (each an L{IBackendServer}); the
+            balancer reads it and does not change it.
         @param request: The L{twisted_rproxy.pool.BackendRequest} to place.
         @return: One of C{servers} whose C{available} is true, or L{None}
             when none can take the request now.
@@ -63,7 +71,10 @@ class IResponseReceiver(Interface):
     """
 
     def responseStarted(
-        status: int, reason: bytes, headers: list[tuple[bytes, bytes]], connection: object
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        connection: object,
     ) -> None:
         """
         The backend's final (non-1xx) response head arrived.

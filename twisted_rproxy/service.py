@@ -36,7 +36,9 @@ class ProxyService(MultiService):
     """
 
     def __init__(self, config: Config, reactor: IProxyReactor) -> None:
-        super().__init__()
+        # mypy reports super() calls to Twisted's untyped methods despite
+        # untyped_calls_exclude (python/mypy#16653).
+        super().__init__()  # type: ignore[no-untyped-call]
         self.config = config
         self.reactor = reactor
         self.pools = {
@@ -61,11 +63,12 @@ class ProxyService(MultiService):
         A listener that fails at once (a port in use, say) raises here, so
         that C{twistd} reports it and exits instead of running deaf.
         """
-        super().startService()
+        super().startService()  # type: ignore[no-untyped-call]  # python/mypy#16653
         waiting = []
         for description in self.config.server.listen:
             endpoint = serverFromString(self.reactor, description)
-            waiting.append(_listenOrRaise(endpoint, self.site).addCallback(self._listened))
+            listening = _listenOrRaise(endpoint, self.site)
+            waiting.append(listening.addCallback(self._listened))
         self._listening = gatherResults(waiting, consumeErrors=True)
         self._listening.addErrback(self._listenFailed)
 
@@ -102,20 +105,22 @@ class ProxyService(MultiService):
         """
         Stop listening, then close every pool.
         """
-        super().stopService()
+        super().stopService()  # type: ignore[no-untyped-call]  # python/mypy#16653
         ports, self._ports = self._ports, []
         stopping = [Deferred.fromCoroutine(_stop(port)) for port in ports]
-        done: Deferred[object] = DeferredList(stopping)
 
-        def closePools(_: object) -> Deferred[object]:
+        def closePools(_: object) -> Deferred[list[tuple[bool, None]]]:
             return DeferredList([pool.close() for pool in self.pools.values()])
 
-        done.addCallback(closePools)
-        return done.addCallback(lambda _: None)
+        closed = DeferredList(stopping).addCallback(closePools)
+        return closed.addCallback(lambda _: None)
 
 
 async def _stop(port: IListeningPort) -> None:
-    await port.stopListening()
+    # stopListening() may return None when the port stops at once.
+    stopped = port.stopListening()
+    if stopped is not None:
+        await stopped
 
 
 def _listenOrRaise(

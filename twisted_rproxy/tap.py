@@ -7,12 +7,14 @@ This is the only module that imports the global reactor.
 from __future__ import annotations
 
 import sys
+from typing import cast
 
 from twisted.application.service import IService, MultiService
 from twisted.python import usage
 
 from twisted_rproxy import __version__
 from twisted_rproxy.config import Config, ConfigError, configFromArguments, loadConfig
+from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.service import ProxyService
 
 
@@ -68,7 +70,9 @@ class Options(usage.Options):
     ]
 
     def __init__(self) -> None:
-        super().__init__()
+        # mypy reports super() calls to Twisted's untyped methods despite
+        # untyped_calls_exclude (python/mypy#16653).
+        super().__init__()  # type: ignore[no-untyped-call]
         self["listen"] = []
         self["backends"] = []
 
@@ -114,7 +118,9 @@ class Options(usage.Options):
                 "--access-log or --demo"
             )
         if self["demo"] and (self["backends"] or self["static"]):
-            raise usage.UsageError("--demo can't be combined with --backend or --static")
+            raise usage.UsageError(
+                "--demo can't be combined with --backend or --static"
+            )
         if not (self["config"] or self["backends"] or self["static"] or self["demo"]):
             raise usage.UsageError(
                 "nothing to run: give --config FILE, --backend URL (and --listen), "
@@ -139,7 +145,7 @@ class Options(usage.Options):
                 )
         except ConfigError as e:
             sys.stderr.write(f"twisted_rproxy: {e}\n")
-            raise SystemExit(1)
+            raise SystemExit(1) from None
         if self["check"]:
             print(f"twisted_rproxy: {self.rproxyConfig.source}: configuration OK")
             raise SystemExit(0)
@@ -151,14 +157,22 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
+    # The global reactor provides each of IProxyReactor's bases (TCP, SSL, time,
+    # core), but Twisted types it as _IReactorCommon, which leaves IReactorSSL
+    # out; and it does not declare IProxyReactor itself, so adapting it with
+    # IProxyReactor(...) would fail.
+    proxyReactor = cast(IProxyReactor, reactor)
     if options["demo"]:
         from twisted_rproxy.demo import demoConfig, startDemoBackends
 
-        backends = startDemoBackends(reactor)
+        backends = startDemoBackends(proxyReactor)
         parent = MultiService()
-        backends.setServiceParent(parent)
+        # mypy names these calls after our subclasses, so untyped_calls_exclude
+        # misses Twisted's untyped Service.setServiceParent (python/mypy#16651).
+        backends.setServiceParent(parent)  # type: ignore[no-untyped-call]
         config = demoConfig(backends, tuple(options["listen"]))
-        ProxyService(config, reactor).setServiceParent(parent)
+        proxy = ProxyService(config, proxyReactor)
+        proxy.setServiceParent(parent)  # type: ignore[no-untyped-call]
         return parent
     assert options.rproxyConfig is not None
-    return ProxyService(options.rproxyConfig, reactor)
+    return ProxyService(options.rproxyConfig, proxyReactor)
