@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import IO, TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any
 
 from attrs import define
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.tcp import Server as _TCPServer
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
@@ -52,7 +53,8 @@ MAX_RESPONSE_HEAD = 65536
 #: One header line, after the CRLF that ends the line before it: a token
 #: name, a colon, and the value without its surrounding blanks.
 _HEADER_LINE = re.compile(
-    rb"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*((?:[^\r\n]*[^\r\n \t])?)[ \t]*(?=\r\n|$)"
+    rb"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):"
+    rb"[ \t]*((?:[^\r\n]*[^\r\n \t])?)[ \t]*(?=\r\n|$)"
 )
 _STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: (.*))?")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
@@ -484,6 +486,9 @@ class BackendConnection(Protocol):
 
     idleSince = 0.0
     role = _CONNECTING
+    # A TCP or TLS transport: ITransport, IConsumer, IPushProducer and
+    # abortConnection, which ITransport alone does not declare.
+    transport: Any
 
     def __init__(self, backend: Backend, firstExchange: _Exchange) -> None:
         self.backend = backend
@@ -1050,7 +1055,9 @@ class BackendPool:
             self._pending.remove(exchange)
         except ValueError:
             return
-        _log.warn("Pool {pool}: request waited too long for a connection", pool=self.name)
+        _log.warn(
+            "Pool {pool}: request waited too long for a connection", pool=self.name
+        )
         exchange.fail(PoolOverloaded("waited too long for a backend connection"))
 
     def _dispatchPending(self) -> None:
@@ -1075,8 +1082,10 @@ class BackendPool:
                 server.host,
                 server.port,
                 factory,
-                optionsForClientTLS(server.host),
+                # connectSSL takes a connection creator too (Twisted 14.0+).
+                optionsForClientTLS(server.host),  # type: ignore[arg-type]
                 timeout=timeout,
+                bindAddress=None,
             )
         else:
             self._reactor.connectTCP(server.host, server.port, factory, timeout=timeout)

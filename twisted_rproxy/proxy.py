@@ -11,19 +11,18 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from io import BytesIO
-from typing import IO, Union
+from typing import IO, Any
 
 from attrs import field, frozen
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from twisted_rproxy.interfaces import IResponseReceiver
 from twisted_rproxy.pages import renderError
-from twisted_rproxy.server import ProxyRequest
 from twisted_rproxy.pool import (
     BackendError,
     BackendPool,
@@ -31,13 +30,14 @@ from twisted_rproxy.pool import (
     PoolOverloaded,
     RequestBodyStream,
 )
+from twisted_rproxy.server import ProxyRequest
 
 _log = Logger()
 
 #: Buffered bodies up to this size are sent from memory.
 _READ_WHOLE = 1024 * 1024
 
-_Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: Headers that describe one connection, not the message (RFC 9110 section
 #: 7.6.1), and never cross the proxy in either direction; C{Expect} and the
@@ -226,9 +226,9 @@ class _ProxyExchange:
     Carries one backend response to the client's request.
     """
 
-    __slots__ = ("request", "policy", "handle", "producing", "_bodyFile")
+    __slots__ = ("request", "policy", "handle", "producing")
 
-    def __init__(self, request: IRequest, policy: ForwardingPolicy) -> None:
+    def __init__(self, request: Request, policy: ForwardingPolicy) -> None:
         self.request = request
         self.policy = policy
         self.handle: object = None
@@ -279,7 +279,8 @@ class _ProxyExchange:
             return
         if request.startedWriting:
             # The response is cut short: only closing tells the client so.
-            transport = request.channel.transport if request.channel else None
+            channel = request.channel
+            transport: Any = channel.transport if channel is not None else None
             if transport is not None:
                 transport.abortConnection()
             return
@@ -321,7 +322,12 @@ class ProxyResource(Resource):
     def render(self, request: IRequest) -> object:
         """
         Forward C{request}; the response is written as it arrives.
+
+        @param request: A L{twisted.web.server.Request} (the proxy needs its
+            producer registration and connection state, which L{IRequest}
+            does not declare).
         """
+        assert isinstance(request, Request)
         policy = self.policy
         target = request.uri
         if self.stripPrefix and target.startswith(self.stripPrefix):
@@ -333,7 +339,8 @@ class ProxyResource(Resource):
         host = hostValues[0] if hostValues else None
         client = request.getClientAddress()
         clientHost = getattr(client, "host", "") or ""
-        version = request.clientproto.split(b"/", 1)[-1] if request.clientproto else b"1.1"
+        proto = request.clientproto
+        version = proto.split(b"/", 1)[-1] if proto else b"1.1"
         headers = upstreamHeaders(
             requestHeaders.getAllRawHeaders(),
             policy,

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from io import BytesIO
-from typing import IO, TextIO
+from typing import IO, Any, TextIO
 from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.logger import Logger
@@ -78,6 +78,9 @@ class ProxyRequest(Request):
         is lost before the response is finished.
     """
 
+    # An HTTPChannel of ours or an H2Stream: attributes twisted.web's types
+    # don't declare (site, transport, persistent...).
+    channel: Any
     bodyStream: RequestBodyStream | None = None
     route: object = None
     passedHeaders: list[tuple[bytes, bytes]] | None = None
@@ -123,7 +126,7 @@ class ProxyRequest(Request):
         stream = self.bodyStream
         if stream is not None:
             stream.dataReceived(data)
-        else:
+        elif self.content is not None:
             self.content.write(data)
 
     def _refuseBody(self) -> None:
@@ -258,6 +261,8 @@ class ProxyHTTPChannel(HTTPChannel):
     once the headers are in (see L{ProxyRequest.headersReceived}).
     """
 
+    # A TCP or TLS transport; ITransport does not declare abortConnection.
+    transport: Any
     _closing = False
     _host: object = None
     _secure: bool | None = None
@@ -361,12 +366,13 @@ class ProxySite(Site):
             reactor=reactor,
         )
         self.config = config
-        self.serverHeader = config.serverHeader.encode() if config.serverHeader else None
+        serverHeader = config.serverHeader
+        self.serverHeader = serverHeader.encode() if serverHeader else None
         defaultPolicy = (config.maxBodySize, config.requestBuffering)
         self.bodyPolicy: BodyPolicy = bodyPolicy or (lambda request: defaultPolicy)
         self._accessLog: TextIO | None = None
 
-    def protocol(self) -> _GenericHTTPChannelProtocol:  # type: ignore[override]
+    def protocol(self) -> _GenericHTTPChannelProtocol:
         # twisted.web's own factory does this with a plain HTTPChannel; the
         # wrapper switches to HTTP/2 when TLS negotiates it.
         channel = ProxyHTTPChannel()
