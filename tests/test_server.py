@@ -377,6 +377,69 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual((pool.servers[0].busy, pool.servers[0].idle), (0, []))
 
 
+class IdleTimeoutTests(SynchronousTestCase):
+    """
+    Idle client connections are closed after C{idle_timeout}; busy ones
+    are not.
+    """
+
+    def test_idleConnectionClosed(self) -> None:
+        """
+        A client that sends nothing for C{idleTimeout} seconds is
+        disconnected, and only then.
+        """
+        proxy = Proxy(idleTimeout=60.0)
+        _, transport = proxy.client()
+        proxy.reactor.advance(59)
+        self.assertFalse(transport.disconnecting)
+        proxy.reactor.advance(2)
+        self.assertTrue(transport.disconnecting)
+
+    def test_activityPostponesTimeout(self) -> None:
+        """
+        The timeout counts from the last bytes received, including those
+        after a finished request.
+        """
+        proxy = Proxy(idleTimeout=60.0)
+        client, transport = proxy.client()
+        proxy.reactor.advance(50)
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol, _ = proxy.acceptBackend()
+        protocol.dataReceived(RESPONSE)
+        proxy.reactor.advance(30)
+        self.assertFalse(transport.disconnecting)
+        proxy.reactor.advance(31)
+        self.assertTrue(transport.disconnecting)
+
+    def test_noTimeoutWhileRequestInFlight(self) -> None:
+        """
+        A request waiting for a slow backend keeps its client connection,
+        past the idle timeout.
+        """
+        pools = {
+            "app": PoolConfig(name="app", servers=(backend(8001),), readTimeout=500.0)
+        }
+        proxy = Proxy(pools=pools, idleTimeout=60.0)
+        client, transport = proxy.client()
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        protocol, _ = proxy.acceptBackend()
+        proxy.reactor.advance(200)
+        self.assertFalse(transport.disconnecting)
+        protocol.dataReceived(RESPONSE)
+        self.assertIn(b"hello", transport.value())
+        proxy.reactor.advance(61)
+        self.assertTrue(transport.disconnecting)
+
+    def test_closedConnectionLeavesNoTimer(self) -> None:
+        """
+        A closed client connection leaves no timer behind.
+        """
+        proxy = Proxy(idleTimeout=60.0)
+        client, _ = proxy.client()
+        client.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(proxy.reactor.getDelayedCalls(), [])
+
+
 class StreamingTests(SynchronousTestCase):
     """
     Bodies stream with backpressure in both directions.

@@ -486,6 +486,9 @@ class BackendConnection(Protocol):
 
     idleSince = 0.0
     role = _CONNECTING
+    #: Whether the whole body of the response just started is already read
+    #: (so there is nothing to pause).
+    bodyBuffered = False
     # A TCP or TLS transport: ITransport, IConsumer, IPushProducer and
     # abortConnection, which ITransport alone does not declare.
     transport: Any
@@ -716,6 +719,9 @@ class BackendConnection(Protocol):
         else:
             self._state = _BODY_UNTIL_CLOSE
             self._keepAlive = False
+        self.bodyBuffered = self._state == _DONE or (
+            self._state == _BODY_LENGTH and len(self._buffer) >= self._remaining
+        )
         exchange.receiver.responseStarted(status, reason, headers, self)
         if self._state == _DONE and self._exchange is exchange:
             self._responseDone()

@@ -16,6 +16,7 @@ from typing import IO, Any
 from attrs import field, frozen
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -212,7 +213,9 @@ def downstreamHeaders(
         lower = header[0].lower()
         if lower in hidden:
             if lower == b"connection":
-                named |= connectionTokens([header[1]]) - _CONNECTION_OPTIONS
+                value = header[1].lower()
+                if value != b"keep-alive" and value != b"close":
+                    named |= connectionTokens([value]) - _CONNECTION_OPTIONS
             continue
         out.append(header)
     if named:
@@ -239,10 +242,11 @@ class _ProxyExchange:
         status: int,
         reason: bytes,
         headers: list[tuple[bytes, bytes]],
-        connection: object,
+        connection: Any,
     ) -> None:
         request = self.request
-        request.setResponseCode(status, reason or None)
+        request.code = status
+        request.code_message = reason or RESPONSES.get(status, b"Unknown Status")
         passed = downstreamHeaders(headers, self.policy)
         if isinstance(request, ProxyRequest):
             request.passedHeaders = passed
@@ -254,7 +258,8 @@ class _ProxyExchange:
                     responseHeaders.setRawHeaders(name, [value])
                 else:
                     responseHeaders.addRawHeader(name, value)
-        if getattr(request, "_disconnected", False):
+        if getattr(request, "_disconnected", False) or connection.bodyBuffered:
+            # Nothing to pause when the whole body is already here.
             return
         request.registerProducer(connection, True)
         self.producing = True

@@ -267,6 +267,56 @@ class ProxyHTTPChannel(HTTPChannel):
     _host: object = None
     _secure: bool | None = None
 
+    # The idle timeout. twisted.web's channel cancels its timer when a
+    # request arrives and makes a new one when it is done: two heap
+    # operations per request. Here one timer is kept, and checks the time of
+    # the last activity when it fires.
+    _idleCall: Any = None
+    _idlePeriod: float | None = None
+    _lastActivity = 0.0
+
+    def connectionMade(self) -> None:
+        self._seconds = self.factory.reactor.seconds
+        HTTPChannel.connectionMade(self)
+
+    def setTimeout(self, period: float | None) -> float | None:
+        previous = self._idlePeriod
+        self._idlePeriod = self.timeOut = period
+        if period is not None:
+            self._lastActivity = self._seconds()
+            if self._idleCall is None:
+                self._idleCall = self.callLater(period, self._checkIdle)
+        return previous
+
+    def resetTimeout(self) -> None:
+        if self._idlePeriod is not None:
+            self._lastActivity = self._seconds()
+
+    def _checkIdle(self) -> None:
+        self._idleCall = None
+        period = self._idlePeriod
+        if period is None:
+            return
+        idle = self._seconds() - self._lastActivity
+        if idle < period:
+            self._idleCall = self.callLater(period - idle, self._checkIdle)
+        else:
+            self.timeoutConnection()
+
+    def stopIdleTimer(self) -> None:
+        """
+        Cancel the idle timer for good (the connection is closed, or was
+        handed over to HTTP/2).
+        """
+        self._idlePeriod = None
+        call, self._idleCall = self._idleCall, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def connectionLost(self, reason: Failure) -> None:
+        HTTPChannel.connectionLost(self, reason)
+        self.stopIdleTimer()
+
     def getHost(self) -> object:
         # Asked for every request; the answer is the connection's.
         host = self._host
@@ -333,6 +383,19 @@ class ProxyHTTPChannel(HTTPChannel):
             self.transport.abortConnection()
 
 
+class _ChannelSwitcher(_GenericHTTPChannelProtocol):
+    """
+    twisted.web's wrapper that hands a TLS connection to HTTP/2 when ALPN
+    chose it; this one also stops the HTTP/1.1 channel's idle timer then.
+    """
+
+    def dataReceived(self, data: bytes) -> None:
+        channel = self._channel
+        _GenericHTTPChannelProtocol.dataReceived(self, data)
+        if self._channel is not channel and isinstance(channel, ProxyHTTPChannel):
+            channel.stopIdleTimer()
+
+
 class ProxySite(Site):
     """
     The proxy's twisted.web site: L{ProxyRequest}s on L{ProxyHTTPChannel}s,
@@ -372,13 +435,13 @@ class ProxySite(Site):
         self.bodyPolicy: BodyPolicy = bodyPolicy or (lambda request: defaultPolicy)
         self._accessLog: TextIO | None = None
 
-    def protocol(self) -> _GenericHTTPChannelProtocol:
+    def protocol(self) -> _ChannelSwitcher:
         # twisted.web's own factory does this with a plain HTTPChannel; the
         # wrapper switches to HTTP/2 when TLS negotiates it.
         channel = ProxyHTTPChannel()
         channel.maxHeaders = self.config.maxHeaders
         channel.totalHeadersSize = self.config.maxHeaderSize
-        return _GenericHTTPChannelProtocol(channel)
+        return _ChannelSwitcher(channel)
 
     def getContentFile(self, length: int | None) -> IO[bytes]:
         """
