@@ -20,6 +20,7 @@ from io import BytesIO
 from typing import IO, Any, TextIO
 from urllib.parse import unquote_to_bytes as unquote
 
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import (
@@ -281,7 +282,9 @@ class ProxyHTTPChannel(HTTPChannel):
 
     def setTimeout(self, period: float | None) -> float | None:
         previous = self._idlePeriod
-        self._idlePeriod = self.timeOut = period
+        self._idlePeriod = period
+        # Twisted declares timeOut an int; a period may have a fraction.
+        self.timeOut = period  # type: ignore[assignment]
         if period is not None:
             self._lastActivity = self._seconds()
             if self._idleCall is None:
@@ -313,7 +316,7 @@ class ProxyHTTPChannel(HTTPChannel):
         if call is not None and call.active():
             call.cancel()
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         HTTPChannel.connectionLost(self, reason)
         self.stopIdleTimer()
 
@@ -390,7 +393,7 @@ class _ChannelSwitcher(_GenericHTTPChannelProtocol):
     """
 
     def dataReceived(self, data: bytes) -> None:
-        channel = self._channel
+        channel: Any = self._channel
         _GenericHTTPChannelProtocol.dataReceived(self, data)
         if self._channel is not channel and isinstance(channel, ProxyHTTPChannel):
             channel.stopIdleTimer()
