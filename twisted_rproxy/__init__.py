@@ -23,6 +23,7 @@ from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.proxy import ProxyResource
 from twisted_rproxy.server import ProxySite
 from twisted_rproxy.service import ProxyService, makeService
+from twisted_rproxy.static import StaticResource
 from twisted_rproxy.tree import Router, buildResource
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "RouteConfig",
     "Router",
     "ServerConfig",
+    "StaticResource",
     "buildResource",
     "configFromArguments",
     "loadConfig",

@@ -12,12 +12,12 @@ from attrs import field, frozen
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
-from twisted.web.static import File
 
 from twisted_rproxy.config import Config, RouteConfig, ServerConfig
 from twisted_rproxy.pages import renderError
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.proxy import ForwardingPolicy, ProxyResource
+from twisted_rproxy.static import StaticResource
 
 
 @frozen
@@ -165,19 +165,6 @@ class Router(Resource):
         return route.maxBodySize, route.requestBuffering
 
 
-class StaticDirectory(File):
-    """
-    Files from one directory, without directory listings, and with the
-    proxy's own 404 page.
-    """
-
-    def directoryListing(self) -> IResource:
-        return _NotFound()
-
-    # File declares its own (unescaped, deprecated) page class here.
-    childNotFound = _NotFound()  # type: ignore[assignment]
-
-
 def policyFor(server: ServerConfig, hostHeader: str | None) -> ForwardingPolicy:
     """
     The forwarding policy for a pool's routes.
@@ -209,7 +196,7 @@ def buildRoute(
         )
     else:
         assert route.static is not None
-        resource = StaticDirectory(route.static)
+        resource = StaticResource(route.static)
     return Route(
         path=route.path.encode("ascii"),
         host=route.host,
