@@ -17,7 +17,10 @@ from twisted_rproxy.config import (
     BackendServer,
     Config,
     ConfigError,
+    HealthCheckConfig,
+    OutlierConfig,
     PoolConfig,
+    RetryBudgetConfig,
     RouteConfig,
     ServerConfig,
     configFromArguments,
@@ -584,7 +587,7 @@ class LoadConfigTests(ConfigTestMixin):
     def test_architectureExample(self) -> None:
         """
         The example of the architecture contract is refused on its first
-        table not supported yet, C{[[tls]]}.
+        table not supported yet, C{[caches.main]}.
         """
         self.assertConfigError(
             """
@@ -615,7 +618,7 @@ pool = "app"
 cache = "main"
 filters = ["gzip"]
 """,
-            "tls",
+            "caches",
             "is not supported by this version of twisted_rproxy yet",
         )
 
@@ -644,7 +647,7 @@ class TopLevelTests(ConfigTestMixin):
         The tables of the contract not implemented yet are each refused as
         such.
         """
-        for table in ["[[tls]]", "[caches.main]", "[filters.gzip]", "[admin]"]:
+        for table in ["[caches.main]", "[admin]"]:
             name = table.strip("[]").split(".")[0]
             self.assertConfigError(
                 VALID + table + "\n",
@@ -1111,14 +1114,14 @@ retries = 0
             )
         )
 
-    def test_healthNotSupported(self) -> None:
+    def test_healthUnknownKey(self) -> None:
         """
-        C{health} is refused as not supported yet.
+        An unknown key inside C{health} is named with its full dotted key.
         """
         self.assertDataError(
-            withPool(health={}),
-            "pools.app.health",
-            "is not supported by this version of twisted_rproxy yet",
+            withPool(health={"intervall": "1s"}),
+            "pools.app.health.intervall",
+            "unknown key (did you mean interval?)",
         )
 
     def test_booleanIsNotAnInteger(self) -> None:
@@ -1164,12 +1167,13 @@ retries = 0
 
     def test_balance(self) -> None:
         """
-        Only round-robin balancing is accepted so far.
+        An unknown balancing method is refused, naming the supported ones.
         """
         self.assertDataError(
             withPool(balance="least-connections"),
             "pools.app.balance",
-            "unsupported balancing method 'least-connections' (supported: round-robin)",
+            "unsupported balancing method 'least-connections' (supported: "
+            "round-robin, least-requests, random-two, hash)",
         )
 
     def test_hostHeader(self) -> None:
@@ -1457,11 +1461,11 @@ request_buffering = false
             "unknown key (did you mean strip_prefix?)",
         )
 
-    def test_cacheAndFiltersNotSupported(self) -> None:
+    def test_cacheNotSupported(self) -> None:
         """
-        A route's C{cache} and C{filters} are refused as not supported yet.
+        A route's C{cache} is refused as not supported yet.
         """
-        for key, value in [("cache", "main"), ("filters", ["gzip"])]:
+        for key, value in [("cache", "main")]:
             self.assertDataError(
                 withRoute(**{key: value}),
                 f"routes[0].{key}",
@@ -1747,3 +1751,175 @@ class ConfigFromArgumentsTests(SynchronousTestCase):
             ConfigError, configFromArguments, ["tcp:1"], ["http://h"], None, "/", ""
         )
         self.assertEqual(error.key, "--access-log")
+
+
+class BalancingKeysTests(ConfigTestMixin):
+    """
+    The balancing, health and retry keys of C{[pools.NAME]}.
+    """
+
+    def pool(self, **extra: object) -> PoolConfig:
+        return parseConfig(withPool(**extra), "f", ".").pools["app"]
+
+    def test_defaults(self) -> None:
+        """
+        Without the keys: round robin, no health checks, no outlier
+        ejection, panic at 50%, the default retry budget, no slow start.
+        """
+        pool = self.pool()
+        self.assertEqual(pool.balance, "round-robin")
+        self.assertIsNone(pool.hashOn)
+        self.assertIsNone(pool.health)
+        self.assertIsNone(pool.outlier)
+        self.assertEqual(pool.panicThreshold, 50.0)
+        self.assertEqual(pool.retryBudget, RetryBudgetConfig())
+        self.assertEqual(pool.retryStatuses, (502, 503, 504))
+        self.assertEqual(pool.slowStart, 0.0)
+
+    def test_balanceMethods(self) -> None:
+        """
+        Each balancing method is accepted; C{hash} hashes the client by
+        default.
+        """
+        for method in ["round-robin", "least-requests", "random-two", "hash"]:
+            self.assertEqual(self.pool(balance=method).balance, method)
+        self.assertEqual(self.pool(balance="hash").hashOn, "client")
+
+    def test_hashOn(self) -> None:
+        """
+        C{hash_on} takes "client", "header:NAME" or "cookie:NAME".
+        """
+        for value in ["client", "header:X-User", "cookie:session"]:
+            self.assertEqual(self.pool(balance="hash", hash_on=value).hashOn, value)
+        self.assertDataError(
+            withPool(balance="hash", hash_on="query:x"),
+            "pools.app.hash_on",
+            "invalid value 'query:x' (expected \"client\", \"header:NAME\" or "
+            '"cookie:NAME")',
+        )
+        self.assertDataError(
+            withPool(balance="hash", hash_on="header:"),
+            "pools.app.hash_on",
+            "invalid header name '' in 'header:'",
+        )
+
+    def test_hashOnNeedsHash(self) -> None:
+        """
+        C{hash_on} with another balancing method is a mistake.
+        """
+        self.assertDataError(
+            withPool(hash_on="client"),
+            "pools.app.hash_on",
+            'applies only to balance = "hash"',
+        )
+
+    def test_health(self) -> None:
+        """
+        Every C{health} key is read, durations and status ranges included.
+        """
+        pool = self.pool(
+            health={
+                "path": "/healthz",
+                "interval": "2s",
+                "timeout": "500ms",
+                "statuses": [200, "300-399"],
+                "rise": 3,
+                "fall": 1,
+            }
+        )
+        self.assertEqual(
+            pool.health,
+            HealthCheckConfig(
+                path="/healthz",
+                interval=2.0,
+                timeout=0.5,
+                statuses=((200, 200), (300, 399)),
+                rise=3,
+                fall=1,
+            ),
+        )
+        self.assertEqual(self.pool(health={}).health, HealthCheckConfig())
+
+    def test_healthMistakes(self) -> None:
+        """
+        Bad health values are refused with their dotted keys.
+        """
+        cases: list[tuple[dict[str, object], str, str]] = [
+            ({"path": "healthz"}, "pools.app.health.path",
+             "must be an ASCII path starting with \"/\", got 'healthz'"),
+            ({"rise": 0}, "pools.app.health.rise", "must be at least 1, got 0"),
+            ({"interval": "1s", "timeout": "2s"}, "pools.app.health.timeout",
+             "must not be longer than the interval (1s)"),
+            ({"statuses": [99]}, "pools.app.health.statuses[0]",
+             "must be statuses from 100 to 599, got 99"),
+            ({"statuses": ["200-"]}, "pools.app.health.statuses[0]",
+             "invalid range '200-' (like \"200-399\")"),
+            ({"statuses": []}, "pools.app.health.statuses",
+              "must list at least one status"),
+        ]  # fmt: skip
+        for health, key, message in cases:
+            self.assertDataError(withPool(health=health), key, message)
+        self.assertDataError(
+            withPool(health="yes"), "pools.app.health", "expected a table, got str"
+        )
+
+    def test_outlier(self) -> None:
+        """
+        Every C{outlier} key is read; an empty table enables the defaults.
+        """
+        pool = self.pool(
+            outlier={
+                "consecutive_failures": 3,
+                "base_ejection": "10s",
+                "max_ejection": "1m",
+                "max_ejected_percent": 34,
+            }
+        )
+        self.assertEqual(pool.outlier, OutlierConfig(3, 10.0, 60.0, 34.0))
+        self.assertEqual(self.pool(outlier={}).outlier, OutlierConfig())
+        self.assertDataError(
+            withPool(outlier={"base_ejection": "10m", "max_ejection": "1m"}),
+            "pools.app.outlier.max_ejection",
+            "must not be shorter than base_ejection (600s)",
+        )
+        self.assertDataError(
+            withPool(outlier={"max_ejected_percent": 101}),
+            "pools.app.outlier.max_ejected_percent",
+            "must be from 0 to 100, got 101",
+        )
+
+    def test_retries(self) -> None:
+        """
+        C{retry_budget}, C{retry_statuses}, C{panic_threshold} and
+        C{slow_start} are read and checked.
+        """
+        pool = self.pool(
+            retry_budget={"percent": 10, "min_retries": 2, "window": "30s"},
+            retry_statuses=[503, 500],
+            panic_threshold=0,
+            slow_start="20s",
+        )
+        self.assertEqual(pool.retryBudget, RetryBudgetConfig(10.0, 2, 30.0))
+        self.assertEqual(pool.retryStatuses, (500, 503))
+        self.assertEqual(pool.panicThreshold, 0.0)
+        self.assertEqual(pool.slowStart, 20.0)
+        self.assertDataError(
+            withPool(retry_statuses=[404]),
+            "pools.app.retry_statuses[0]",
+            "must be statuses from 500 to 599, got 404",
+        )
+        self.assertDataError(
+            withPool(retry_budget={"percent": "x"}),
+            "pools.app.retry_budget.percent",
+            "expected a number, got str",
+        )
+        self.assertDataError(
+            withPool(panic_threshold=True),
+            "pools.app.panic_threshold",
+            "expected a number, got bool",
+        )
+        self.assertDataError(
+            withPool(slow_start="-1s"),
+            "pools.app.slow_start",
+            "must not be negative, got '-1s'",
+        )

@@ -6,6 +6,11 @@ L{ProxyService} (listeners, pools and the resource tree for one
 configuration), L{ProxyResource} (forwards requests through a
 L{BackendPool}), L{Router} (host and path prefix routing) and the
 configuration loaders.
+
+Filters (L{FilterChain} and what hooks see: L{RequestContext},
+L{ResponseHead}, L{FilterResponse}) wrap any resource; see
+C{docs/filters.rst}. L{twisted_rproxy.testing} holds test doubles for filter
+authors and embedders.
 """
 
 __version__ = "0.1.0.dev0"
@@ -13,11 +18,21 @@ __version__ = "0.1.0.dev0"
 from twisted_rproxy.config import (
     Config,
     ConfigError,
+    FilterConfig,
     PoolConfig,
     RouteConfig,
     ServerConfig,
+    backendServers,
     configFromArguments,
     loadConfig,
+)
+from twisted_rproxy.filters import (
+    FilterChain,
+    FilterOptionError,
+    FilterResponse,
+    RequestContext,
+    ResponseHead,
+    findFilterFactory,
 )
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.proxy import ProxyResource
@@ -31,7 +46,13 @@ __all__ = [
     "BackendPool",
     "Config",
     "ConfigError",
+    "FilterChain",
+    "FilterConfig",
+    "FilterOptionError",
+    "FilterResponse",
     "PoolConfig",
+    "RequestContext",
+    "ResponseHead",
     "ProxyResource",
     "ProxyService",
     "ProxySite",
@@ -39,8 +60,10 @@ __all__ = [
     "Router",
     "ServerConfig",
     "StaticResource",
+    "backendServers",
     "buildResource",
     "configFromArguments",
+    "findFilterFactory",
     "loadConfig",
     "makeService",
 ]

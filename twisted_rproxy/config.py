@@ -22,11 +22,13 @@ import re
 import sys
 from collections.abc import Callable, Collection, Mapping, Sequence
 from fractions import Fraction
-from typing import cast
+from typing import Any, cast
 
-from attrs import frozen
+from attrs import field, frozen
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
+
+from twisted_rproxy.balance import BALANCERS, parseHashOn
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -37,11 +39,18 @@ __all__ = [
     "COMMAND_LINE",
     "NOT_SUPPORTED",
     "BackendServer",
+    "CertificateConfig",
     "Config",
     "ConfigError",
+    "FilterConfig",
+    "backendServers",
+    "HealthCheckConfig",
+    "OutlierConfig",
     "PoolConfig",
+    "RetryBudgetConfig",
     "RouteConfig",
     "ServerConfig",
+    "TLSConfig",
     "configFromArguments",
     "loadConfig",
     "parseConfig",
@@ -62,7 +71,7 @@ The L{ConfigError.message} for a table or key that the configuration format
 reserves but this version does not implement yet.
 """
 
-_BALANCERS = ("round-robin",)
+_BALANCERS = BALANCERS
 _DEFAULT_LISTEN = ("tcp:8080",)
 _DEFAULT_POOL = "default"
 
@@ -161,13 +170,83 @@ class BackendServer:
 
 
 @frozen
+class CertificateConfig:
+    """
+    One certificate and its private key, as PEM files.
+
+    @ivar certificate: The absolute path of the PEM file holding the
+        certificate, then its chain (intermediate certificates).
+    @ivar key: The absolute path of the PEM file holding the private key;
+        the same as C{certificate} when one file holds both.
+    """
+
+    certificate: str
+    key: str
+
+
+@frozen
+class HealthCheckConfig:
+    """
+    Active health checks of a pool's servers (C{[pools.NAME] health}).
+
+    @ivar path: The request target each check GETs.
+    @ivar interval: Seconds between two checks of one server.
+    @ivar timeout: Seconds a check may take (connecting included).
+    @ivar statuses: The response statuses that pass, as inclusive
+        C{(low, high)} ranges.
+    @ivar rise: Consecutive passed checks that bring a down server up.
+    @ivar fall: Consecutive failed checks that take an up server down.
+    """
+
+    path: str = "/"
+    interval: float = 5.0
+    timeout: float = 2.0
+    statuses: tuple[tuple[int, int], ...] = ((200, 399),)
+    rise: int = 2
+    fall: int = 3
+
+
+@frozen
+class OutlierConfig:
+    """
+    Passive health: outlier ejection (C{[pools.NAME] outlier}).
+
+    @ivar consecutiveFailures: Consecutive failures (connection refused or
+        reset, timeout, 5xx response) that eject a server.
+    @ivar baseEjection: Seconds of the first ejection; the Nth ejection in a
+        row lasts N times as long.
+    @ivar maxEjection: The longest ejection, in seconds.
+    @ivar maxEjectedPercent: No more than this share of the pool's servers
+        is ejected at once (one server always may be).
+    """
+
+    consecutiveFailures: int = 5
+    baseEjection: float = 30.0
+    maxEjection: float = 300.0
+    maxEjectedPercent: float = 50.0
+
+
+@frozen
+class RetryBudgetConfig:
+    """
+    How many retries a pool may make (C{[pools.NAME] retry_budget}): in each
+    C{window}, C{minRetries} plus C{percent} of the requests.
+    """
+
+    percent: float = 20.0
+    minRetries: int = 10
+    window: float = 10.0
+
+
+@frozen
 class PoolConfig:
     """
     A named pool of backend servers (C{[pools.NAME]}).
 
     @ivar name: The pool's name.
     @ivar servers: The servers, at least one, in file order.
-    @ivar balance: The balancing method; only C{"round-robin"} so far.
+    @ivar balance: The balancing method: C{"round-robin"},
+        C{"least-requests"}, C{"random-two"} or C{"hash"}.
     @ivar maxConnections: Connections per server, at least 1.
     @ivar maxPending: Requests of the pool queued while waiting for a
         connection; more are refused.
@@ -184,6 +263,25 @@ class PoolConfig:
         send that literal value.
     @ivar retries: How many times an idempotent request is retried on a fresh
         connection when the backend closed a reused connection.
+    @ivar tlsCA: For C{https} servers, the absolute path of a PEM file of CA
+        certificates to trust, or L{None} for the system trust store.
+    @ivar tlsVerify: For C{https} servers, whether their certificate is
+        verified (against C{tlsCA} and the server name).
+    @ivar tlsServerName: For C{https} servers, the name sent by SNI and
+        verified in the certificate, or L{None} for each server's host.
+    @ivar tlsClientCertificate: For C{https} servers, the client certificate
+        presented to them, or L{None}.
+    @ivar hashOn: For C{balance = "hash"}, what is hashed: C{"client"},
+        C{"header:NAME"} or C{"cookie:NAME"}; else L{None}.
+    @ivar health: Active health checks, or L{None} for none.
+    @ivar outlier: Passive outlier ejection, or L{None} for none.
+    @ivar panicThreshold: When fewer than this percentage of the servers are
+        healthy, the pool forgets health and uses all of them; 0 never.
+    @ivar retryBudget: The bound on retries to other servers.
+    @ivar retryStatuses: Response statuses on which an idempotent request is
+        retried on another server.
+    @ivar slowStart: Seconds over which a server that just became healthy
+        ramps up to its full weight; 0 for at once.
     """
 
     name: str
@@ -198,6 +296,17 @@ class PoolConfig:
     pendingTimeout: float = 10.0
     hostHeader: str | None = None
     retries: int = 1
+    tlsCA: str | None = None
+    tlsVerify: bool = True
+    tlsServerName: str | None = None
+    tlsClientCertificate: CertificateConfig | None = None
+    hashOn: str | None = None
+    health: HealthCheckConfig | None = None
+    outlier: OutlierConfig | None = None
+    panicThreshold: float = 50.0
+    retryBudget: RetryBudgetConfig = RetryBudgetConfig()
+    retryStatuses: tuple[int, ...] = (502, 503, 504)
+    slowStart: float = 0.0
 
 
 @frozen
@@ -222,6 +331,8 @@ class RouteConfig:
         for L{ServerConfig.maxBodySize}.
     @ivar requestBuffering: This route's choice to buffer request bodies, or
         L{None} for L{ServerConfig.requestBuffering}.
+    @ivar filters: The names of the route's filters (C{[filters.NAME]}), in
+        the order they run.
     """
 
     path: str = "/"
@@ -231,6 +342,24 @@ class RouteConfig:
     stripPrefix: bool = False
     maxBodySize: int | None = None
     requestBuffering: bool | None = None
+    filters: tuple[str, ...] = ()
+
+
+@frozen
+class FilterConfig:
+    """
+    A named filter (C{[filters.NAME]}): a filter plugin and its options.
+
+    @ivar name: The filter's name, which routes list.
+    @ivar plugin: The name of the L{twisted_rproxy.interfaces.IFilterFactory}
+        plugin that builds it.
+    @ivar options: The rest of the table, as parsed from TOML, already
+        accepted by the plugin's C{buildFilter}.
+    """
+
+    name: str
+    plugin: str
+    options: Mapping[str, object] = field(factory=dict)
 
 
 @frozen
@@ -274,6 +403,39 @@ class ServerConfig:
 
 
 @frozen
+class TLSConfig:
+    """
+    One TLS listener group (C{[[tls]]}): endpoints that speak TLS, and the
+    certificates they present.
+
+    @ivar listen: Twisted server endpoint strings of plain stream endpoints
+        (C{"tcp:8443"}); TLS is layered on them.
+    @ivar certificates: The certificates, at least one; the client's SNI
+        name picks one by the names it holds, the first is the default.
+    @ivar protocols: The Mozilla profile: C{"intermediate"} (TLS 1.2 and
+        1.3) or C{"modern"} (TLS 1.3 only).
+    @ivar http2: Whether C{h2} is offered by ALPN beside C{http/1.1}.
+    @ivar hsts: The C{max-age} in seconds of the C{Strict-Transport-Security}
+        header added to responses over TLS, or L{None} for no header.
+    @ivar redirectHttp: Whether the plain-HTTP listeners of C{[server]}
+        answer every request with a redirect to this group's first listener.
+    @ivar clientCA: The absolute path of a PEM file of CA certificates: when
+        given, clients must present a certificate issued by one of them.
+    @ivar watchInterval: Seconds between checks of the certificate files for
+        changes (reloaded when changed), or L{None} to reload on SIGHUP only.
+    """
+
+    listen: tuple[str, ...]
+    certificates: tuple[CertificateConfig, ...]
+    protocols: str = "intermediate"
+    http2: bool = True
+    hsts: int | None = None
+    redirectHttp: bool = False
+    clientCA: str | None = None
+    watchInterval: float | None = None
+
+
+@frozen
 class Config:
     """
     A whole, validated configuration.
@@ -283,12 +445,16 @@ class Config:
     @ivar pools: The backend pools by name.
     @ivar routes: The routes in file order (see L{RouteConfig} for how one is
         chosen).
+    @ivar tls: The TLS listener groups (C{[[tls]]}), in file order.
+    @ivar filters: The filters by name (C{[filters.NAME]}).
     """
 
     source: str
     server: ServerConfig
     pools: Mapping[str, PoolConfig]
     routes: tuple[RouteConfig, ...]
+    tls: tuple[TLSConfig, ...] = ()
+    filters: Mapping[str, FilterConfig] = field(factory=dict)
 
 
 def _typeName(value: object) -> str:
@@ -570,6 +736,33 @@ class _Table:
             raise self.error(name, f"must be greater than 0, got {value!r}")
         return seconds
 
+    def number(
+        self, name: str, default: float, minimum: float, maximum: float
+    ) -> float:
+        """
+        A number (integer or float) from C{minimum} to C{maximum}.
+        """
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(name, f"expected a number, got {_typeName(value)}")
+        if not minimum <= value <= maximum:
+            raise self.error(
+                name, f"must be from {minimum:g} to {maximum:g}, got {value!r}"
+            )
+        return float(value)
+
+    def duration(self, name: str, default: float) -> float:
+        """
+        A duration that may be zero.
+        """
+        value = self.data.get(name)
+        if value is None:
+            return default
+        seconds = _parseDuration(value, self.source, self.keyOf(name))
+        if seconds < 0:
+            raise self.error(name, f"must not be negative, got {value!r}")
+        return seconds
+
     def stringList(
         self, name: str, default: tuple[str, ...], allowSingle: bool = False
     ) -> tuple[str, ...]:
@@ -596,8 +789,8 @@ class _Table:
         return tuple(value)
 
 
-_TOP_LEVEL_KEYS = ("server", "pools", "routes")
-_TOP_LEVEL_COMING = ("tls", "caches", "filters", "admin")
+_TOP_LEVEL_KEYS = ("server", "pools", "routes", "tls", "filters")
+_TOP_LEVEL_COMING = ("caches", "admin")
 _SERVER_KEYS = (
     "listen",
     "access_log",
@@ -625,8 +818,27 @@ _POOL_KEYS = (
     "pending_timeout",
     "host_header",
     "retries",
+    "tls_ca",
+    "tls_verify",
+    "tls_server_name",
+    "tls_client_certificate",
+    "hash_on",
+    "health",
+    "outlier",
+    "panic_threshold",
+    "retry_budget",
+    "retry_statuses",
+    "slow_start",
 )
-_POOL_COMING = ("health",)
+_POOL_COMING: tuple[str, ...] = ()
+_HEALTH_KEYS = ("path", "interval", "timeout", "statuses", "rise", "fall")
+_OUTLIER_KEYS = (
+    "consecutive_failures",
+    "base_ejection",
+    "max_ejection",
+    "max_ejected_percent",
+)
+_RETRY_BUDGET_KEYS = ("percent", "min_retries", "window")
 _SERVER_ENTRY_KEYS = ("url", "weight")
 _ROUTE_KEYS = (
     "path",
@@ -636,8 +848,9 @@ _ROUTE_KEYS = (
     "strip_prefix",
     "max_body_size",
     "request_buffering",
+    "filters",
 )
-_ROUTE_COMING = ("cache", "filters")
+_ROUTE_COMING = ("cache",)
 
 
 def _parseBackendURL(url: str, source: str, key: str, weight: int = 1) -> BackendServer:
@@ -729,6 +942,25 @@ def _parseBackendURL(url: str, source: str, key: str, weight: int = 1) -> Backen
     else:
         port = 80 if scheme == "http" else 443
     return BackendServer(url=url, scheme=scheme, host=host, port=port, weight=weight)
+
+
+def backendServers(urls: Sequence[str], source: str = "<code>") -> tuple[
+    BackendServer, ...
+]:
+    """
+    The L{BackendServer}s of a pool, from their URLs: for embedders who
+    build a L{PoolConfig} in code.
+
+    @param urls: Backend URLs such as C{"http://127.0.0.1:8001"}.
+    @param source: What errors name as their source.
+    @raise ConfigError: For a malformed URL or a server listed twice.
+    """
+    keys = [f"servers[{index}]" for index in range(len(urls))]
+    servers = tuple(
+        _parseBackendURL(url, source, keys[index]) for index, url in enumerate(urls)
+    )
+    _checkDistinctServers(servers, source, keys)
+    return servers
 
 
 def _checkDistinctServers(
@@ -973,7 +1205,9 @@ def _parseServer(value: object, source: str, baseDirectory: str) -> ServerConfig
     )
 
 
-def _parsePool(name: str, value: object, source: str) -> PoolConfig:
+def _parsePool(
+    name: str, value: object, source: str, baseDirectory: str = ""
+) -> PoolConfig:
     """
     Parse one C{[pools.NAME]} table.
     """
@@ -1042,10 +1276,178 @@ def _parsePool(name: str, value: object, source: str) -> PoolConfig:
         pendingTimeout=table.timeout("pending_timeout", defaults.pendingTimeout),
         hostHeader=hostHeader,
         retries=table.integer("retries", defaults.retries, 0),
+        **_parsePoolBalancing(table, balance, defaults),
+        **_parsePoolTLS(table, servers, baseDirectory or os.getcwd()),
     )
 
 
-def _parsePools(value: object, source: str) -> dict[str, PoolConfig]:
+def _parsePoolBalancing(
+    table: _Table, balance: str, defaults: PoolConfig
+) -> dict[str, Any]:
+    """
+    Parse a pool's balancing, health and retry keys into L{PoolConfig}
+    arguments.
+    """
+    hashOn = table.optionalString("hash_on")
+    if hashOn is not None:
+        if balance != "hash":
+            raise table.error("hash_on", 'applies only to balance = "hash"')
+        try:
+            parseHashOn(hashOn)
+        except ValueError as e:
+            raise table.error("hash_on", str(e)) from None
+    elif balance == "hash":
+        hashOn = "client"
+    health = None
+    if table.has("health"):
+        health = _parseHealth(
+            _Table(table.data["health"], table.source, table.keyOf("health"))
+        )
+    outlier = None
+    if table.has("outlier"):
+        outlier = _parseOutlier(
+            _Table(table.data["outlier"], table.source, table.keyOf("outlier"))
+        )
+    budget = defaults.retryBudget
+    if table.has("retry_budget"):
+        budget = _parseRetryBudget(
+            _Table(
+                table.data["retry_budget"], table.source, table.keyOf("retry_budget")
+            )
+        )
+    retryStatuses = defaults.retryStatuses
+    if table.has("retry_statuses"):
+        retryStatuses = tuple(
+            sorted({low for low, _ in _parseStatuses(table, "retry_statuses", 500)})
+        )
+    return {
+        "hashOn": hashOn,
+        "health": health,
+        "outlier": outlier,
+        "panicThreshold": table.number(
+            "panic_threshold", defaults.panicThreshold, 0, 100
+        ),
+        "retryBudget": budget,
+        "retryStatuses": retryStatuses,
+        "slowStart": table.duration("slow_start", defaults.slowStart),
+    }
+
+
+def _parseStatuses(
+    table: _Table, name: str, minimum: int = 100, ranges: bool = False
+) -> tuple[tuple[int, int], ...]:
+    """
+    A list of HTTP statuses: integers, or with C{ranges} also strings
+    C{"LOW-HIGH"} such as C{"200-399"}; as inclusive ranges.
+    """
+    value = table.data[name]
+    expected = "a list of statuses" + (' (like 200 or "200-399")' if ranges else "")
+    if not isinstance(value, list):
+        raise table.error(name, f"expected {expected}, got {_typeName(value)}")
+    if not value:
+        raise table.error(name, "must list at least one status")
+    out = []
+    for index, item in enumerate(value):
+        key = f"{table.keyOf(name)}[{index}]"
+        if isinstance(item, str) and ranges:
+            low, dash, high = item.partition("-")
+            if not (dash and low.strip().isdigit() and high.strip().isdigit()):
+                raise ConfigError(
+                    table.source, key, f'invalid range {item!r} (like "200-399")'
+                )
+            pair = (int(low), int(high))
+        elif isinstance(item, int) and not isinstance(item, bool):
+            pair = (item, item)
+        else:
+            raise ConfigError(
+                table.source, key, f"expected {expected}, got {_typeName(item)}"
+            )
+        if not (minimum <= pair[0] <= pair[1] <= 599):
+            raise ConfigError(
+                table.source,
+                key,
+                f"must be statuses from {minimum} to 599, got {item!r}",
+            )
+        out.append(pair)
+    return tuple(out)
+
+
+def _parseHealth(table: _Table) -> HealthCheckConfig:
+    """
+    Parse a pool's C{health} table.
+    """
+    table.checkKeys(_HEALTH_KEYS)
+    defaults = HealthCheckConfig()
+    path = table.optionalString("path")
+    if path is None:
+        path = defaults.path
+    elif (
+        not path.startswith("/")
+        or not path.isascii()
+        or any(c in path for c in " \r\n\t")
+    ):
+        raise table.error(
+            "path", f'must be an ASCII path starting with "/", got {path!r}'
+        )
+    interval = table.timeout("interval", defaults.interval)
+    timeout = table.timeout("timeout", defaults.timeout)
+    if timeout > interval:
+        raise table.error(
+            "timeout", f"must not be longer than the interval ({interval:g}s)"
+        )
+    statuses = defaults.statuses
+    if table.has("statuses"):
+        statuses = _parseStatuses(table, "statuses", ranges=True)
+    return HealthCheckConfig(
+        path=path,
+        interval=interval,
+        timeout=timeout,
+        statuses=statuses,
+        rise=table.integer("rise", defaults.rise, 1),
+        fall=table.integer("fall", defaults.fall, 1),
+    )
+
+
+def _parseOutlier(table: _Table) -> OutlierConfig:
+    """
+    Parse a pool's C{outlier} table.
+    """
+    table.checkKeys(_OUTLIER_KEYS)
+    defaults = OutlierConfig()
+    base = table.timeout("base_ejection", defaults.baseEjection)
+    maximum = table.timeout("max_ejection", max(defaults.maxEjection, base))
+    if maximum < base:
+        raise table.error(
+            "max_ejection", f"must not be shorter than base_ejection ({base:g}s)"
+        )
+    return OutlierConfig(
+        consecutiveFailures=table.integer(
+            "consecutive_failures", defaults.consecutiveFailures, 1
+        ),
+        baseEjection=base,
+        maxEjection=maximum,
+        maxEjectedPercent=table.number(
+            "max_ejected_percent", defaults.maxEjectedPercent, 0, 100
+        ),
+    )
+
+
+def _parseRetryBudget(table: _Table) -> RetryBudgetConfig:
+    """
+    Parse a pool's C{retry_budget} table.
+    """
+    table.checkKeys(_RETRY_BUDGET_KEYS)
+    defaults = RetryBudgetConfig()
+    return RetryBudgetConfig(
+        percent=table.number("percent", defaults.percent, 0, 100),
+        minRetries=table.integer("min_retries", defaults.minRetries, 0),
+        window=table.timeout("window", defaults.window),
+    )
+
+
+def _parsePools(
+    value: object, source: str, baseDirectory: str = ""
+) -> dict[str, PoolConfig]:
     """
     Parse the C{pools} table of tables.
     """
@@ -1055,7 +1457,10 @@ def _parsePools(value: object, source: str) -> dict[str, PoolConfig]:
             "pools",
             f"expected a table of pools ([pools.NAME]), got {_typeName(value)}",
         )
-    return {name: _parsePool(name, pool, source) for name, pool in value.items()}
+    return {
+        name: _parsePool(name, pool, source, baseDirectory)
+        for name, pool in value.items()
+    }
 
 
 def _parseRoute(
@@ -1110,7 +1515,325 @@ def _parseRoute(
         stripPrefix=table.boolean("strip_prefix", False),
         maxBodySize=table.optionalSize("max_body_size"),
         requestBuffering=table.optionalBoolean("request_buffering"),
+        filters=table.stringList("filters", ()),
     )
+
+
+_TLS_KEYS = (
+    "listen",
+    "certificates",
+    "protocols",
+    "http2",
+    "hsts",
+    "redirect_http",
+    "client_ca",
+    "watch_interval",
+)
+_TLS_PROFILES = ("intermediate", "modern")
+_CERTIFICATE_KEYS = ("certificate", "key")
+#: The C{max-age} of C{hsts = true}: one year, as browsers' preload lists ask.
+_HSTS_DEFAULT = 365 * 86400
+#: Prefixes of endpoints that bring their own TLS.
+_TLS_ENDPOINTS = ("ssl:", "tls:", "le:", "lets:", "txsni:")
+
+
+def _resolveFile(value: str, baseDirectory: str, source: str, key: str) -> str:
+    """
+    Make a file path absolute against C{baseDirectory}.  Whether it can be
+    read is checked with the other certificate checks (see
+    L{twisted_rproxy.tls.checkTLSFiles}), so that a key and its certificate
+    are reported together.
+    """
+    if not value:
+        raise ConfigError(source, key, "must be a file path, got an empty string")
+    return os.path.abspath(os.path.join(baseDirectory, os.path.expanduser(value)))
+
+
+def _parseCertificateEntry(
+    value: object, source: str, key: str, baseDirectory: str
+) -> CertificateConfig:
+    """
+    One certificate: the path of a PEM file holding the key and the chain,
+    or a table C{{ certificate = "c.pem", key = "k.pem" }}.
+    """
+    if isinstance(value, str):
+        path = _resolveFile(value, baseDirectory, source, key)
+        return CertificateConfig(certificate=path, key=path)
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            key,
+            "expected the path of a PEM file (key and chain) or a table like "
+            '{ certificate = "c.pem", key = "k.pem" }, '
+            f"got {_typeName(value)}",
+        )
+    table = _Table(value, source, key)
+    table.checkKeys(_CERTIFICATE_KEYS)
+    certificate = table.optionalString("certificate")
+    if certificate is None:
+        raise table.error("certificate", "is required: the certificate's PEM file")
+    keyPath = table.optionalString("key")
+    certificatePath = _resolveFile(
+        certificate, baseDirectory, source, table.keyOf("certificate")
+    )
+    return CertificateConfig(
+        certificate=certificatePath,
+        key=certificatePath
+        if keyPath is None
+        else _resolveFile(keyPath, baseDirectory, source, table.keyOf("key")),
+    )
+
+
+def _parsePoolTLS(
+    table: _Table, servers: Sequence[BackendServer], baseDirectory: str
+) -> dict[str, Any]:
+    """
+    The C{tls_*} keys of a pool, as L{PoolConfig} arguments.
+    """
+    names = ("tls_ca", "tls_verify", "tls_server_name", "tls_client_certificate")
+    given = [name for name in names if table.has(name)]
+    if not given:
+        return {}
+    if not any(server.scheme == "https" for server in servers):
+        raise table.error(
+            given[0], "applies to https:// servers only; this pool has none"
+        )
+    # Any: the values are PoolConfig arguments of several types.
+    result: dict[str, Any] = {"tlsVerify": table.boolean("tls_verify", True)}
+    ca = table.optionalString("tls_ca")
+    if ca is not None:
+        result["tlsCA"] = _resolveFile(
+            ca, baseDirectory, table.source, table.keyOf("tls_ca")
+        )
+    serverName = table.optionalString("tls_server_name")
+    if serverName is not None:
+        normalized = serverName.strip().lower().removesuffix(".")
+        if not _HOST_NAME.match(normalized):
+            raise table.error(
+                "tls_server_name",
+                f"invalid server name {serverName!r} (expected a host name "
+                'like "app.internal")',
+            )
+        result["tlsServerName"] = normalized
+    if table.has("tls_client_certificate"):
+        result["tlsClientCertificate"] = _parseCertificateEntry(
+            table.data["tls_client_certificate"],
+            table.source,
+            table.keyOf("tls_client_certificate"),
+            baseDirectory,
+        )
+    return result
+
+
+def _parseTLS(index: int, value: object, source: str, baseDirectory: str) -> TLSConfig:
+    """
+    Parse one C{[[tls]]} table.
+    """
+    table = _Table(value, source, f"tls[{index}]")
+    table.checkKeys(_TLS_KEYS)
+    if not table.has("listen"):
+        raise ConfigError(
+            source, table.keyOf("listen"), 'is required: endpoints like ["tcp:8443"]'
+        )
+    listen = table.stringList("listen", (), allowSingle=True)
+    if isinstance(table.data.get("listen"), str):
+        listenKeys = [table.keyOf("listen")]
+    else:
+        listenKeys = [f"{table.keyOf('listen')}[{i}]" for i in range(len(listen))]
+    for description, listenKey in zip(listen, listenKeys, strict=True):
+        if description.strip().lower().startswith(_TLS_ENDPOINTS):
+            raise ConfigError(
+                source,
+                listenKey,
+                f"{description!r} brings its own TLS; give a plain endpoint "
+                'such as "tcp:8443": [[tls]] adds TLS from its certificates',
+            )
+    listen = _parseListen(listen, source, listenKeys, table.keyOf("listen"))
+
+    rawCertificates = table.data.get("certificates")
+    if rawCertificates is None:
+        raise table.error(
+            "certificates",
+            'is required: a list of PEM files like ["site.pem"] or tables like '
+            '{ certificate = "c.pem", key = "k.pem" }',
+        )
+    if isinstance(rawCertificates, (str, Mapping)):
+        rawCertificates = [rawCertificates]
+    if not isinstance(rawCertificates, list):
+        raise table.error(
+            "certificates",
+            f"expected a list of certificates, got {_typeName(rawCertificates)}",
+        )
+    if not rawCertificates:
+        raise table.error("certificates", "must list at least one certificate")
+    certificates = tuple(
+        _parseCertificateEntry(
+            entry, source, f"{table.keyOf('certificates')}[{i}]", baseDirectory
+        )
+        for i, entry in enumerate(rawCertificates)
+    )
+
+    protocols = table.optionalString("protocols")
+    if protocols is None:
+        protocols = "intermediate"
+    elif protocols not in _TLS_PROFILES:
+        raise table.error(
+            "protocols",
+            f'unknown profile {protocols!r} (expected "intermediate": TLS 1.2 '
+            'and 1.3, or "modern": TLS 1.3 only)',
+        )
+
+    hsts: int | None
+    rawHsts = table.data.get("hsts")
+    if rawHsts is None or rawHsts is False:
+        hsts = None
+    elif rawHsts is True:
+        hsts = _HSTS_DEFAULT
+    else:
+        seconds = _parseDuration(rawHsts, source, table.keyOf("hsts"))
+        if seconds != int(seconds):
+            raise table.error("hsts", f"must be whole seconds, got {rawHsts!r}")
+        hsts = int(seconds)
+
+    clientCA = table.optionalString("client_ca")
+    if clientCA is not None:
+        clientCA = _resolveFile(
+            clientCA, baseDirectory, source, table.keyOf("client_ca")
+        )
+
+    return TLSConfig(
+        listen=listen,
+        certificates=certificates,
+        protocols=protocols,
+        http2=table.boolean("http2", True),
+        hsts=hsts,
+        redirectHttp=table.boolean("redirect_http", False),
+        clientCA=clientCA,
+        watchInterval=table.timeout("watch_interval", 0.0) or None,
+    )
+
+
+def _parseTLSList(
+    value: object, source: str, baseDirectory: str, server: ServerConfig
+) -> tuple[TLSConfig, ...]:
+    """
+    Parse the C{[[tls]]} array of tables, and check what the tables must
+    agree on.
+    """
+    if isinstance(value, Mapping):
+        value = [value]
+    if not isinstance(value, list):
+        raise ConfigError(
+            source,
+            "tls",
+            f"expected an array of tables ([[tls]]), got {_typeName(value)}",
+        )
+    groups = tuple(
+        _parseTLS(index, group, source, baseDirectory)
+        for index, group in enumerate(value)
+    )
+    seen = {description: "server.listen" for description in server.listen}
+    for index, group in enumerate(groups):
+        for position, description in enumerate(group.listen):
+            if description in seen:
+                raise ConfigError(
+                    source,
+                    f"tls[{index}].listen[{position}]",
+                    f"endpoint {description!r} is already listed in "
+                    f"{seen[description]}",
+                )
+            seen[description] = f"tls[{index}].listen"
+        if group.hsts != groups[0].hsts:
+            # The listeners share one site, which adds the header.
+            raise ConfigError(
+                source,
+                f"tls[{index}].hsts",
+                "must be the same in every [[tls]] table (tls[0] has "
+                f"{'none' if groups[0].hsts is None else groups[0].hsts})",
+            )
+    redirecting = [i for i, group in enumerate(groups) if group.redirectHttp]
+    if len(redirecting) > 1:
+        raise ConfigError(
+            source,
+            f"tls[{redirecting[1]}].redirect_http",
+            "only one [[tls]] table may redirect plain HTTP "
+            f"(tls[{redirecting[0]}] does)",
+        )
+    return groups
+
+
+def _parseFilter(name: str, value: object, source: str) -> FilterConfig:
+    """
+    Parse one C{[filters.NAME]} table: find its plugin and let the plugin
+    validate the options (by building the filter once).
+    """
+    # Here, not at the top: the filter machinery imports twisted.web.
+    from twisted_rproxy.filters import FilterOptionError, findFilterFactory
+
+    key = _joinKey("filters", name)
+    if not _POOL_NAME.match(name):
+        raise ConfigError(
+            source,
+            key,
+            f"invalid filter name {name!r} (use letters, digits, '_', '.' and '-')",
+        )
+    table = _Table(value, source, key)
+    plugin = table.optionalString("plugin")
+    if plugin is None:
+        raise table.error(
+            "plugin", 'is required: the name of a filter plugin, like "headers"'
+        )
+    try:
+        factory = findFilterFactory(plugin)
+    except LookupError as e:
+        raise table.error("plugin", str(e.args[0])) from None
+    options = {option: v for option, v in table.data.items() if option != "plugin"}
+    try:
+        factory.buildFilter(options)
+    except FilterOptionError as e:
+        # The plugin gives the option's path already dotted.
+        optionKey = f"{key}.{e.option}" if e.option else key
+        raise ConfigError(source, optionKey, e.message) from None
+    except Exception as e:
+        # A plugin's own bug or unexpected refusal: still one clear line.
+        raise ConfigError(
+            source,
+            key,
+            f"the {plugin!r} filter plugin refused its options: "
+            f"{type(e).__name__}: {e}",
+        ) from None
+    return FilterConfig(name=name, plugin=plugin, options=options)
+
+
+def _parseFilters(value: object, source: str) -> dict[str, FilterConfig]:
+    """
+    Parse the C{filters} table of tables.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            "filters",
+            f"expected a table of filters ([filters.NAME]), got {_typeName(value)}",
+        )
+    return {name: _parseFilter(name, table, source) for name, table in value.items()}
+
+
+def _checkRouteFilters(
+    routes: Sequence[RouteConfig], filters: Mapping[str, FilterConfig], source: str
+) -> None:
+    """
+    Reject a route naming a filter that is not defined, or one twice.
+    """
+    for index, route in enumerate(routes):
+        for position, name in enumerate(route.filters):
+            key = f"routes[{index}].filters[{position}]"
+            if name not in filters:
+                defined = ", ".join(sorted(filters)) or "none"
+                raise ConfigError(
+                    source, key, f"no filter named {name!r} (defined: {defined})"
+                )
+            if name in route.filters[:position]:
+                raise ConfigError(source, key, f"filter {name!r} is listed twice")
 
 
 def _checkDistinctRoutes(routes: Sequence[RouteConfig], source: str) -> None:
@@ -1151,7 +1874,8 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
         if "server" in data
         else ServerConfig()
     )
-    pools = _parsePools(data["pools"], source) if "pools" in data else {}
+    pools = _parsePools(data["pools"], source, baseDirectory) if "pools" in data else {}
+    filters = _parseFilters(data["filters"], source) if "filters" in data else {}
 
     rawRoutes = data.get("routes")
     if rawRoutes is None:
@@ -1169,7 +1893,20 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
         for index, route in enumerate(rawRoutes)
     )
     _checkDistinctRoutes(routes, source)
-    return Config(source=source, server=server, pools=pools, routes=routes)
+    _checkRouteFilters(routes, filters, source)
+    tls = (
+        _parseTLSList(data["tls"], source, baseDirectory, server)
+        if "tls" in data
+        else ()
+    )
+    return Config(
+        source=source,
+        server=server,
+        pools=pools,
+        routes=routes,
+        tls=tls,
+        filters=filters,
+    )
 
 
 def loadConfig(path: str) -> Config:

@@ -7,6 +7,7 @@ them to plug their own pieces in.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
@@ -19,6 +20,9 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     # Only for annotations: twisted_rproxy.pool imports this module.
+    from twisted.web.iweb import IRequest
+
+    from twisted_rproxy.filters import RequestContext, ResponseHead
     from twisted_rproxy.pool import Backend, BackendRequest
 
 
@@ -100,4 +104,128 @@ class IResponseReceiver(Interface):
         L{twisted_rproxy.pool.BackendError}. Called at most once, either
         before C{responseStarted} (no response byte was received) or after
         it (the response was cut short).
+        """
+
+
+class IFilterFactory(Interface):
+    """
+    A filter plugin: what C{getPlugins(IFilterFactory, twisted_rproxy.plugins)}
+    finds. It also provides L{twisted.plugin.IPlugin}.
+
+    The configuration names a factory in C{[filters.NAME] plugin = "..."};
+    the rest of that table is the options given to L{buildFilter}.
+    """
+
+    name = Attribute(
+        "The plugin's name, a L{str} unique among the installed filter "
+        'plugins: what C{plugin = "..."} names.'
+    )
+
+    def buildFilter(options: Mapping[str, object]) -> object:
+        """
+        Validate C{options} and build the filter.
+
+        It may be called more than once for one configuration (C{--check}
+        builds filters to validate their options, the service builds them
+        again), so it must do no I/O and start nothing.
+
+        @param options: The filter's table from the configuration, without
+            its C{plugin} key: TOML values (L{str}, L{int}, L{float},
+            L{bool}, lists, tables as mappings).
+        @return: An object providing L{IRequestFilter}, L{IResponseFilter},
+            L{IErrorFilter}, or several of them.
+        @raise twisted_rproxy.filters.FilterOptionError: For a bad option:
+            the configuration reports it as C{filters.NAME.OPTION}.
+        """
+
+
+class IRequestFilter(Interface):
+    """
+    A filter's request hook: it sees each request of its routes before the
+    route's resource does.
+    """
+
+    def filterRequest(request: IRequest, context: RequestContext) -> object:
+        """
+        Inspect or change the request, answer it, or let it pass.
+
+        The hook may change C{request.method}, C{request.uri} (the target
+        forwarded to a pool; routing is already done), C{request.requestHeaders}
+        and, for a buffered body, C{request.content} (a file; replace it with
+        a new L{io.BytesIO} to change the body).
+
+        @param request: The client's request.
+        @param context: What the filters of this request share.
+        @return: L{None} to let the request go on, or a
+            L{twisted_rproxy.filters.FilterResponse} to answer it at once
+            (the later filters and the route's resource do not see it); or
+            a L{Deferred} or coroutine (C{async def}) of one of these. An
+            exception or a failed L{Deferred} answers 500 and is logged with
+            the filter's name.
+        """
+
+
+class IBodyTransform(Interface):
+    """
+    Transforms one response body as it streams.
+    """
+
+    def transform(data: bytes) -> bytes:
+        """
+        Transform a piece of the body; return what to send now (may be
+        C{b""}, to keep it for later).
+        """
+
+    def flush() -> bytes:
+        """
+        The body is complete: return what is left to send.
+        """
+
+
+class IResponseFilter(Interface):
+    """
+    A filter's response hook: it sees the status and every header of each
+    response of its routes (proxied, static, error pages, answers of
+    request hooks) before the head is written.
+    """
+
+    def filterResponse(
+        request: IRequest, context: RequestContext, head: ResponseHead
+    ) -> IBodyTransform | None:
+        """
+        Change the response's status and headers, and choose to transform
+        its body.
+
+        It runs synchronously, on the streaming path: work that must wait
+        belongs in the request hook, which can leave its results in
+        C{context.data}.
+
+        @param head: The response head; change C{head.code},
+            C{head.phrase} and C{head.headers} (a L{Headers}) in place.
+        @return: L{None}, or an L{IBodyTransform} for this response's body.
+            When any filter transforms the body, its C{Content-Length} is
+            removed (the body is sent chunked). An exception answers 500
+            (before the head is written) or closes the connection (after),
+            and is logged with the filter's name.
+        """
+
+
+class IErrorFilter(Interface):
+    """
+    A filter's hook for backend errors: a pool could not give a response
+    (refused, timed out, overloaded, malformed).
+    """
+
+    def filterError(
+        request: IRequest, context: RequestContext, error: Exception
+    ) -> object:
+        """
+        Answer a request whose backend failed.
+
+        @param error: The L{twisted_rproxy.pool.BackendError}; its C{status}
+            is the status the proxy would answer (502, 503 or 504).
+        @return: L{None} for the proxy's own error page, or a
+            L{twisted_rproxy.filters.FilterResponse} to answer instead; or
+            a L{Deferred} or coroutine of one of these. The first filter
+            that answers wins.
         """

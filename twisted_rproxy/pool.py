@@ -19,12 +19,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, TYPE_CHECKING, Any
 
-from attrs import define
+from attrs import define, frozen
 from twisted.internet import error as ierror
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.internet.ssl import optionsForClientTLS
 from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import Logger
@@ -32,7 +31,20 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_rproxy.balance import HashOn, balancerFor, parseHashOn
+
+# Re-exported: it lived here before twisted_rproxy.balance.
+from twisted_rproxy.balance import RoundRobinBalancer as RoundRobinBalancer
+from twisted_rproxy.health import (
+    WEIGHT_SCALE,
+    HealthChecker,
+    OutlierDetector,
+    RetryBudget,
+    SlowStart,
+    eligibleServers,
+)
 from twisted_rproxy.interfaces import IBackendServer, IBalancer, IResponseReceiver
+from twisted_rproxy.tls import backendConnectionCreators, describeTLSFailure
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IConnector
@@ -100,6 +112,13 @@ class PoolOverloaded(BackendError):
     status = 503
 
 
+class NoHealthyServers(PoolOverloaded):
+    """
+    Every server of the pool is down or ejected, and its panic threshold
+    is 0 (so it does not fall back on them).
+    """
+
+
 class PoolClosed(BackendError):
     """
     The pool was shut down.
@@ -119,6 +138,8 @@ class BackendRequest:
         body streams from C{bodyStream}.
     @ivar bodyStream: For a streamed request, the source of the body as it
         arrives from the client (see L{IRequestBodyStream}).
+    @ivar hashKey: What a C{balance = "hash"} pool places the request by
+        (see L{BackendPool.hashOn}); L{None} otherwise.
     """
 
     method: bytes
@@ -128,6 +149,7 @@ class BackendRequest:
     bodyLength: int = 0
     bodyStream: RequestBodyStream | None = None
     hostFromBackend: bool = False
+    hashKey: bytes | None = None
 
     @property
     def replayable(self) -> bool:
@@ -282,39 +304,6 @@ class _Exchange:
             connection.abandon(self)
 
 
-@implementer(IBalancer)
-class RoundRobinBalancer:
-    """
-    Smooth weighted round robin (as nginx does it): over a cycle each server
-    gets requests in proportion to its weight, interleaved rather than in
-    bursts, skipping servers that are at their limit.
-    """
-
-    def __init__(self) -> None:
-        self._current: dict[int, int] = {}
-
-    def pick(self, servers: list[Backend], request: object) -> Backend | None:
-        if len(servers) == 1:
-            only = servers[0]
-            return only if only.available else None
-        current = self._current
-        best = None
-        bestWeight = 0
-        total = 0
-        for server in servers:
-            if not server.available:
-                continue
-            key = id(server)
-            weight = current.get(key, 0) + server.weight
-            current[key] = weight
-            total += server.weight
-            if best is None or weight > bestWeight:
-                best, bestWeight = server, weight
-        if best is not None:
-            current[id(best)] = bestWeight - total
-        return best
-
-
 @implementer(IBackendServer)
 class Backend:
     """
@@ -325,17 +314,34 @@ class Backend:
         expire).
     @ivar busy: Connections carrying a request.
     @ivar connecting: Connection attempts under way.
+    @ivar weight: The balancing weight: the configured weight times
+        L{WEIGHT_SCALE}, less during a slow start.
+    @ivar up: Whether the active health checks pass (L{True} without them).
+    @ivar checkStreak: Active checks in a row that went against C{up}.
+    @ivar ejected: Whether passive health ejected the server for now.
+    @ivar ejectedUntil: When the current ejection ends, or L{None}.
+    @ivar ejections: Ejections in a row, which lengthen the next one.
+    @ivar errorStreak: Failed requests in a row (refused, reset, timed out,
+        5xx).
+    @ivar requests: Requests started on this server (retries included).
+    @ivar failures: Requests that failed on this server.
     """
 
     def __init__(self, pool: BackendPool, server: BackendServer) -> None:
         self.pool = pool
         self.server = server
-        self.weight = server.weight
+        self.weight = server.weight * WEIGHT_SCALE
         self.idle: list[BackendConnection] = []
         self.busy = 0
         self.connecting = 0
         self.requests = 0
         self.failures = 0
+        self.up = True
+        self.checkStreak = 0
+        self.ejected = False
+        self.ejectedUntil: float | None = None
+        self.ejections = 0
+        self.errorStreak = 0
         self._limit = pool.config.maxConnections
         self._hostPort = _hostPort(server)
 
@@ -348,6 +354,23 @@ class Backend:
         Whether a request could start on this server now.
         """
         return bool(self.idle) or self.busy + self.connecting < self._limit
+
+    @property
+    def inFlight(self) -> int:
+        """
+        Requests on this server now: on busy connections or connecting.
+        """
+        return self.busy + self.connecting
+
+    def noteFailure(self) -> None:
+        """
+        A request failed on this server: count it for passive health.
+        """
+        self.failures += 1
+        self.errorStreak += 1
+        outlier = self.pool._outlier
+        if outlier is not None:
+            outlier.failed(self)
 
     @property
     def hostPort(self) -> bytes:
@@ -388,9 +411,9 @@ class Backend:
         A connection attempt made for C{exchange} failed.
         """
         self.connecting -= 1
-        self.failures += 1
         pool = self.pool
         pool._connectionGone()
+        self.noteFailure()
         pool._attemptFailed(exchange, reason, self)
         pool._dispatchPending()
 
@@ -722,11 +745,39 @@ class BackendConnection(Protocol):
         self.bodyBuffered = self._state == _DONE or (
             self._state == _BODY_LENGTH and len(self._buffer) >= self._remaining
         )
+        if status >= 500:
+            exchange = self._serverError(exchange, status)
+        elif self.backend.errorStreak:
+            self.backend.errorStreak = 0
         exchange.receiver.responseStarted(status, reason, headers, self)
         if self._state == _DONE and self._exchange is exchange:
             self._responseDone()
             return False
         return True
+
+    def _serverError(self, exchange: _Exchange, status: int) -> _Exchange:
+        """
+        The backend answered C{exchange} with a 5xx: count the failure, and
+        retry the request on another server when it may be (an idempotent
+        request, a status in the pool's C{retryStatuses}, a retry left).
+
+        @return: The exchange that the rest of this response goes to: the
+            same, or a stand-in that reads and drops it (so that the
+            connection stays usable) while the request is retried.
+        """
+        backend = self.backend
+        backend.noteFailure()
+        pool = backend.pool
+        if status in pool.config.retryStatuses and exchange.request.replayable:
+            target = pool._retryTarget(exchange)
+            if target is not None:
+                drain = _Exchange(exchange.request, _DISCARD, pool)
+                drain.connection = self
+                self._exchange = drain
+                exchange.connection = None
+                target.assign(exchange)
+                return drain
+        return exchange
 
     def _parseChunked(self) -> bool:
         exchange = self._exchange
@@ -816,9 +867,11 @@ class BackendConnection(Protocol):
 
     def _fail(self, reason: BackendError) -> None:
         """
-        End the current exchange with C{reason} and close the connection.
+        End the current exchange with C{reason} and close the connection;
+        retry it elsewhere if no response byte was passed on yet.
         """
         exchange = self._exchange
+        beforeResponse = self._state == _HEAD
         self._exchange = None
         self._state = _DONE
         self._cancelTimeout()
@@ -828,6 +881,13 @@ class BackendConnection(Protocol):
             self.transport.abortConnection()
         if exchange is not None:
             exchange.connection = None
+            self.backend.noteFailure()
+            if (
+                beforeResponse
+                and exchange.request.replayable
+                and self.backend.pool._retryElsewhere(exchange)
+            ):
+                return
             exchange.fail(reason)
 
     # Timeouts.
@@ -934,17 +994,58 @@ class BackendConnection(Protocol):
             exchange.retriesLeft -= 1
             backend.assign(exchange, fresh=True)
             return
-        if state == _HEAD and not self._gotBytes:
-            failure: BackendError = BackendUnavailable(
+        tlsFailure = describeTLSFailure(reason) if self.exchanges == 1 else None
+        if tlsFailure is not None and state == _HEAD and not self._gotBytes:
+            failure: BackendError = BackendUnavailable(tlsFailure)
+        elif state == _HEAD and not self._gotBytes:
+            failure = BackendUnavailable(
                 "backend closed the connection without answering"
             )
         else:
             failure = BackendProtocolError("backend closed the connection mid-response")
         _log.warn("Backend {url}: {why}", url=backend.server.url, why=str(failure))
+        backend.noteFailure()
+        if (
+            state == _HEAD
+            and exchange.request.replayable
+            and not exchange.done
+            and pool._retryElsewhere(exchange)
+        ):
+            # Nothing of the response reached the client: another server
+            # may answer it.
+            return
         exchange.fail(failure)
 
 
 _PLAIN_TCP = (_TCPClient, _TCPServer)
+
+
+@implementer(IResponseReceiver)
+class _Discard:
+    """
+    Receives the rest of a response whose request is retried elsewhere.
+    """
+
+    def responseStarted(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        connection: object,
+    ) -> None:
+        pass
+
+    def responseData(self, data: bytes) -> None:
+        pass
+
+    def responseFinished(self) -> None:
+        pass
+
+    def requestFailed(self, reason: object) -> None:
+        pass
+
+
+_DISCARD = _Discard()
 
 
 def _noop() -> None:
@@ -991,6 +1092,81 @@ def _hostPort(server: BackendServer) -> bytes:
     return f"{host}:{server.port}".encode()
 
 
+@frozen
+class ServerStatus:
+    """
+    One server's state (see L{BackendPool.status}).
+
+    @ivar url: The server's URL.
+    @ivar state: C{"healthy"}, C{"down"} (its active checks fail) or
+        C{"ejected"} (passive health).
+    @ivar serving: Whether it takes new requests now (a server that is not
+        healthy does when the pool is in panic).
+    @ivar weight: The configured weight.
+    @ivar effectiveWeight: Its share now, relative to the configured one
+        (below 1.0 during a slow start).
+    @ivar inFlight: Requests on it now.
+    @ivar idleConnections: Kept-alive connections waiting.
+    @ivar requests: Requests started on it, retries included.
+    @ivar failures: Requests that failed on it.
+    @ivar ejections: Its ejections in a row.
+    @ivar ejectedUntil: When its ejection ends (reactor time), or L{None}.
+    """
+
+    url: str
+    state: str
+    serving: bool
+    weight: int
+    effectiveWeight: float
+    inFlight: int
+    idleConnections: int
+    requests: int
+    failures: int
+    ejections: int
+    ejectedUntil: float | None
+
+
+@frozen
+class PoolStatus:
+    """
+    A pool's state (see L{BackendPool.status}).
+
+    @ivar panic: Whether too few servers are healthy, so that all serve.
+    @ivar pending: Requests waiting for a connection.
+    @ivar requests: Requests submitted.
+    @ivar retries: Retries made on another server.
+    @ivar retriesRefused: Retries the retry budget refused.
+    """
+
+    name: str
+    balance: str
+    panic: bool
+    closed: bool
+    pending: int
+    requests: int
+    retries: int
+    retriesRefused: int
+    servers: tuple[ServerStatus, ...]
+
+
+def _serverStatus(backend: Backend, serving: bool) -> ServerStatus:
+    server = backend.server
+    state = "ejected" if backend.ejected else "healthy" if backend.up else "down"
+    return ServerStatus(
+        url=server.url,
+        state=state,
+        serving=serving,
+        weight=server.weight,
+        effectiveWeight=backend.weight / (server.weight * WEIGHT_SCALE),
+        inFlight=backend.inFlight,
+        idleConnections=len(backend.idle),
+        requests=backend.requests,
+        failures=backend.failures,
+        ejections=backend.ejections,
+        ejectedUntil=backend.ejectedUntil,
+    )
+
+
 class BackendPool:
     """
     The servers of one pool, their connections, and the requests waiting
@@ -1009,13 +1185,45 @@ class BackendPool:
         self.name = config.name
         self._reactor = reactor
         self._clock = reactor
-        self._balancer = balancer if balancer is not None else RoundRobinBalancer()
+        self._balancer = (
+            balancer if balancer is not None else balancerFor(config.balance)
+        )
+        #: What a hashing pool hashes: the proxy computes each request's
+        #: C{hashKey} only when this is not L{None}.
+        self.hashOn: HashOn | None = (
+            parseHashOn(config.hashOn or "client") if config.balance == "hash" else None
+        )
         self.servers = [Backend(self, server) for server in config.servers]
+        # The servers that take new requests; a new list whenever health
+        # changes, never changed in place (balancers may cache by identity).
+        self._eligible: list[Backend] = list(self.servers)
+        self.panic = False
         self._pending: deque[_Exchange] = deque()
         self._closed = False
         self._sweepCall: IDelayedCall | None = None
         self._connections = 0
         self._whenIdle: list[Callable[[], None]] = []
+        self.requestCount = 0
+        self.retryCount = 0
+        budget = config.retryBudget
+        self._budget = RetryBudget(budget.percent, budget.minRetries, budget.window)
+        self._outlier = (
+            OutlierDetector(reactor, self, config.outlier)
+            if config.outlier is not None
+            else None
+        )
+        self._checker = (
+            HealthChecker(reactor, self, config.health)
+            if config.health is not None
+            else None
+        )
+        self._slowStart = (
+            SlowStart(reactor, self, config.slowStart)
+            if config.slowStart > 0 and len(self.servers) > 1
+            else None
+        )
+        # Made once per pool: trust roots and client certificates are read here.
+        self._tlsCreators = backendConnectionCreators(config)
 
     def __repr__(self) -> str:
         return f"<BackendPool {self.name!r} servers={self.servers!r}>"
@@ -1031,12 +1239,86 @@ class BackendPool:
         if self._closed:
             exchange.fail(PoolClosed("pool is shut down"))
             return exchange
-        server = self._balancer.pick(self.servers, request)
+        self.requestCount += 1
+        self._place(exchange)
+        return exchange
+
+    def _place(self, exchange: _Exchange) -> None:
+        eligible = self._eligible
+        if not eligible:
+            exchange.fail(NoHealthyServers("no healthy server"))
+            return
+        server = self._balancer.pick(eligible, exchange.request)
         if server is None:
             self._enqueue(exchange)
         else:
             server.assign(exchange)
-        return exchange
+
+    def startHealthChecks(self) -> None:
+        """
+        Start the active health checks, if the pool has any (the
+        L{ProxyService} does this as it starts; an embedder who builds a
+        pool with C{health} calls it).
+        """
+        if self._checker is not None and not self._closed:
+            self._checker.start()
+
+    def _healthChanged(self, cameBack: Backend | None = None) -> None:
+        """
+        A server's health changed: recompute which servers take requests.
+
+        @param cameBack: A server that just became healthy again, to slow
+            start.
+        """
+        eligible, panic = eligibleServers(self.servers, self.config.panicThreshold)
+        if panic != self.panic:
+            self.panic = panic
+            if panic:
+                _log.warn(
+                    "Pool {pool}: too few healthy servers, panic: using all of them",
+                    pool=self.name,
+                )
+            else:
+                _log.info("Pool {pool}: out of panic", pool=self.name)
+        self._eligible = eligible
+        for server in self.servers:
+            if server not in eligible:
+                # Its kept-alive connections may be as dead as it is.
+                for connection in list(server.idle):
+                    connection.close()
+        if cameBack is not None and self._slowStart is not None and not panic:
+            self._slowStart.begin(cameBack)
+        self._dispatchPending()
+
+    def status(self) -> PoolStatus:
+        """
+        The pool's state now, for the admin page and monitoring.
+        """
+        return PoolStatus(
+            name=self.name,
+            balance=self.config.balance,
+            panic=self.panic,
+            closed=self._closed,
+            pending=len(self._pending),
+            requests=self.requestCount,
+            retries=self.retryCount,
+            retriesRefused=self._budget.refused,
+            servers=tuple(_serverStatus(s, s in self._eligible) for s in self.servers),
+        )
+
+    def _takePending(self, other: BackendPool) -> None:
+        """
+        Hand the requests waiting in this pool to C{other} (its successor on
+        a reload).
+        """
+        while self._pending:
+            exchange = self._pending.popleft()
+            if exchange.queuedCall is not None:
+                exchange.queuedCall.cancel()
+                exchange.queuedCall = None
+            exchange.pool = other
+            other.requestCount += 1
+            other._place(exchange)
 
     @property
     def pendingCount(self) -> int:
@@ -1069,7 +1351,7 @@ class BackendPool:
     def _dispatchPending(self) -> None:
         pending = self._pending
         while pending:
-            server = self._balancer.pick(self.servers, pending[0].request)
+            server = self._balancer.pick(self._eligible, pending[0].request)
             if server is None:
                 return
             exchange = pending.popleft()
@@ -1089,7 +1371,7 @@ class BackendPool:
                 server.port,
                 factory,
                 # connectSSL takes a connection creator too (Twisted 14.0+).
-                optionsForClientTLS(server.host),  # type: ignore[arg-type]
+                self._tlsCreators[server],  # type: ignore[arg-type]
                 timeout=timeout,
                 bindAddress=None,
             )
@@ -1099,19 +1381,48 @@ class BackendPool:
     def _attemptFailed(
         self, exchange: _Exchange, reason: BackendError, failed: Backend
     ) -> None:
-        self._connectionGone()
+        # (The connection attempt is already counted gone by the caller.)
         if exchange.done:
             return
-        if exchange.retriesLeft > 0 and not self._closed:
-            # Nothing was sent: any other server may take the request.
-            others = [s for s in self.servers if s not in exchange.triedServers]
-            if others:
-                server = self._balancer.pick(others, exchange.request)
-                if server is not None:
-                    exchange.retriesLeft -= 1
-                    server.assign(exchange)
-                    return
-        exchange.fail(reason)
+        # Nothing was sent: any other server may take any request.
+        if not self._retryElsewhere(exchange):
+            exchange.fail(reason)
+
+    def _retryTarget(self, exchange: _Exchange) -> Backend | None:
+        """
+        The server to retry C{exchange} on, if it has retries left, the
+        retry budget allows one more, and another healthy server that it
+        has not tried can take it now; the retry is counted.
+        """
+        if exchange.retriesLeft <= 0 or self._closed:
+            return None
+        tried = exchange.triedServers
+        others = [s for s in self._eligible if s not in tried]
+        if not others:
+            return None
+        server = self._balancer.pick(others, exchange.request)
+        if server is None:
+            return None
+        if not self._budget.allow(self._clock.seconds(), self.requestCount):
+            _log.warn(
+                "Pool {pool}: retry budget spent, request not retried", pool=self.name
+            )
+            return None
+        exchange.retriesLeft -= 1
+        self.retryCount += 1
+        return server
+
+    def _retryElsewhere(self, exchange: _Exchange) -> bool:
+        """
+        Start C{exchange} again on another server (see L{_retryTarget}).
+
+        @return: Whether it was.
+        """
+        server = self._retryTarget(exchange)
+        if server is None:
+            return False
+        server.assign(exchange)
+        return True
 
     def _connectionGone(self) -> None:
         self._connections -= 1
@@ -1138,17 +1449,24 @@ class BackendPool:
         if anyLeft:
             self._scheduleSweep()
 
-    def close(self) -> Deferred[None]:
+    def close(self, successor: BackendPool | None = None) -> Deferred[None]:
         """
         Stop taking requests, fail the queued ones, close idle connections
         and close the busy ones as their exchanges finish.
 
+        @param successor: The pool that replaces this one (on a reload): the
+            queued requests go to it instead of failing.
         @return: A L{Deferred} that fires when every connection is closed.
         """
+        if successor is not None:
+            self._takePending(successor)
         self._closed = True
         if self._sweepCall is not None:
             self._sweepCall.cancel()
             self._sweepCall = None
+        for stoppable in (self._checker, self._outlier, self._slowStart):
+            if stoppable is not None:
+                stoppable.stop()
         while self._pending:
             exchange = self._pending.popleft()
             if exchange.queuedCall is not None:

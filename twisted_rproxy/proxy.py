@@ -22,6 +22,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from twisted_rproxy.balance import requestHashKey
 from twisted_rproxy.interfaces import IResponseReceiver
 from twisted_rproxy.pages import renderError
 from twisted_rproxy.pool import (
@@ -284,15 +285,25 @@ class _ProxyExchange:
             return
         if request.startedWriting:
             # The response is cut short: only closing tells the client so.
+            # An HTTP/2 stream has no transport: aborting it resets the stream.
             channel = request.channel
-            transport: Any = channel.transport if channel is not None else None
+            transport: Any = getattr(channel, "transport", channel)
             if transport is not None:
                 transport.abortConnection()
             return
         retryAfter = 1 if isinstance(reason, PoolOverloaded) else None
         if isinstance(request, ProxyRequest):
             request.passedHeaders = None
-        renderError(request, reason.status, retryAfter)
+
+        def fallback() -> None:
+            renderError(request, reason.status, retryAfter)
+
+        # A route's error filters (twisted_rproxy.filters) may answer instead.
+        onError = getattr(request, "onBackendError", None)
+        if onError is not None:
+            onError(reason, fallback)
+            return
+        fallback()
 
     def clientGone(self, reason: Failure) -> None:
         handle = self.handle
@@ -382,6 +393,12 @@ class ProxyResource(Resource):
             stream,
             hostFromBackend=policy.hostHeader == "backend",
         )
+        hashOn = self.pool.hashOn
+        if hashOn is not None:
+            # Only hashing pools pay for the key.
+            backendRequest.hashKey = requestHashKey(
+                hashOn, clientHost, requestHeaders.getRawHeaders
+            )
         exchange = _ProxyExchange(request, policy)
         handle = self.pool.submit(backendRequest, exchange)
         if not handle.done:

@@ -45,7 +45,8 @@ _log = Logger()
 #: the body is buffered (L{True}) or streamed to the backend.
 BodyPolicy = Callable[["ProxyRequest"], tuple[int, bool]]
 
-_dateCache: tuple[int, bytes] = (0, b"")
+# No second is -1: the first call always formats a date.
+_dateCache: tuple[int, bytes] = (-1, b"")
 
 
 def _discard(data: bytes) -> None:
@@ -80,8 +81,9 @@ class ProxyRequest(Request):
     """
 
     # An HTTPChannel of ours or an H2Stream: attributes twisted.web's types
-    # don't declare (site, transport, persistent...).
-    channel: Any
+    # don't declare (site, transport, persistent...). None once twisted.web
+    # let go of it (it deletes the attribute when a request is done).
+    channel: Any = None
     bodyStream: RequestBodyStream | None = None
     route: object = None
     passedHeaders: list[tuple[bytes, bytes]] | None = None
@@ -89,6 +91,7 @@ class ProxyRequest(Request):
     _maxBody: int | None = None
     _received = 0
     _streaming = False
+    _refusal: int | None = None
 
     def headersReceived(self, length: int | None) -> int | None:
         """
@@ -108,6 +111,11 @@ class ProxyRequest(Request):
         return None
 
     def gotLength(self, length: int | None) -> None:
+        if self._maxBody is None:
+            # Only HTTP/2 streams get here: ProxyHTTPChannel asks
+            # headersReceived first.
+            self._streamHeadersReceived(length)
+            return
         if not self._streaming:
             Request.gotLength(self, length)
             return
@@ -118,6 +126,28 @@ class ProxyRequest(Request):
         self.args = {}
         self.path = self.uri.split(b"?", 1)[0]
         self.process()
+
+    def _streamHeadersReceived(self, length: int | None) -> None:
+        """
+        L{headersReceived} for an HTTP/2 stream, whose body is always
+        buffered (an H2Stream has no transport of its own to pause).
+        """
+        channel = self.channel
+        # The pseudo-headers come first in an HTTP/2 header block, so the
+        # stream knows them by the time the length is known.
+        self.method = getattr(channel, "command", self.method)
+        self.uri = getattr(channel, "path", self.uri)
+        self.clientproto = b"HTTP/2"
+        refusal = self.headersReceived(length)
+        self._streaming = False
+        if refusal is not None:
+            # The stream can't answer before its constructor returns: the
+            # refusal is sent with the first body bytes (see _refuseBody), or
+            # when the request ends.
+            self._maxBody = 0
+            self._refusal = refusal
+            return
+        Request.gotLength(self, length)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
@@ -132,16 +162,20 @@ class ProxyRequest(Request):
 
     def _refuseBody(self) -> None:
         channel = self.channel
-        if channel is None:
+        if channel is None or self.finished:
             return
         channel.persistent = False
         if self.bodyStream is not None:
             self.bodyStream.stopStreaming()
-        self._maxBody = None
+        # HTTP/1.1 stops reading; an HTTP/2 stream stays refused (None would
+        # mean its headers are still to come).
+        self._maxBody = None if type(channel) is ProxyHTTPChannel else 0
         if not self.startedWriting and not self.finished:
-            renderError(self, 413)
-        else:
+            renderError(self, self._refusal or 413)
+        elif type(channel) is ProxyHTTPChannel:
             channel.forceClose()
+        else:
+            channel.abortConnection()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self._streaming:
@@ -149,7 +183,12 @@ class ProxyRequest(Request):
             if stream is not None:
                 stream.finished()
             return
-        if self.channel is None:
+        if self.channel is None or self.finished:
+            # Refused (413) or abandoned before the body was complete.
+            return
+        if self._refusal is not None:
+            # An HTTP/2 request refused from its headers, without a body.
+            renderError(self, self._refusal)
             return
         Request.requestReceived(self, command, path, version)
 
@@ -191,6 +230,9 @@ class ProxyRequest(Request):
         serverHeader = getattr(site, "serverHeader", None)
         if serverHeader and not headers.hasHeader(b"server"):
             headers.setRawHeaders(b"server", [serverHeader])
+        hsts = getattr(site, "hstsHeader", None)
+        if hsts is not None and self.channel.isSecure():
+            headers.setRawHeaders(b"strict-transport-security", [hsts])
 
     def _writeHead(self, passed: list[tuple[bytes, bytes]], data: bytes) -> None:
         """
@@ -223,6 +265,10 @@ class ProxyRequest(Request):
         serverHeader = getattr(site, "serverHeader", None)
         if serverHeader and not hasServer:
             head += (b"Server: ", serverHeader, b"\r\n")
+        hsts = site.hstsHeader
+        if hsts is not None and self.channel.isSecure():
+            # The proxy's own policy, for every response over TLS.
+            head += (b"Strict-Transport-Security: ", hsts, b"\r\n")
         if noBody:
             head.append(b"\r\n")
             self.channel.writeSequence(head)
@@ -416,6 +462,9 @@ class ProxySite(Site):
     displayTracebacks = False
     noisy = False
     memoryBodyLimit = 1024 * 1024
+    #: The C{Strict-Transport-Security} value added to responses over TLS,
+    #: or L{None}.
+    hstsHeader: bytes | None = None
 
     def __init__(
         self,

@@ -6,17 +6,21 @@ application embeds.
 
 from __future__ import annotations
 
+from attrs import evolve
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from twisted_rproxy.config import Config
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.server import ProxyRequest, ProxySite
+from twisted_rproxy.tls import HTTPSRedirect, ServerTLS
 from twisted_rproxy.tree import Router, buildResource
 
 _log = Logger()
@@ -32,7 +36,9 @@ class ProxyService(MultiService):
     @ivar config: The configuration it runs.
     @ivar pools: The L{BackendPool}s by name.
     @ivar router: The root of the resource tree.
-    @ivar site: The L{ProxySite} serving every listener.
+    @ivar site: The L{ProxySite} serving every listener (the plain-HTTP ones
+        excepted when a C{[[tls]]} group redirects them to https).
+    @ivar tls: The L{ServerTLS} of each C{[[tls]]} group, in order.
     """
 
     def __init__(self, config: Config, reactor: IProxyReactor) -> None:
@@ -45,16 +51,26 @@ class ProxyService(MultiService):
             name: BackendPool(reactor, poolConfig)
             for name, poolConfig in config.pools.items()
         }
-        self.router: Router = buildResource(config, self.pools)
+        self.router: Router = buildResource(config, self.pools, reactor)
         server = config.server
-        router = self.router
 
         def bodyPolicy(request: ProxyRequest) -> tuple[int, bool]:
-            return router.bodyPolicy(request, server)
+            # The router of the moment: reload() replaces it.
+            return self.router.bodyPolicy(request, server)
 
-        self.site = ProxySite(router, server, reactor, bodyPolicy)
+        self.site = ProxySite(self.router, server, reactor, bodyPolicy)
+        self.tls = [ServerTLS(group) for group in config.tls]
+        if config.tls and config.tls[0].hsts is not None:
+            # Every group has the same (config.py checks it).
+            self.site.hstsHeader = b"max-age=%d" % (config.tls[0].hsts,)
+        self._redirect: HTTPSRedirect | None = None
+        self._plainSite: Site = self.site
+        if any(group.redirectHttp for group in config.tls):
+            self._redirect = HTTPSRedirect()
+            self._plainSite = ProxySite(self._redirect, server, reactor)
         self._ports: list[IListeningPort] = []
         self._listening: Deferred[list[IListeningPort]] | None = None
+        self._retiring: list[Deferred[None]] = []
 
     def startService(self) -> None:
         """
@@ -67,15 +83,101 @@ class ProxyService(MultiService):
         waiting = []
         for description in self.config.server.listen:
             endpoint = serverFromString(self.reactor, description)
-            listening = _listenOrRaise(endpoint, self.site)
+            listening = _listenOrRaise(endpoint, self._plainSite)
             waiting.append(listening.addCallback(self._listened))
+        for group, serverTLS in zip(self.config.tls, self.tls, strict=True):
+            factory = TLSMemoryBIOFactory(serverTLS, False, self.site)
+            for index, description in enumerate(group.listen):
+                endpoint = serverFromString(self.reactor, description)
+                listening = _listenOrRaise(endpoint, factory)
+                listening.addCallback(self._listened)
+                if index == 0 and group.redirectHttp:
+                    listening.addCallback(self._redirectTo)
+                waiting.append(listening)
+            serverTLS.startWatching(self.reactor)
         self._listening = gatherResults(waiting, consumeErrors=True)
         self._listening.addErrback(self._listenFailed)
+        for pool in self.pools.values():
+            pool.startHealthChecks()
+
+    def reload(self, config: Config) -> None:
+        """
+        Run C{config}'s pools and routes from now on, without a restart.
+
+        New requests go to the new pools and routes at once; requests in
+        flight finish on the old pools, which close once idle (their queued
+        requests move to the new pool of the same name). A pool whose
+        configuration did not change is kept as it is, connections and
+        health included. C{[server]} and the listeners are not reloaded
+        (that takes a restart: a warning says so). Certificates are read
+        again (see L{reloadCertificates}).
+
+        @param config: A configuration already validated (by L{loadConfig}).
+        """
+        old = self.pools
+        pools: dict[str, BackendPool] = {}
+        for name, poolConfig in config.pools.items():
+            current = old.get(name)
+            if current is not None and current.config == poolConfig:
+                pools[name] = current
+                continue
+            pools[name] = BackendPool(self.reactor, poolConfig)
+            if self.running:
+                pools[name].startHealthChecks()
+        router = buildResource(config, pools, self.reactor)
+        if config.server != self.config.server:
+            _log.warn("Reload: changes to [server] take effect at the next restart")
+            config = evolve(config, server=self.config.server)
+        if config.tls != self.config.tls:
+            # The TLS listeners keep their settings; their files are read
+            # again below.
+            _log.warn(
+                "Reload: changes to [[tls]] settings take effect at the next "
+                "restart (certificate files are read again now)"
+            )
+            config = evolve(config, tls=self.config.tls)
+        self.config = config
+        self.router = router
+        self.site.resource = router
+        self.pools = pools
+        for name, pool in old.items():
+            if pools.get(name) is not pool:
+                closing = pool.close(successor=pools.get(name))
+                self._retiring.append(closing)
+                closing.addCallback(self._retired, closing)
+        _log.info(
+            "Reloaded {source}: pools {pools}",
+            source=config.source,
+            pools=", ".join(sorted(pools)) or "none",
+        )
+        reloadCertificates = getattr(self, "reloadCertificates", None)
+        if reloadCertificates is not None:
+            reloadCertificates()
+
+    def _retired(self, _: None, closing: Deferred[None]) -> None:
+        self._retiring.remove(closing)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self._ports.append(port)
         _log.info("Listening on {address}", address=port.getHost())
         return port
+
+    def _redirectTo(self, port: IListeningPort) -> IListeningPort:
+        if self._redirect is not None:
+            self._redirect.port = getattr(port.getHost(), "port", None)
+        return port
+
+    def reloadCertificates(self) -> bool:
+        """
+        Read every C{[[tls]]} certificate file again: new handshakes use the
+        new certificates, established connections keep theirs.  A file that
+        cannot be used is reported in the log and its certificate stays in
+        service.
+
+        @return: Whether every file was read.
+        """
+        results = [serverTLS.reload() for serverTLS in self.tls]
+        return all(results)
 
     def _listenFailed(self, failure: Failure) -> Failure:
         _log.failure("Could not listen", failure)
@@ -106,11 +208,17 @@ class ProxyService(MultiService):
         Stop listening, then close every pool.
         """
         super().stopService()  # type: ignore[no-untyped-call]  # python/mypy#16653
+        for serverTLS in self.tls:
+            serverTLS.stopWatching()
         ports, self._ports = self._ports, []
         stopping = [Deferred.fromCoroutine(_stop(port)) for port in ports]
 
         def closePools(_: object) -> Deferred[list[tuple[bool, None]]]:
-            return DeferredList([pool.close() for pool in self.pools.values()])
+            # Pools retired by a reload may still finish their last requests.
+            retiring = list(self._retiring)
+            return DeferredList(
+                [pool.close() for pool in self.pools.values()] + retiring
+            )
 
         closed = DeferredList(stopping).addCallback(closePools)
         return closed.addCallback(lambda _: None)
@@ -124,7 +232,7 @@ async def _stop(port: IListeningPort) -> None:
 
 
 def _listenOrRaise(
-    endpoint: IStreamServerEndpoint, factory: ProxySite
+    endpoint: IStreamServerEndpoint, factory: Site | TLSMemoryBIOFactory
 ) -> Deferred[IListeningPort]:
     """
     Listen on C{endpoint}; raise at once if that fails at once.

@@ -6,16 +6,21 @@ This is the only module that imports the global reactor.
 
 from __future__ import annotations
 
+import signal
 import sys
-from typing import cast
+from typing import Any, cast
 
 from twisted.application.service import IService, MultiService
+from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_rproxy import __version__
 from twisted_rproxy.config import Config, ConfigError, configFromArguments, loadConfig
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.service import ProxyService
+from twisted_rproxy.tls import checkTLSFiles
+
+_log = Logger()
 
 
 class Options(usage.Options):
@@ -143,9 +148,16 @@ class Options(usage.Options):
                     self["static-prefix"],
                     self["access-log"],
                 )
+            # Certificates and keys are read now, so that a bad one stops the
+            # start (and --check) with one line instead of a traceback.
+            warnings = checkTLSFiles(self.rproxyConfig)
         except ConfigError as e:
             sys.stderr.write(f"twisted_rproxy: {e}\n")
             raise SystemExit(1) from None
+        for warning in warnings:
+            sys.stderr.write(
+                f"twisted_rproxy: {self.rproxyConfig.source}: warning: {warning}\n"
+            )
         if self["check"]:
             print(f"twisted_rproxy: {self.rproxyConfig.source}: configuration OK")
             raise SystemExit(0)
@@ -175,4 +187,55 @@ def makeService(options: Options) -> IService:
         proxy.setServiceParent(parent)  # type: ignore[no-untyped-call]
         return parent
     assert options.rproxyConfig is not None
-    return ProxyService(options.rproxyConfig, proxyReactor)
+    service = ProxyService(options.rproxyConfig, proxyReactor)
+    installReloadHandler(proxyReactor, service, options["config"])
+    return service
+
+
+def installReloadHandler(
+    reactor: IProxyReactor, service: ProxyService, configPath: str | None = None
+) -> None:
+    """
+    Make SIGHUP reload what can be reloaded without a restart.
+
+    @param configPath: The configuration file to read again, if the service
+        runs one.
+
+    There is one SIGHUP handler; whatever else reloads on SIGHUP belongs in
+    L{_reload}, which runs in the reactor thread.
+    """
+    if not hasattr(signal, "SIGHUP"):  # pragma: no cover (Windows)
+        return
+
+    def onSignal(signum: int, frame: Any) -> None:
+        # A signal handler interrupts whatever runs; the reload waits for the
+        # reactor's next turn instead.
+        reactor.callFromThread(_reload, service, configPath)  # type: ignore[attr-defined]
+
+    signal.signal(signal.SIGHUP, onSignal)
+
+
+def _reload(service: ProxyService, configPath: str | None = None) -> None:
+    """
+    What SIGHUP does: read the configuration file again and run it with
+    L{ProxyService.reload} (which reads the TLS certificates again too). A
+    file with a mistake is logged and the running configuration kept
+    (its certificates are still read again). Without a file (a
+    command-line configuration), only the certificates are read again.
+    """
+    if configPath is None:
+        service.reloadCertificates()
+        return
+    try:
+        config = loadConfig(configPath)
+        checkTLSFiles(config)
+    except ConfigError as e:
+        _log.error(
+            "Reload refused, the running configuration stays: {error}", error=str(e)
+        )
+        service.reloadCertificates()
+        return
+    try:
+        service.reload(config)
+    except Exception:
+        _log.failure("Reload failed; the running configuration stays")

@@ -9,11 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from attrs import field, frozen
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from twisted_rproxy.config import Config, RouteConfig, ServerConfig
+from twisted_rproxy.config import Config, FilterConfig, RouteConfig, ServerConfig
+from twisted_rproxy.filters import buildFilterChain
 from twisted_rproxy.pages import renderError
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.proxy import ForwardingPolicy, ProxyResource
@@ -181,10 +183,19 @@ def policyFor(server: ServerConfig, hostHeader: str | None) -> ForwardingPolicy:
 
 
 def buildRoute(
-    route: RouteConfig, server: ServerConfig, pools: Mapping[str, BackendPool]
+    route: RouteConfig,
+    server: ServerConfig,
+    pools: Mapping[str, BackendPool],
+    filters: Mapping[str, FilterConfig] | None = None,
+    reactor: IReactorTime | None = None,
 ) -> Route:
     """
     The servable L{Route} for one route of the configuration.
+
+    @param filters: The configuration's filters, by name; needed when the
+        route lists some.
+    @param reactor: The reactor given to filters; needed when the route
+        lists some.
     """
     resource: IResource
     if route.pool is not None:
@@ -197,6 +208,11 @@ def buildRoute(
     else:
         assert route.static is not None
         resource = StaticResource(route.static)
+    if route.filters:
+        # Only routes with filters pay for the chain.
+        if reactor is None or filters is None:
+            raise ValueError("a route with filters needs the filters and a reactor")
+        resource = buildFilterChain(resource, route, filters, reactor)
     return Route(
         path=route.path.encode("ascii"),
         host=route.host,
@@ -210,9 +226,21 @@ def buildRoute(
     )
 
 
-def buildResource(config: Config, pools: Mapping[str, BackendPool]) -> Router:
+def buildResource(
+    config: Config,
+    pools: Mapping[str, BackendPool],
+    reactor: IReactorTime | None = None,
+) -> Router:
     """
     The proxy's resource tree for C{config}, forwarding to C{pools} (one
     L{BackendPool} for each of C{config.pools}).
+
+    @param reactor: The reactor given to filters; needed when a route lists
+        filters.
     """
-    return Router([buildRoute(route, config.server, pools) for route in config.routes])
+    return Router(
+        [
+            buildRoute(route, config.server, pools, config.filters, reactor)
+            for route in config.routes
+        ]
+    )

@@ -1,0 +1,719 @@
+"""
+Filters: Python code that a route runs around its resource.
+
+A filter plugin is an L{IFilterFactory} found by
+C{getPlugins(IFilterFactory, twisted_rproxy.plugins)} (L{findFilterFactory});
+the configuration names the filters of each route, in order, and
+L{FilterChain} runs them:
+
+  - the request hooks (L{IRequestFilter}) in configuration order, each of
+    which may change the request, answer it (L{FilterResponse}) or let it
+    pass, synchronously or later (a L{Deferred} or a coroutine);
+  - then the route's resource (a proxy, static files);
+  - the response hooks (L{IResponseFilter}) in reverse order, the first
+    filter listed being the outermost, as with nested wrapper resources:
+    they see the status and all headers just before the head is written,
+    whatever wrote the response, and may transform the body as it streams;
+  - the error hooks (L{IErrorFilter}) when a backend fails.
+
+A hook that raises answers 500 (or, once the head is out, closes the
+connection), logged with the filter's name; the other requests go on.
+
+Routes without filters get no L{FilterChain} at all, so they pay nothing.
+The response hooks are run by L{_FilteredResponse}, which a chain installs
+on each request of its route as the request's own C{write} and C{finish}:
+every writer of the response goes through it, and the proxy's fast
+head-writing path (L{twisted_rproxy.server.ProxyRequest.passedHeaders}) is
+folded back into C{responseHeaders} first so that hooks see every header.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from io import BytesIO
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
+
+from attrs import define, field, frozen
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.logger import Logger
+from twisted.plugin import getPlugins
+from twisted.python.failure import Failure
+from twisted.web.http import NO_BODY_CODES, RESPONSES
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource, getChildForRequest
+from twisted.web.server import NOT_DONE_YET
+
+from twisted_rproxy.interfaces import (
+    IBodyTransform,
+    IErrorFilter,
+    IFilterFactory,
+    IRequestFilter,
+    IResponseFilter,
+)
+from twisted_rproxy.pages import errorBody, renderError
+
+if TYPE_CHECKING:
+    from twisted_rproxy.config import FilterConfig, RouteConfig
+
+__all__ = [
+    "FilterChain",
+    "FilterOptionError",
+    "FilterResponse",
+    "RequestContext",
+    "buildFilterChain",
+    "ResponseHead",
+    "filterFactories",
+    "findFilterFactory",
+]
+
+_log = Logger()
+
+
+class FilterOptionError(Exception):
+    """
+    A filter's option is wrong; raised by L{IFilterFactory.buildFilter}.
+
+    The configuration reports it as C{filters.NAME.OPTION: MESSAGE}.
+
+    @ivar option: The option's key, dotted for a nested one
+        (C{"response.set"}), or C{""} for the table as a whole.
+    @ivar message: What is wrong and, where useful, what is expected.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(option, message)
+        self.option = option
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.option}: {self.message}" if self.option else self.message
+
+
+def _toBytes(value: str | bytes) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else value
+
+
+_Text = str | bytes
+
+
+def _headerPairs(
+    headers: Mapping[_Text, _Text] | Sequence[tuple[_Text, _Text]],
+) -> tuple[tuple[bytes, bytes], ...]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return tuple((_toBytes(name), _toBytes(value)) for name, value in items)
+
+
+@frozen
+class FilterResponse:
+    """
+    A complete response with which a request or error hook answers.
+
+    @ivar code: The status code.
+    @ivar headers: C{(name, value)} pairs (or a mapping), L{str} or
+        L{bytes}; C{Content-Length} is added.
+    @ivar body: The body, as bytes (not sent for C{HEAD}).
+    """
+
+    code: int
+    headers: tuple[tuple[bytes, bytes], ...] = field(default=(), converter=_headerPairs)
+    body: bytes = b""
+
+    @classmethod
+    def redirect(cls, location: str | bytes, code: int = 302) -> FilterResponse:
+        """
+        A redirect to C{location}.
+        """
+        return cls(code, [(b"Location", _toBytes(location))])
+
+    @classmethod
+    def error(cls, code: int) -> FilterResponse:
+        """
+        The proxy's own error page for C{code} (4xx or 5xx).
+        """
+        return cls(
+            code,
+            [
+                (b"Content-Type", b"text/html; charset=utf-8"),
+                (b"Cache-Control", b"no-store"),
+            ],
+            errorBody(code),
+        )
+
+
+@define
+class ResponseHead:
+    """
+    The head of a response, as response hooks see and change it.
+
+    @ivar code: The status code. Change it and, unless C{phrase} is changed
+        too, the standard reason phrase follows.
+    @ivar phrase: The reason phrase, as bytes.
+    @ivar headers: Every response header (those a backend sent and those
+        the proxy set), to change in place.
+    """
+
+    code: int
+    phrase: bytes
+    headers: Headers
+
+
+@define(eq=False)
+class RequestContext:
+    """
+    What the hooks of one request share, passed to every hook: no globals,
+    no attributes stuck on the request.
+
+    @ivar request: The request.
+    @ivar reactor: The reactor, for timers and clients (treq) in hooks.
+    @ivar route: The L{twisted_rproxy.config.RouteConfig} of the route that
+        took the request (its C{path}, C{host}, C{pool} or C{static},
+        C{filters}), or L{None} for a chain mounted in an application's
+        own tree.
+    @ivar clientAddress: The client's IP address (C{""} if unknown).
+    @ivar started: When the chain received the request
+        (C{reactor.seconds()}).
+    @ivar timings: Named moments: C{"requestFiltered"} (the request hooks
+        are done), C{"responseStarted"} (the head is about to be written),
+        C{"finished"}; add your own with L{mark}.
+    @ivar data: Free for filters: a hook leaves values here for a later
+        hook of the same request, its own or another filter's.
+    """
+
+    request: IRequest
+    reactor: IReactorTime
+    route: object = None
+    clientAddress: str = ""
+    started: float = 0.0
+    timings: dict[str, float] = field(factory=dict)
+    data: dict[str, object] = field(factory=dict)
+
+    def mark(self, name: str) -> float:
+        """
+        Record the time of the moment C{name} in L{timings}; return it.
+        """
+        now = self.reactor.seconds()
+        self.timings[name] = now
+        return now
+
+    def elapsed(self) -> float:
+        """
+        Seconds since the chain received the request.
+        """
+        return self.reactor.seconds() - self.started
+
+    @property
+    def tlsPeer(self) -> object:
+        """
+        The client's TLS certificate (an C{OpenSSL.crypto.X509}), or
+        L{None} when the connection is not TLS or the client sent none.
+        """
+        channel = getattr(self.request, "channel", None)
+        transport = getattr(channel, "transport", None)
+        if not ISSLTransport.providedBy(transport):
+            return None
+        try:
+            return transport.getPeerCertificate()
+        except Exception:
+            # Not negotiated yet, or the connection is gone: no peer.
+            return None
+
+
+def filterFactories() -> dict[str, list[IFilterFactory]]:
+    """
+    Every installed filter plugin, by name (normally one per name).
+    """
+    import twisted_rproxy.plugins
+
+    found: dict[str, list[IFilterFactory]] = {}
+    for factory in getPlugins(IFilterFactory, twisted_rproxy.plugins):
+        same = found.setdefault(str(factory.name), [])
+        if factory not in same:
+            same.append(factory)
+    return found
+
+
+def findFilterFactory(name: str) -> IFilterFactory:
+    """
+    The installed filter plugin called C{name}.
+
+    @raise LookupError: With a message saying which are installed, when
+        none (or more than one) is called C{name}.
+    """
+    factories = filterFactories()
+    candidates = factories.get(name, [])
+    if len(candidates) == 1:
+        return candidates[0]
+    if candidates:
+        modules = ", ".join(sorted(type(f).__module__ for f in candidates))
+        raise LookupError(
+            f"{len(candidates)} installed filter plugins are named {name!r} ({modules})"
+        )
+    installed = ", ".join(sorted(factories)) or "none"
+    raise LookupError(f"no filter plugin named {name!r} (installed: {installed})")
+
+
+def _logFailure(failure: Failure, name: str, hook: str, request: IRequest) -> None:
+    _log.failure(
+        "Filter {filter!r} failed in its {hook} hook for {method} {uri}",
+        failure,
+        filter=name,
+        hook=hook,
+        method=request.method.decode("latin-1"),
+        uri=request.uri.decode("latin-1"),
+    )
+
+
+def _abort(request: Any) -> None:
+    """
+    Close a response that can't be completed, whatever the channel.
+    """
+    channel = request.channel
+    if channel is None:
+        return
+    forceClose = getattr(channel, "forceClose", None)
+    if forceClose is not None:
+        forceClose()
+        return
+    transport = getattr(channel, "transport", None)
+    target = transport if transport is not None else channel
+    abort = getattr(target, "abortConnection", None) or target.loseConnection
+    abort()
+
+
+def _hookResult(result: object) -> Deferred[object] | None:
+    """
+    A L{Deferred} for a hook's result that is not ready, or L{None}.
+    """
+    if isinstance(result, Deferred):
+        return result
+    if inspect.iscoroutine(result):
+        return Deferred.fromCoroutine(result)
+    return None
+
+
+_RESULT_TYPES = "None or a FilterResponse"
+
+# How a filtered response failed: replaced by a 500 page before its head
+# was written, or aborted after.
+_REPLACED = "replaced"
+_ABORTED = "aborted"
+
+
+class _FilteredResponse:
+    """
+    The response side of one request of a L{FilterChain}: installed as the
+    request's C{write} and C{finish}, it runs the response hooks once before
+    the head is written, and the body transforms on each write and at the
+    end.
+    """
+
+    __slots__ = (
+        "request",
+        "context",
+        "hooks",
+        "transforms",
+        "headDone",
+        "failed",
+        "classWrite",
+        "classFinish",
+    )
+
+    def __init__(
+        self,
+        request: Any,
+        context: RequestContext,
+        hooks: Sequence[tuple[str, Callable[..., Any]]],
+    ) -> None:
+        self.request = request
+        self.context = context
+        self.hooks = hooks
+        self.transforms: list[tuple[str, IBodyTransform]] = []
+        self.headDone = False
+        self.failed = ""
+        cls = type(request)
+        self.classWrite: Callable[[bytes], None] = cls.write.__get__(request)
+        self.classFinish: Callable[[], None] = cls.finish.__get__(request)
+        request.write = self.write
+        request.finish = self.finish
+
+    def _head(self) -> None:
+        self.headDone = True
+        request = self.request
+        context = self.context
+        context.mark("responseStarted")
+        headers = request.responseHeaders
+        passed = getattr(request, "passedHeaders", None)
+        if passed is not None:
+            # The proxy would write these itself, bypassing responseHeaders:
+            # fold them in, so that hooks see and change every header.
+            request.passedHeaders = None
+            # A backend response has the content type it has: twisted.web
+            # must not add its default one on the way out.
+            request.defaultContentType = None
+            for name, value in passed:
+                if name[0] in b"Dd" and name.lower() == b"date":
+                    headers.setRawHeaders(name, [value])
+                else:
+                    headers.addRawHeader(name, value)
+        code, phrase = request.code, request.code_message
+        head = ResponseHead(code, phrase, headers)
+        for name, hook in self.hooks:
+            try:
+                transform = hook(request, context, head)
+                if transform is not None and not IBodyTransform.providedBy(transform):
+                    raise TypeError(
+                        f"filterResponse returned {transform!r}, expected None "
+                        "or an IBodyTransform"
+                    )
+            except Exception:
+                _logFailure(Failure(), name, "response", request)
+                self._replaceWithError()
+                return
+            if transform is not None:
+                self.transforms.append((name, transform))
+        if head.code != code:
+            request.code = head.code
+            if head.phrase == phrase:
+                head.phrase = RESPONSES.get(head.code, b"Unknown Status")
+        request.code_message = head.phrase
+        request.responseHeaders = head.headers
+        if self.transforms:
+            if request.method == b"HEAD" or request.code in NO_BODY_CODES:
+                self.transforms = []
+            else:
+                head.headers.removeHeader(b"content-length")
+
+    def _replaceWithError(self) -> None:
+        """
+        Answer 500 in place of a response whose head a hook failed on; what
+        its writer still writes is dropped.
+        """
+        self.failed = _REPLACED
+        request = self.request
+        body = errorBody(500)
+        request.code = 500
+        request.code_message = RESPONSES[500]
+        request.responseHeaders = Headers(
+            {
+                b"content-type": [b"text/html; charset=utf-8"],
+                b"content-length": [b"%d" % (len(body),)],
+                b"cache-control": [b"no-store"],
+            }
+        )
+        self.classWrite(body if request.method != b"HEAD" else b"")
+
+    def _transform(self, data: bytes) -> bytes | None:
+        for name, transform in self.transforms:
+            try:
+                data = transform.transform(data)
+            except Exception:
+                _logFailure(Failure(), name, "body transform", self.request)
+                self.failed = _ABORTED
+                _abort(self.request)
+                return None
+        return data
+
+    def write(self, data: bytes) -> None:
+        if not self.headDone:
+            self._head()
+        if self.failed:
+            return
+        if self.transforms and data:
+            transformed = self._transform(data)
+            if transformed is None:
+                return
+            if not transformed and self.request.startedWriting:
+                return
+            # (An empty first piece still writes the head.)
+            data = transformed
+        self.classWrite(data)
+
+    def finish(self) -> None:
+        if not self.headDone:
+            self._head()
+        if self.failed:
+            if self.failed == _REPLACED:
+                self.classFinish()
+            # Aborted: the response is never finished as if whole.
+            return
+        if self.transforms:
+            rest = b""
+            for name, transform in self.transforms:
+                try:
+                    if rest:
+                        rest = transform.transform(rest)
+                    rest += transform.flush()
+                except Exception:
+                    _logFailure(Failure(), name, "body flush", self.request)
+                    self.failed = _ABORTED
+                    _abort(self.request)
+                    return
+            if rest:
+                self.classWrite(rest)
+        self.context.mark("finished")
+        self.classFinish()
+
+
+class FilterChain(Resource):
+    """
+    Runs a route's filters around its resource.
+
+    @ivar resource: The route's resource (traversal goes on in it below the
+        route's prefix once the request hooks let the request pass).
+    @ivar filters: C{(name, filter)} pairs, in configuration order.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        resource: IResource,
+        filters: Sequence[tuple[str, object]],
+        reactor: IReactorTime,
+        route: object = None,
+    ) -> None:
+        """
+        @param resource: See L{resource}.
+        @param filters: See L{filters}; each filter provides one or more of
+            L{IRequestFilter}, L{IResponseFilter} and L{IErrorFilter}.
+        @param reactor: The reactor, given to hooks in their context.
+        @param route: The route, given to hooks in their context.
+        """
+        super().__init__()  # type: ignore[no-untyped-call]  # python/mypy#16653
+        self.resource = resource
+        self.filters = tuple(filters)
+        self.reactor = reactor
+        self.route = route
+        self._requestHooks = [
+            (name, f.filterRequest)
+            for name, f in self.filters
+            if IRequestFilter.providedBy(f)
+        ]
+        self._responseHooks = [
+            (name, f.filterResponse)
+            for name, f in reversed(self.filters)
+            if IResponseFilter.providedBy(f)
+        ]
+        self._errorHooks = [
+            (name, f.filterError)
+            for name, f in self.filters
+            if IErrorFilter.providedBy(f)
+        ]
+        unused = [
+            name
+            for name, f in self.filters
+            if not (
+                IRequestFilter.providedBy(f)
+                or IResponseFilter.providedBy(f)
+                or IErrorFilter.providedBy(f)
+            )
+        ]
+        if unused:
+            raise TypeError(
+                f"filter {unused[0]!r} provides none of IRequestFilter, "
+                "IResponseFilter and IErrorFilter"
+            )
+
+    def render(self, request: IRequest) -> object:
+        req: Any = request
+        client = request.getClientAddress()
+        context = RequestContext(
+            request,
+            self.reactor,
+            self.route,
+            getattr(client, "host", "") or "",
+            self.reactor.seconds(),
+        )
+        if self._responseHooks:
+            _FilteredResponse(req, context, self._responseHooks)
+        if self._errorHooks:
+            req.onBackendError = lambda error, fallback: self._backendError(
+                req, context, error, fallback
+            )
+        self._runRequestHooks(req, context, 0, request.uri)
+        return NOT_DONE_YET
+
+    def _runRequestHooks(
+        self, request: Any, context: RequestContext, index: int, uri: bytes
+    ) -> None:
+        hooks = self._requestHooks
+        while index < len(hooks):
+            name, hook = hooks[index]
+            try:
+                result = hook(request, context)
+            except Exception:
+                self._failed(Failure(), request, name, "request")
+                return
+            waiting = _hookResult(result)
+            if waiting is not None:
+                self._wait(waiting, request, context, index, uri)
+                return
+            if result is not None:
+                self._answer(request, name, result, "request")
+                return
+            index += 1
+        context.mark("requestFiltered")
+        self._serve(request, uri)
+
+    def _wait(
+        self,
+        waiting: Deferred[object],
+        request: Any,
+        context: RequestContext,
+        index: int,
+        uri: bytes,
+    ) -> None:
+        name = self._requestHooks[index][0]
+        gone: list[bool] = []
+
+        def clientGone(reason: Failure) -> None:
+            gone.append(True)
+            waiting.cancel()
+
+        # Only a waiting request pays for a Deferred of its end.
+        request.notifyFinish().addErrback(clientGone)
+
+        def resumed(result: object) -> None:
+            if gone or getattr(request, "_disconnected", False):
+                return
+            if result is not None:
+                self._answer(request, name, result, "request")
+                return
+            self._runRequestHooks(request, context, index + 1, uri)
+
+        def failed(failure: Failure) -> None:
+            if gone or getattr(request, "_disconnected", False):
+                return
+            self._failed(failure, request, name, "request")
+
+        waiting.addCallbacks(resumed, failed)
+
+    def _answer(self, request: Any, name: str, result: object, hook: str) -> None:
+        if not isinstance(result, FilterResponse):
+            try:
+                raise TypeError(
+                    f"the {hook} hook returned {result!r}, expected {_RESULT_TYPES}"
+                )
+            except TypeError:
+                self._failed(Failure(), request, name, hook)
+            return
+        request.setResponseCode(result.code)
+        headers = request.responseHeaders
+        for headerName, value in result.headers:
+            headers.addRawHeader(headerName, value)
+        if not headers.hasHeader(b"content-length") and result.code not in (
+            NO_BODY_CODES
+        ):
+            headers.setRawHeaders(b"content-length", [b"%d" % (len(result.body),)])
+        if request.method != b"HEAD" and result.body:
+            request.write(result.body)
+        request.finish()
+
+    def _failed(self, failure: Failure, request: Any, name: str, hook: str) -> None:
+        _logFailure(failure, name, hook, request)
+        if getattr(request, "_disconnected", False) or request.finished:
+            return
+        if request.startedWriting:
+            _abort(request)
+            return
+        request.passedHeaders = None
+        renderError(request, 500)
+
+    def _serve(self, request: Any, uri: bytes) -> None:
+        """
+        Hand the request to the route's resource.
+        """
+        if request.uri != uri:
+            # A request hook rewrote the target: traversal below the route
+            # follows the new path.
+            path = request.uri.split(b"?", 1)[0]
+            request.path = path
+            segments = [unquote_to_bytes(s) for s in path[1:].split(b"/")]
+            request.postpath = segments[len(request.prepath) :]
+        try:
+            resource = getChildForRequest(self.resource, request)
+            request.render(resource)
+        except Exception:
+            request.processingFailed(Failure())
+
+    def _backendError(
+        self,
+        request: Any,
+        context: RequestContext,
+        error: Exception,
+        fallback: Callable[[], None],
+    ) -> None:
+        """
+        Ask the error hooks, in order, for an answer to a backend failure;
+        without one, C{fallback} writes the proxy's own error page.
+        """
+        hooks = self._errorHooks
+
+        def run(index: int) -> None:
+            while index < len(hooks):
+                name, hook = hooks[index]
+                try:
+                    result = hook(request, context, error)
+                except Exception:
+                    self._failed(Failure(), request, name, "error")
+                    return
+                waiting = _hookResult(result)
+                if waiting is not None:
+                    waiting.addCallbacks(
+                        lambda result, index=index, name=name: answered(
+                            result, index, name
+                        ),
+                        lambda failure, name=name: failedLater(failure, name),
+                    )
+                    return
+                if result is not None:
+                    self._answer(request, name, result, "error")
+                    return
+                index += 1
+            fallback()
+
+        def answered(result: object, index: int, name: str) -> None:
+            if getattr(request, "_disconnected", False):
+                return
+            if result is not None:
+                self._answer(request, name, result, "error")
+            else:
+                run(index + 1)
+
+        def failedLater(failure: Failure, name: str) -> None:
+            if not getattr(request, "_disconnected", False):
+                self._failed(failure, request, name, "error")
+
+        run(0)
+
+
+def replaceBody(request: IRequest, body: bytes) -> None:
+    """
+    Replace a buffered request body (for a request hook).
+    """
+    request.content = BytesIO(body)
+
+
+def buildFilterChain(
+    resource: IResource,
+    route: RouteConfig,
+    filters: Mapping[str, FilterConfig],
+    reactor: IReactorTime,
+) -> FilterChain:
+    """
+    The L{FilterChain} of a configured route around its C{resource}: each
+    filter the route lists is built by its plugin from its options.
+
+    @raise LookupError: If a filter's plugin is not installed (a validated
+        configuration has checked that already).
+    """
+    built = []
+    for name in route.filters:
+        filterConfig = filters[name]
+        factory = findFilterFactory(filterConfig.plugin)
+        built.append((name, factory.buildFilter(filterConfig.options)))
+    return FilterChain(resource, built, reactor, route)

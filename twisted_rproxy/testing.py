@@ -1,0 +1,283 @@
+"""
+Test doubles for filter authors and embedders, as C{treq.testing} is for
+treq's users: drive filters and resources through the proxy's real HTTP/1.1
+server code, in memory, without sockets and without the global reactor.
+
+    >>> from twisted_rproxy.testing import CannedResource, FilterHarness
+    >>> harness = FilterHarness([("tag", myFilter)],
+    ...                         CannedResource(headers=[(b"X-A", b"1")],
+    ...                                        chunks=[b"hello"]))
+    >>> response = harness.request(b"GET", b"/x", [(b"Host", b"example.com")])
+    >>> response.code, response.body
+    (200, b'hello')
+
+L{CannedResource} answers like a proxied backend (its headers take the
+proxy's own fast path) and may stream its body in timed pieces on the
+harness's clock, so that a test sees what left before the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
+
+from twisted_rproxy.config import ServerConfig
+from twisted_rproxy.filters import FilterChain, findFilterFactory
+from twisted_rproxy.server import ProxyRequest, ProxySite
+
+__all__ = [
+    "CannedResource",
+    "FilterHarness",
+    "HarnessResponse",
+    "buildFilter",
+]
+
+
+def buildFilter(plugin: str, options: Mapping[str, object] | None = None) -> object:
+    """
+    Find the installed filter plugin C{plugin} the way the proxy does and
+    build a filter from C{options}, as C{[filters.NAME]} would.
+
+    @raise LookupError: If no such plugin is installed.
+    @raise twisted_rproxy.filters.FilterOptionError: For a bad option.
+    """
+    return findFilterFactory(plugin).buildFilter(dict(options or {}))
+
+
+class CannedResource(Resource):
+    """
+    Answers every request with the same response, as a backend behind the
+    proxy would: the headers are passed on like a proxied response's.
+
+    @ivar requests: The requests it answered, for assertions (method, URI,
+        headers and body as it saw them).
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        code: int = 200,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        chunks: Sequence[bytes] = (b"",),
+        interval: float | None = None,
+        clock: MemoryReactorClock | None = None,
+    ) -> None:
+        """
+        @param code: The status code.
+        @param headers: The response headers. Without a C{Content-Length},
+            the body is sent chunked.
+        @param chunks: The body, written one piece at a time.
+        @param interval: With a C{clock}, seconds between two pieces (and
+            before the end): the response stays open until the clock is
+            advanced.
+        @param clock: The clock that paces the pieces (a harness's
+            C{reactor}).
+        """
+        super().__init__()  # type: ignore[no-untyped-call]  # python/mypy#16653
+        self.code = code
+        self.headers = list(headers)
+        self.chunks = list(chunks)
+        self.interval = interval
+        self.clock = clock
+        self.requests: list[tuple[bytes, bytes, Headers, bytes]] = []
+
+    def render(self, request: IRequest) -> object:
+        content = request.content
+        body = content.read() if content is not None else b""
+        self.requests.append(
+            (request.method, request.uri, request.requestHeaders.copy(), body)
+        )
+        request.setResponseCode(self.code)
+        if isinstance(request, ProxyRequest):
+            # What the proxy does with a backend's headers.
+            request.passedHeaders = list(self.headers)
+        else:
+            for name, value in self.headers:
+                request.responseHeaders.addRawHeader(name, value)
+        if self.interval is None or self.clock is None:
+            for chunk in self.chunks:
+                request.write(chunk)
+            request.finish()
+            return NOT_DONE_YET
+        self._writeLater(request, list(self.chunks), self.clock, self.interval)
+        return NOT_DONE_YET
+
+    def _writeLater(
+        self,
+        request: IRequest,
+        chunks: list[bytes],
+        clock: MemoryReactorClock,
+        interval: float,
+    ) -> None:
+        if getattr(request, "_disconnected", False):
+            return
+        if not chunks:
+            request.finish()
+            return
+        request.write(chunks.pop(0))
+        clock.callLater(interval, self._writeLater, request, chunks, clock, interval)
+
+
+class HarnessResponse:
+    """
+    What one client connection of a L{FilterHarness} received so far; parsed
+    each time it is read, so it follows a response as it streams.
+    """
+
+    def __init__(self, transport: StringTransport, channel: Any) -> None:
+        self.transport = transport
+        self.channel = channel
+
+    @property
+    def raw(self) -> bytes:
+        """
+        Every byte received.
+        """
+        return bytes(self.transport.value())
+
+    def _parse(self) -> tuple[int, Headers, bytes, bool]:
+        raw = self.raw
+        end = raw.find(b"\r\n\r\n")
+        if end < 0:
+            return 0, Headers(), b"", False
+        lines = raw[:end].split(b"\r\n")
+        code = int(lines[0].split(b" ", 2)[1])
+        headers = Headers()
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers.addRawHeader(name, value.strip())
+        rest = raw[end + 4 :]
+        encoding = headers.getRawHeaders(b"transfer-encoding") or []
+        if b"chunked" in b",".join(encoding).lower():
+            body = b""
+            while True:
+                lineEnd = rest.find(b"\r\n")
+                if lineEnd < 0:
+                    return code, headers, body, False
+                size = int(rest[:lineEnd].split(b";")[0], 16)
+                if size == 0:
+                    return code, headers, body, rest.find(b"\r\n\r\n") >= 0
+                piece = rest[lineEnd + 2 : lineEnd + 2 + size]
+                body += piece
+                if len(piece) < size:
+                    return code, headers, body, False
+                rest = rest[lineEnd + 2 + size + 2 :]
+        length = headers.getRawHeaders(b"content-length")
+        if length is not None:
+            return code, headers, rest, len(rest) >= int(length[0])
+        return code, headers, rest, self.transport.disconnecting
+
+    @property
+    def code(self) -> int:
+        """
+        The status code, 0 before the head arrived.
+        """
+        return self._parse()[0]
+
+    @property
+    def headers(self) -> Headers:
+        """
+        The response headers, as received.
+        """
+        return self._parse()[1]
+
+    @property
+    def body(self) -> bytes:
+        """
+        The body received so far, de-chunked.
+        """
+        return self._parse()[2]
+
+    @property
+    def complete(self) -> bool:
+        """
+        Whether the whole response arrived.
+        """
+        return self._parse()[3]
+
+    @property
+    def closed(self) -> bool:
+        """
+        Whether the proxy closed (or aborted) the connection.
+        """
+        return bool(self.transport.disconnecting or self.transport.disconnected)
+
+    def header(self, name: bytes) -> list[bytes]:
+        """
+        Every value of the response header C{name}.
+        """
+        return list(self.headers.getRawHeaders(name) or [])
+
+
+class FilterHarness:
+    """
+    Runs filters in front of a resource on the proxy's real server code
+    (L{ProxySite}, its HTTP/1.1 channel and request), in memory.
+
+    @ivar reactor: The L{MemoryReactorClock} everything runs on; advance it
+        to run timers (of L{CannedResource}, or a filter's own).
+    @ivar chain: The L{FilterChain} under test.
+    @ivar site: The site serving it.
+    """
+
+    def __init__(
+        self,
+        filters: Sequence[tuple[str, object]],
+        resource: IResource | None = None,
+        reactor: MemoryReactorClock | None = None,
+        route: object = None,
+    ) -> None:
+        """
+        @param filters: C{(name, filter)} pairs, in order.
+        @param resource: What the filters stand in front of; by default a
+            L{CannedResource} answering 200 with an empty body.
+        @param reactor: The clock; by default a new L{MemoryReactorClock}.
+        @param route: Given to hooks as C{context.route}.
+        """
+        if reactor is None:
+            reactor = MemoryReactorClock()
+            # A clock at 0 would date responses 1970.
+            reactor.advance(1_700_000_000)
+        self.reactor = reactor
+        self.resource = resource if resource is not None else CannedResource()
+        self.chain = FilterChain(self.resource, filters, self.reactor, route)
+        # MemoryReactorClock has TCP, TLS, time and core: an IProxyReactor,
+        # though it does not declare it.
+        proxyReactor: Any = self.reactor
+        self.site = ProxySite(self.chain, ServerConfig(), proxyReactor)
+
+    def request(
+        self,
+        method: bytes = b"GET",
+        uri: bytes = b"/",
+        headers: Sequence[tuple[bytes, bytes]] = ((b"Host", b"example.com"),),
+        body: bytes = b"",
+        clientAddress: str = "10.0.0.1",
+    ) -> HarnessResponse:
+        """
+        Send one request on a new client connection.
+
+        @return: The connection's L{HarnessResponse}, complete unless
+            something waits (a filter's L{Deferred}, a timer).
+        """
+        site: Any = self.site
+        channel = site.buildProtocol(IPv4Address("TCP", clientAddress, 40000))
+        transport = StringTransport(
+            peerAddress=IPv4Address("TCP", clientAddress, 40000),
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+        )
+        channel.makeConnection(transport)
+        lines = [method + b" " + uri + b" HTTP/1.1"]
+        lines += [name + b": " + value for name, value in headers]
+        if body or method in (b"POST", b"PUT", b"PATCH"):
+            lines.append(b"Content-Length: %d" % (len(body),))
+        channel.dataReceived(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        return HarnessResponse(transport, channel)
