@@ -265,6 +265,27 @@ class FilterTests(SynchronousTestCase):
         self.assertEqual(result.getRawHeaders(b"content-length"), [b"9000"])
         self.assertEqual(result.getRawHeaders(b"etag"), [b'"abc"'])
 
+    def test_notModifiedMatchesCompressedVariant(self) -> None:
+        """
+        A 304 for a client that takes gzip carries the weak ETag and the
+        Vary of the compressed 200 it validates; for one that takes no
+        coding, it is left alone.
+        """
+        compressFilter = CompressFilter(CompressionPolicy(encodings=("gzip",)))
+        head = ResponseHead(304, b"Not Modified", headers(etag='"v1"'))
+        result = compressFilter.filterResponse(
+            self.Request("gzip"), None, head  # type: ignore[arg-type]
+        )
+        self.assertIsNone(result)
+        self.assertEqual(head.headers.getRawHeaders(b"etag"), [b'W/"v1"'])
+        self.assertEqual(head.headers.getRawHeaders(b"vary"), [b"Accept-Encoding"])
+        plain = ResponseHead(304, b"Not Modified", headers(etag='"v1"'))
+        compressFilter.filterResponse(
+            self.Request(None), None, plain  # type: ignore[arg-type]
+        )
+        self.assertEqual(plain.headers.getRawHeaders(b"etag"), [b'"v1"'])
+        self.assertFalse(plain.headers.hasHeader(b"vary"))
+
     def test_varyNotDuplicated(self) -> None:
         """
         An existing Vary that covers Accept-Encoding (or is *) is kept.

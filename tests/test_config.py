@@ -1923,3 +1923,82 @@ class BalancingKeysTests(ConfigTestMixin):
             "pools.app.slow_start",
             "must not be negative, got '-1s'",
         )
+
+
+class StaticRouteKeysTests(ConfigTestMixin):
+    """
+    Tests for the keys of static routes.
+    """
+
+    def staticRoute(self, extra: str) -> str:
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        return f"[[routes]]\nstatic = {directory!r}\n{extra}"
+
+    def test_allKeys(self) -> None:
+        """
+        Every static key is read into L{RouteConfig}.
+        """
+        route = self.load(
+            self.staticRoute(
+                'index = ["index.htm", "default.html"]\n'
+                "list_directories = true\n"
+                "allow_hidden = true\n"
+                "follow_symlinks_outside = true\n"
+                'cache_control = "public, max-age=60"\n'
+                'cache_control_by_extension = { ".woff2" = "max-age=31536000" }\n'
+                'mime_types = { md = "text/markdown; charset=utf-8" }\n'
+            )
+        ).routes[0]
+        self.assertEqual(route.index, ("index.htm", "default.html"))
+        self.assertTrue(route.listDirectories)
+        self.assertTrue(route.allowHidden)
+        self.assertTrue(route.followSymlinksOutside)
+        self.assertEqual(route.cacheControl, "public, max-age=60")
+        self.assertEqual(
+            route.cacheControlByExtension, (("woff2", "max-age=31536000"),)
+        )
+        self.assertEqual(
+            route.mimeTypes, (("md", "text/markdown; charset=utf-8"),)
+        )
+
+    def test_defaults(self) -> None:
+        """
+        By default: index.html, no listings, no hidden files, no symlinks out.
+        """
+        route = self.load(self.staticRoute("")).routes[0]
+        self.assertEqual(route.index, ("index.html",))
+        self.assertFalse(route.listDirectories or route.allowHidden)
+        self.assertFalse(route.followSymlinksOutside)
+        self.assertIsNone(route.cacheControl)
+
+    def test_errors(self) -> None:
+        """
+        Each mistake names its key.
+        """
+        cases = [
+            ('index = ["a/b.html"]\n', "routes[0].index[0]"),
+            ('index = [".."]\n', "routes[0].index[0]"),
+            ('cache_control = "caf\u00e9"\n', "routes[0].cache_control"),
+            ("list_directories = 1\n", "routes[0].list_directories"),
+            ("mime_types = { md = 1 }\n", "routes[0].mime_types.md"),
+            ('mime_types = { "a b" = "x/y" }\n', 'routes[0].mime_types."a b"'),
+            (
+                'cache_control_by_extension = "x"\n',
+                "routes[0].cache_control_by_extension",
+            ),
+        ]
+        for extra, key in cases:
+            path = self.writeConfig(self.staticRoute(extra))
+            error = self.assertRaises(ConfigError, loadConfig, path)
+            self.assertEqual(error.key, key, extra)
+
+    def test_staticKeysOnPoolRoute(self) -> None:
+        """
+        Static keys on a pool route are refused.
+        """
+        self.assertConfigError(
+            POOL + '[[routes]]\npool = "app"\ncache_control = "no-store"\n',
+            "routes[0].cache_control",
+            "applies to static routes only",
+        )

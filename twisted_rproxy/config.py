@@ -343,6 +343,13 @@ class RouteConfig:
     maxBodySize: int | None = None
     requestBuffering: bool | None = None
     filters: tuple[str, ...] = ()
+    index: tuple[str, ...] = ("index.html",)
+    listDirectories: bool = False
+    allowHidden: bool = False
+    followSymlinksOutside: bool = False
+    cacheControl: str | None = None
+    cacheControlByExtension: tuple[tuple[str, str], ...] = ()
+    mimeTypes: tuple[tuple[str, str], ...] = ()
 
 
 @frozen
@@ -840,6 +847,15 @@ _OUTLIER_KEYS = (
 )
 _RETRY_BUDGET_KEYS = ("percent", "min_retries", "window")
 _SERVER_ENTRY_KEYS = ("url", "weight")
+_STATIC_KEYS = (
+    "index",
+    "list_directories",
+    "allow_hidden",
+    "follow_symlinks_outside",
+    "cache_control",
+    "cache_control_by_extension",
+    "mime_types",
+)
 _ROUTE_KEYS = (
     "path",
     "host",
@@ -849,6 +865,7 @@ _ROUTE_KEYS = (
     "max_body_size",
     "request_buffering",
     "filters",
+    *_STATIC_KEYS,
 )
 _ROUTE_COMING = ("cache",)
 
@@ -1507,6 +1524,13 @@ def _parseRoute(
                     "directory under its path)",
                 )
 
+    staticOptions: dict[str, Any] = {}
+    if static is not None:
+        staticOptions = _parseStaticOptions(table)
+    else:
+        for name in _STATIC_KEYS:
+            if table.has(name):
+                raise table.error(name, "applies to static routes only")
     return RouteConfig(
         path=path,
         host=host,
@@ -1516,7 +1540,73 @@ def _parseRoute(
         maxBodySize=table.optionalSize("max_body_size"),
         requestBuffering=table.optionalBoolean("request_buffering"),
         filters=table.stringList("filters", ()),
+        **staticOptions,
     )
+
+
+_EXTENSION = re.compile(r"\.?[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*")
+
+
+def _headerValue(value: str, source: str, key: str) -> str:
+    if not _HEADER_VALUE.fullmatch(value):
+        raise ConfigError(source, key, "must be printable ASCII (a header value)")
+    return value
+
+
+def _extensionTable(table: _Table, name: str, what: str) -> tuple[tuple[str, str], ...]:
+    """
+    A table of file extension to header value, such as
+    C{{ woff2 = "max-age=31536000, immutable" }}.
+    """
+    value = table.data.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise table.error(
+            name, f"expected a table of extension = {what}, got {_typeName(value)}"
+        )
+    pairs = []
+    for extension, item in value.items():
+        key = _joinKey(table.keyOf(name), extension)
+        if not _EXTENSION.fullmatch(extension):
+            raise ConfigError(table.source, key, "is not a file extension")
+        if not isinstance(item, str):
+            raise ConfigError(
+                table.source, key, f"expected a string, got {_typeName(item)}"
+            )
+        value = _headerValue(item, table.source, key)
+        pairs.append((extension.lower().lstrip("."), value))
+    return tuple(pairs)
+
+
+def _parseStaticOptions(table: _Table) -> dict[str, Any]:
+    """
+    The keys of a static route, as L{RouteConfig} arguments.
+    """
+    index = table.stringList("index", ("index.html",), allowSingle=True)
+    for position, name in enumerate(index):
+        if not name or name in (".", "..") or any(c in name for c in "/\\\x00"):
+            raise ConfigError(
+                table.source,
+                f"{table.keyOf('index')}[{position}]",
+                f"{name!r} is not a file name",
+            )
+    cacheControl = table.optionalString("cache_control")
+    if cacheControl is not None:
+        cacheControl = _headerValue(
+            cacheControl, table.source, table.keyOf("cache_control")
+        )
+    return {
+        "index": index,
+        "listDirectories": table.boolean("list_directories", False),
+        "allowHidden": table.boolean("allow_hidden", False),
+        "followSymlinksOutside": table.boolean("follow_symlinks_outside", False),
+        "cacheControl": cacheControl,
+        "cacheControlByExtension": _extensionTable(
+            table, "cache_control_by_extension", "Cache-Control value"
+        ),
+        "mimeTypes": _extensionTable(table, "mime_types", "content type"),
+    }
 
 
 _TLS_KEYS = (

@@ -207,7 +207,16 @@ def buildRoute(
         )
     else:
         assert route.static is not None
-        resource = StaticResource(route.static)
+        resource = StaticResource(
+            route.static,
+            index=route.index,
+            listDirectories=route.listDirectories,
+            allowHidden=route.allowHidden,
+            followSymlinksOutside=route.followSymlinksOutside,
+            cacheControl=route.cacheControl,
+            cacheControlByExtension=dict(route.cacheControlByExtension),
+            mimeTypes=dict(route.mimeTypes),
+        )
     if route.filters:
         # Only routes with filters pay for the chain.
         if reactor is None or filters is None:

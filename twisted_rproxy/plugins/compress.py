@@ -249,6 +249,9 @@ class CompressFilter:
         self, request: IRequest, context: RequestContext, head: ResponseHead
     ) -> IBodyTransform | None:
         headers = head.headers
+        if head.code == 304:
+            self._notModified(request, headers)
+            return None
         coding, varies = decide(self.policy, head.code, request.requestHeaders, headers)
         if varies:
             _addVary(headers)
@@ -263,6 +266,26 @@ class CompressFilter:
         if coding == "br":
             return BrotliTransform(self.policy.brotliQuality)
         return GzipTransform(self.policy.level)
+
+    def _notModified(self, request: IRequest, headers: Headers) -> None:
+        """
+        A 304 carries the validators and Vary its 200 would have had (RFC
+        9110 section 15.4.5): when the client takes a compressed variant,
+        the ETag is weak and the response varies with Accept-Encoding. A
+        304 seldom names its type; one that names an incompressible type is
+        left alone.
+        """
+        contentType = _first(headers, b"content-type")
+        if contentType is not None and not typeMatches(contentType, self.policy.types):
+            return
+        accept = request.requestHeaders.getRawHeaders(b"accept-encoding")
+        acceptEncoding = b",".join(accept) if accept else None
+        if chooseCoding(acceptEncoding, self.policy.encodings) is None:
+            return
+        _addVary(headers)
+        etag = _first(headers, b"etag")
+        if etag is not None and etag.startswith(b'"'):
+            headers.setRawHeaders(b"etag", [b"W/" + etag])
 
 
 def _integer(
