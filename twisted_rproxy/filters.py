@@ -213,6 +213,9 @@ class RequestContext:
         """
         channel = getattr(self.request, "channel", None)
         transport = getattr(channel, "transport", None)
+        if transport is None:
+            # An HTTP/2 stream: the TLS transport is its connection's.
+            transport = getattr(getattr(channel, "_conn", None), "transport", None)
         if not ISSLTransport.providedBy(transport):
             return None
         try:

@@ -285,9 +285,14 @@ class _ProxyExchange:
             return
         if request.startedWriting:
             # The response is cut short: only closing tells the client so.
-            # An HTTP/2 stream has no transport: aborting it resets the stream.
+            # Aborting an HTTP/2 stream (which has a streamID and no
+            # transport of its own) resets the stream, not the connection.
             channel = request.channel
-            transport: Any = getattr(channel, "transport", channel)
+            transport: Any = (
+                channel
+                if hasattr(channel, "streamID")
+                else getattr(channel, "transport", None)
+            )
             if transport is not None:
                 transport.abortConnection()
             return

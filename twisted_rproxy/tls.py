@@ -15,6 +15,7 @@ listeners would meet.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.ssl import (
     Certificate,
+    CertificateOptions,
     KeyPair,
     PrivateCertificate,
     optionsForClientTLS,
@@ -618,8 +620,6 @@ class _UnverifiedClientTLS:
 
 
 def _isAddress(host: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(host)
     except ValueError:
@@ -659,8 +659,6 @@ def backendConnectionCreators(
             "impersonate them",
             pool=pool.name,
         )
-        from twisted.internet.ssl import CertificateOptions
-
         options: dict[str, Any] = {"verify": False}
         if clientCertificate is not None:
             options["privateKey"] = clientCertificate.privateKey.original
