@@ -586,8 +586,9 @@ class LoadConfigTests(ConfigTestMixin):
 
     def test_architectureExample(self) -> None:
         """
-        The example of the architecture contract is refused on its first
-        table not supported yet, C{[caches.main]}.
+        The example of the architecture contract is accepted, caches
+        included, up to the files it names: the static directory
+        C{/srv/www} does not exist here.
         """
         self.assertConfigError(
             """
@@ -618,8 +619,8 @@ pool = "app"
 cache = "main"
 filters = ["gzip"]
 """,
-            "caches",
-            "is not supported by this version of twisted_rproxy yet",
+            "routes[0].static",
+            "directory '/srv/www' does not exist",
         )
 
 
@@ -642,18 +643,13 @@ class TopLevelTests(ConfigTestMixin):
         """
         self.assertConfigError("frobnicate = 1\n" + VALID, "frobnicate", "unknown key")
 
-    def test_notSupportedYet(self) -> None:
+    def test_caches(self) -> None:
         """
-        The tables of the contract not implemented yet are each refused as
-        such.
+        C{[caches.NAME]} tables are accepted (see tests.test_cache for their
+        keys).
         """
-        for table in ["[caches.main]", "[admin]"]:
-            name = table.strip("[]").split(".")[0]
-            self.assertConfigError(
-                VALID + table + "\n",
-                name,
-                "is not supported by this version of twisted_rproxy yet",
-            )
+        config = loadConfig(self.writeConfig(VALID + "[caches.main]\n"))
+        self.assertEqual(list(config.caches), ["main"])
 
     def test_routesRequired(self) -> None:
         """
@@ -795,14 +791,24 @@ hide_headers = ["X-Secret"]
             "unknown key (did you mean max_body_size?)",
         )
 
-    def test_workersNotSupported(self) -> None:
+    def test_workers(self) -> None:
         """
-        C{workers} is refused as not supported yet.
+        C{workers} is a number of processes or C{"auto"}; anything else is
+        refused.
         """
+        config = self.load("[server]\nworkers = 4\n" + VALID)
+        self.assertEqual(config.server.workers, 4)
+        config = self.load('[server]\nworkers = "auto"\n' + VALID)
+        self.assertGreaterEqual(config.server.workers, 1)
         self.assertConfigError(
-            "[server]\nworkers = 4\n" + VALID,
+            "[server]\nworkers = 0\n" + VALID,
             "server.workers",
-            "is not supported by this version of twisted_rproxy yet",
+            "must be from 1 to 256, got 0",
+        )
+        self.assertConfigError(
+            '[server]\nworkers = "many"\n' + VALID,
+            "server.workers",
+            "expected a number of processes or \"auto\", got 'many'",
         )
 
     def test_listenSingleString(self) -> None:
@@ -1461,16 +1467,15 @@ request_buffering = false
             "unknown key (did you mean strip_prefix?)",
         )
 
-    def test_cacheNotSupported(self) -> None:
+    def test_cacheUndefined(self) -> None:
         """
-        A route's C{cache} is refused as not supported yet.
+        A route's C{cache} must name a C{[caches.NAME]} table.
         """
-        for key, value in [("cache", "main")]:
-            self.assertDataError(
-                withRoute(**{key: value}),
-                f"routes[0].{key}",
-                "is not supported by this version of twisted_rproxy yet",
-            )
+        self.assertDataError(
+            withRoute(cache="main"),
+            "routes[0].cache",
+            "no cache named 'main' (defined: none)",
+        )
 
     def test_missingPool(self) -> None:
         """

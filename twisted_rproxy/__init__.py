@@ -15,6 +15,7 @@ authors and embedders.
 
 __version__ = "0.1.0.dev0"
 
+from twisted_rproxy.cache import CacheResource, MemoryStore
 from twisted_rproxy.config import (
     Config,
     ConfigError,
@@ -44,6 +45,8 @@ from twisted_rproxy.tree import Router, buildResource
 __all__ = [
     "__version__",
     "BackendPool",
+    "CacheResource",
+    "MemoryStore",
     "Config",
     "ConfigError",
     "FilterChain",

@@ -39,7 +39,9 @@ __all__ = [
     "COMMAND_LINE",
     "NOT_SUPPORTED",
     "BackendServer",
+    "CacheConfig",
     "CertificateConfig",
+    "AdminConfig",
     "Config",
     "ConfigError",
     "FilterConfig",
@@ -333,6 +335,9 @@ class RouteConfig:
         L{None} for L{ServerConfig.requestBuffering}.
     @ivar filters: The names of the route's filters (C{[filters.NAME]}), in
         the order they run.
+    @ivar websocket: Whether C{GET} requests with C{Upgrade: websocket}
+        are tunnelled to the pool (a pool route's other upgrades are
+        refused).
     """
 
     path: str = "/"
@@ -350,6 +355,58 @@ class RouteConfig:
     cacheControl: str | None = None
     cacheControlByExtension: tuple[tuple[str, str], ...] = ()
     mimeTypes: tuple[tuple[str, str], ...] = ()
+    websocket: bool = True
+    #: The name of the route's cache (C{[caches.NAME]}), or L{None}.
+    cache: str | None = None
+
+
+#: The default components of a cache key.
+DEFAULT_CACHE_KEY = ("method", "scheme", "host", "path", "query")
+_CACHE_KEY_PARTS = frozenset(DEFAULT_CACHE_KEY)
+
+
+@frozen
+class CacheConfig:
+    """
+    A named HTTP cache (C{[caches.NAME]}), which routes enable with
+    C{cache = "NAME"}; see C{docs/caching.rst}.
+
+    @ivar name: The cache's name.
+    @ivar maxSize: The most bytes the in-memory store holds.
+    @ivar maxObjectSize: Responses with larger bodies are passed through
+        uncached.
+    @ivar key: What the primary key is made of: C{"method"}, C{"scheme"},
+        C{"host"}, C{"path"}, C{"query"}, C{"header:NAME"}.
+    @ivar defaultTTL: Seconds of freshness for a response cacheable by
+        default with no freshness information and no C{Last-Modified}.
+    @ivar heuristicFraction: The fraction of the age of C{Last-Modified}
+        used as freshness when a response states none.
+    @ivar heuristicMax: The most seconds of heuristic freshness.
+    @ivar staleWhileRevalidate: Default seconds a stale response is served
+        while refreshed in the background.
+    @ivar staleIfError: Default seconds a stale response is served when the
+        backend fails.
+    @ivar coalesce: Whether concurrent misses for one key wait for a single
+        backend request.
+    @ivar coalesceWait: The longest a coalesced request waits before it
+        goes to the backend itself.
+    @ivar statusHeader: Whether responses carry C{X-Cache}.
+    @ivar purgeFrom: Networks (CIDR) allowed to send C{PURGE}.
+    """
+
+    name: str
+    maxSize: int = 64 * 1024 * 1024
+    maxObjectSize: int = 1024 * 1024
+    key: tuple[str, ...] = DEFAULT_CACHE_KEY
+    defaultTTL: float = 0.0
+    heuristicFraction: float = 0.1
+    heuristicMax: float = 86400.0
+    staleWhileRevalidate: float = 0.0
+    staleIfError: float = 0.0
+    coalesce: bool = True
+    coalesceWait: float = 5.0
+    statusHeader: bool = False
+    purgeFrom: tuple[str, ...] = ()
 
 
 @frozen
@@ -367,6 +424,29 @@ class FilterConfig:
     name: str
     plugin: str
     options: Mapping[str, object] = field(factory=dict)
+
+
+@frozen
+class ListenerConfig:
+    """
+    The security settings of one listening endpoint, given as a table in a
+    C{listen} list (C{{ endpoint = "tcp:8081", proxy_protocol = true }}).
+    They apply on top of C{[server]}'s: a connection must pass both access
+    lists.
+
+    @ivar allow: Networks (normalized CIDR strings) allowed to connect;
+        empty for any.
+    @ivar deny: Networks refused.
+    @ivar proxyProtocol: Whether connections start with a PROXY protocol
+        header, or L{None} for C{[server]}'s setting.
+    @ivar maxConnectionsPerClient: This listener's per-client connection
+        limit, or L{None} for C{[server]}'s.
+    """
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    proxyProtocol: bool | None = None
+    maxConnectionsPerClient: int | None = None
 
 
 @frozen
@@ -393,6 +473,32 @@ class ServerConfig:
         C{X-Forwarded-For} headers are believed.
     @ivar hideHeaders: Lowercased names of backend response headers that are
         not passed on to clients.
+    @ivar workers: How many worker processes serve the listeners; 1 runs
+        everything in one process, without a supervisor.
+    @ivar drainTimeout: Seconds a graceful stop waits for requests in
+        flight (and open tunnels) before it closes their connections.
+    @ivar accessLogFormat: C{"combined"} or C{"json"}.
+    @ivar allowConnect: Whether C{CONNECT} requests are tunnelled to the
+        route's pool (otherwise they are refused with 405).
+    @ivar tunnelIdleTimeout: Seconds an upgraded connection (a WebSocket,
+        say) or a C{CONNECT} tunnel may stay silent in both directions.
+    @ivar allow: Networks (normalized CIDR strings) allowed to connect to
+        any listener; empty for any.
+    @ivar deny: Networks whose connections are closed at once.
+    @ivar proxyProtocol: Whether every listener expects a PROXY protocol
+        (v1 or v2) header first.
+    @ivar maxConnectionsPerClient: The most connections open at once from
+        one client address, per listener; 0 for no limit.
+    @ivar maxRequestLine: The longest request line accepted (414 past it).
+    @ivar headerTimeout: Seconds a client has to send a request's line and
+        headers, from their first byte (408 past it); 0 for no limit.
+    @ivar bodyTimeout: Seconds a request body may go without a byte
+        arriving; 0 for no limit.
+    @ivar requestTimeout: Seconds a client has to send a whole request,
+        body included; 0 for no limit.
+    @ivar listeners: L{ListenerConfig} by endpoint string, for the
+        endpoints given as tables in C{listen} (of C{[server]} or
+        C{[[tls]]}).
     """
 
     listen: tuple[str, ...] = _DEFAULT_LISTEN
@@ -407,6 +513,50 @@ class ServerConfig:
     via: str | None = "twisted_rproxy"
     trustedProxies: tuple[str, ...] = ()
     hideHeaders: tuple[str, ...] = ("server", "x-powered-by")
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+    proxyProtocol: bool = False
+    maxConnectionsPerClient: int = 0
+    maxRequestLine: int = 8192
+    headerTimeout: float = 10.0
+    bodyTimeout: float = 30.0
+    requestTimeout: float = 0.0
+    listeners: Mapping[str, ListenerConfig] = field(factory=dict)
+    workers: int = 1
+    drainTimeout: float = 30.0
+    accessLogFormat: str = "combined"
+    allowConnect: bool = False
+    tunnelIdleTimeout: float = 300.0
+
+
+#: The admin listener when C{[admin]} gives none: loopback only.
+DEFAULT_ADMIN_LISTEN = ("tcp:9000:interface=127.0.0.1",)
+
+
+@frozen
+class AdminConfig:
+    """
+    The admin listener (C{[admin]}): the status page, its JSON and the
+    Prometheus metrics.
+
+    @ivar listen: Twisted server endpoint strings (loopback by default).
+    @ivar users: C{(name, hash)} pairs allowed in by HTTP basic
+        authentication, each hash made by
+        C{python -m twisted_rproxy.admin hash-password}; empty for no
+        authentication.
+    @ivar refresh: Seconds between reloads of the HTML page in a browser,
+        or 0 for none.
+    @ivar metrics: L{True} to serve C{/metrics} (prometheus_client is then
+        required), L{False} for none, L{None} for "if prometheus_client is
+        installed".
+    @ivar recentErrors: How many recent errors the status page shows.
+    """
+
+    listen: tuple[str, ...] = DEFAULT_ADMIN_LISTEN
+    users: tuple[tuple[str, str], ...] = ()
+    refresh: float = 5.0
+    metrics: bool | None = None
+    recentErrors: int = 50
 
 
 @frozen
@@ -454,6 +604,7 @@ class Config:
         chosen).
     @ivar tls: The TLS listener groups (C{[[tls]]}), in file order.
     @ivar filters: The filters by name (C{[filters.NAME]}).
+    @ivar caches: The caches by name (C{[caches.NAME]}).
     """
 
     source: str
@@ -462,6 +613,8 @@ class Config:
     routes: tuple[RouteConfig, ...]
     tls: tuple[TLSConfig, ...] = ()
     filters: Mapping[str, FilterConfig] = field(factory=dict)
+    admin: AdminConfig | None = None
+    caches: Mapping[str, CacheConfig] = field(factory=dict)
 
 
 def _typeName(value: object) -> str:
@@ -796,8 +949,8 @@ class _Table:
         return tuple(value)
 
 
-_TOP_LEVEL_KEYS = ("server", "pools", "routes", "tls", "filters")
-_TOP_LEVEL_COMING = ("caches", "admin")
+_TOP_LEVEL_KEYS = ("server", "pools", "routes", "tls", "filters", "admin", "caches")
+_TOP_LEVEL_COMING: tuple[str, ...] = ()
 _SERVER_KEYS = (
     "listen",
     "access_log",
@@ -811,8 +964,23 @@ _SERVER_KEYS = (
     "via",
     "trusted_proxies",
     "hide_headers",
+    "allow",
+    "deny",
+    "proxy_protocol",
+    "max_connections_per_client",
+    "max_request_line",
+    "header_timeout",
+    "body_timeout",
+    "request_timeout",
+    "workers",
+    "drain_timeout",
+    "access_log_format",
+    "allow_connect",
+    "tunnel_idle_timeout",
 )
-_SERVER_COMING = ("workers",)
+_SERVER_COMING: tuple[str, ...] = ()
+_ADMIN_KEYS = ("listen", "users", "refresh", "metrics", "recent_errors")
+ACCESS_LOG_FORMATS = ("combined", "json")
 _POOL_KEYS = (
     "servers",
     "balance",
@@ -865,9 +1033,25 @@ _ROUTE_KEYS = (
     "max_body_size",
     "request_buffering",
     "filters",
+    "websocket",
+    "cache",
     *_STATIC_KEYS,
 )
-_ROUTE_COMING = ("cache",)
+_ROUTE_COMING: tuple[str, ...] = ()
+_CACHE_KEYS = (
+    "max_size",
+    "max_object_size",
+    "key",
+    "default_ttl",
+    "heuristic_fraction",
+    "heuristic_max",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "coalesce",
+    "coalesce_wait",
+    "status_header",
+    "purge_from",
+)
 
 
 def _parseBackendURL(url: str, source: str, key: str, weight: int = 1) -> BackendServer:
@@ -1130,6 +1314,108 @@ def _normalizeRouteHost(host: str, source: str, key: str) -> str:
     return normalized
 
 
+def _networks(table: _Table, name: str) -> tuple[str, ...]:
+    """
+    A list of IPv4 and IPv6 addresses and CIDR networks, normalized.
+    """
+    networks = []
+    for index, network in enumerate(table.stringList(name, ())):
+        try:
+            networks.append(str(ipaddress.ip_network(network.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(
+                table.source,
+                f"{table.keyOf(name)}[{index}]",
+                f"invalid network {network!r} (expected an IPv4 or IPv6 "
+                'address or CIDR network like "10.0.0.0/8")',
+            ) from None
+    return tuple(networks)
+
+
+_LISTENER_KEYS = (
+    "endpoint",
+    "allow",
+    "deny",
+    "proxy_protocol",
+    "max_connections_per_client",
+)
+
+
+def _listenEntries(
+    table: _Table, default: tuple[str, ...]
+) -> tuple[tuple[str, ...], dict[str, ListenerConfig]]:
+    """
+    A C{listen} value: an endpoint string, or a list of endpoint strings and
+    tables (C{{ endpoint = "...", allow = [...], proxy_protocol = true }}).
+
+    @return: The endpoints, validated, and the L{ListenerConfig} of each
+        one given as a table.
+    """
+    raw = table.data.get("listen")
+    listKey = table.keyOf("listen")
+    if raw is None:
+        return _parseListen(default, table.source, [listKey], listKey), {}
+    if isinstance(raw, str):
+        raw, keys = [raw], [listKey]
+    elif isinstance(raw, list):
+        keys = [f"{listKey}[{i}]" for i in range(len(raw))]
+    else:
+        raise table.error(
+            "listen", f"expected a list of strings, got {_typeName(raw)}"
+        )
+    endpoints: list[str] = []
+    listeners: dict[str, ListenerConfig] = {}
+    for item, key in zip(raw, keys, strict=True):
+        if isinstance(item, str):
+            endpoints.append(item)
+            continue
+        if not isinstance(item, Mapping):
+            raise ConfigError(
+                table.source,
+                key,
+                f"expected a string, got {_typeName(item)}",
+            )
+        entry = _Table(item, table.source, key)
+        entry.checkKeys(_LISTENER_KEYS)
+        endpoint = entry.optionalString("endpoint")
+        if endpoint is None:
+            raise entry.error("endpoint", 'is required: an endpoint like "tcp:8080"')
+        endpoints.append(endpoint)
+        listeners[endpoint] = ListenerConfig(
+            allow=_networks(entry, "allow"),
+            deny=_networks(entry, "deny"),
+            proxyProtocol=entry.optionalBoolean("proxy_protocol"),
+            maxConnectionsPerClient=(
+                entry.integer("max_connections_per_client", 0, 0)
+                if entry.has("max_connections_per_client")
+                else None
+            ),
+        )
+    return _parseListen(endpoints, table.source, keys, listKey), listeners
+
+
+def _securityOptions(
+    table: _Table, defaults: ServerConfig, listeners: Mapping[str, ListenerConfig]
+) -> dict[str, Any]:
+    """
+    The C{[server]} keys of access control, connection limits and request
+    hardening (see docs/security.rst), as L{ServerConfig} arguments.
+    """
+    return dict(
+        allow=_networks(table, "allow"),
+        deny=_networks(table, "deny"),
+        proxyProtocol=table.boolean("proxy_protocol", defaults.proxyProtocol),
+        maxConnectionsPerClient=table.integer(
+            "max_connections_per_client", defaults.maxConnectionsPerClient, 0
+        ),
+        maxRequestLine=table.size("max_request_line", defaults.maxRequestLine, 16),
+        headerTimeout=table.duration("header_timeout", defaults.headerTimeout),
+        bodyTimeout=table.duration("body_timeout", defaults.bodyTimeout),
+        requestTimeout=table.duration("request_timeout", defaults.requestTimeout),
+        listeners=listeners,
+    )
+
+
 def _parseServer(value: object, source: str, baseDirectory: str) -> ServerConfig:
     """
     Parse the C{[server]} table.
@@ -1138,12 +1424,7 @@ def _parseServer(value: object, source: str, baseDirectory: str) -> ServerConfig
     table.checkKeys(_SERVER_KEYS, _SERVER_COMING)
     defaults = ServerConfig()
 
-    listen = table.stringList("listen", defaults.listen, allowSingle=True)
-    if isinstance(table.data.get("listen"), str):
-        listenKeys = [table.keyOf("listen")]
-    else:
-        listenKeys = [f"{table.keyOf('listen')}[{i}]" for i in range(len(listen))]
-    listen = _parseListen(listen, source, listenKeys, table.keyOf("listen"))
+    listen, listeners = _listenEntries(table, defaults.listen)
 
     accessLog = _resolveAccessLog(
         table.optionalString("access_log"),
@@ -1219,6 +1500,106 @@ def _parseServer(value: object, source: str, baseDirectory: str) -> ServerConfig
         via=via,
         trustedProxies=tuple(trustedProxies),
         hideHeaders=tuple(hideHeaders),
+        **_securityOptions(table, defaults, listeners),
+        workers=parseWorkers(
+            table.data.get("workers", 1), source, table.keyOf("workers")
+        ),
+        drainTimeout=table.duration("drain_timeout", defaults.drainTimeout),
+        accessLogFormat=_accessLogFormat(table),
+        allowConnect=table.boolean("allow_connect", defaults.allowConnect),
+        tunnelIdleTimeout=table.timeout(
+            "tunnel_idle_timeout", defaults.tunnelIdleTimeout
+        ),
+    )
+
+
+def parseWorkers(value: object, source: str, key: str) -> int:
+    """
+    The number of worker processes from C{workers = N | "auto"} (or the
+    C{--workers} flag): C{"auto"} is the number of CPUs.
+
+    @raise ConfigError: For anything but a positive integer or C{"auto"}.
+    """
+    if value == "auto":
+        return os.cpu_count() or 1
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(
+            source, key, f'expected a number of processes or "auto", got {value!r}'
+        )
+    if not 1 <= value <= 256:
+        raise ConfigError(source, key, f"must be from 1 to 256, got {value}")
+    return value
+
+
+def _accessLogFormat(table: _Table) -> str:
+    value = table.optionalString("access_log_format")
+    if value is None:
+        return "combined"
+    if value not in ACCESS_LOG_FORMATS:
+        raise table.error(
+            "access_log_format",
+            f'must be "combined" or "json", got {value!r}',
+        )
+    return value
+
+
+#: The prefix of the password hashes of C{[admin] users}.
+PASSWORD_HASH_PREFIX = "pbkdf2-sha256$"
+_PASSWORD_HASH = re.compile(
+    r"pbkdf2-sha256\$([0-9]{4,7})\$([A-Za-z0-9+/=]{8,})\$([A-Za-z0-9+/=]{43,44})\Z"
+)
+
+
+def _metricsAvailable() -> bool:
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _parseAdmin(value: object, source: str) -> AdminConfig:
+    """
+    Parse the C{[admin]} table.
+    """
+    table = _Table(value, source, "admin")
+    table.checkKeys(_ADMIN_KEYS)
+    defaults = AdminConfig()
+    listen = table.stringList("listen", defaults.listen, allowSingle=True)
+    if isinstance(table.data.get("listen"), str):
+        listenKeys = [table.keyOf("listen")]
+    else:
+        listenKeys = [f"{table.keyOf('listen')}[{i}]" for i in range(len(listen))]
+    listen = _parseListen(listen, source, listenKeys, table.keyOf("listen"))
+    users: list[tuple[str, str]] = []
+    if table.has("users"):
+        usersTable = _Table(table.data["users"], source, table.keyOf("users"))
+        for name, hashed in usersTable.data.items():
+            if not name or ":" in name:
+                raise usersTable.error(name, "a user name can't be empty or hold ':'")
+            if not isinstance(hashed, str) or not _PASSWORD_HASH.match(hashed):
+                raise usersTable.error(
+                    name,
+                    "expected a password hash made by `python -m "
+                    "twisted_rproxy.admin hash-password` (pbkdf2-sha256$...), "
+                    "never the password itself",
+                )
+            users.append((name, hashed))
+    metrics = table.optionalBoolean("metrics")
+    if metrics and not _metricsAvailable():
+        raise table.error(
+            "metrics",
+            "needs prometheus_client, which is not installed (pip install "
+            "'twisted_rproxy[metrics]')",
+        )
+    return AdminConfig(
+        listen=listen,
+        users=tuple(users),
+        refresh=table.duration("refresh", defaults.refresh),
+        metrics=metrics,
+        recentErrors=table.integer("recent_errors", defaults.recentErrors, 0),
     )
 
 
@@ -1516,7 +1897,7 @@ def _parseRoute(
         raise table.error("pool", f"no pool named {pool!r} (defined: {defined})")
     if static is not None:
         static = _resolveDirectory(static, baseDirectory, source, table.keyOf("static"))
-        for name in ("strip_prefix", "request_buffering"):
+        for name in ("strip_prefix", "request_buffering", "websocket"):
             if table.has(name):
                 raise table.error(
                     name,
@@ -1540,6 +1921,8 @@ def _parseRoute(
         maxBodySize=table.optionalSize("max_body_size"),
         requestBuffering=table.optionalBoolean("request_buffering"),
         filters=table.stringList("filters", ()),
+        websocket=table.boolean("websocket", True),
+        cache=table.optionalString("cache"),
         **staticOptions,
     )
 
@@ -1926,6 +2309,97 @@ def _checkRouteFilters(
                 raise ConfigError(source, key, f"filter {name!r} is listed twice")
 
 
+def _parseCache(name: str, value: object, source: str) -> CacheConfig:
+    """
+    Parse one C{[caches.NAME]} table.
+    """
+    key = _joinKey("caches", name)
+    if not _POOL_NAME.match(name):
+        raise ConfigError(
+            source,
+            key,
+            f"invalid cache name {name!r} (use letters, digits, '_', '.' and '-')",
+        )
+    table = _Table(value, source, key)
+    table.checkKeys(_CACHE_KEYS)
+    maxSize = table.size("max_size", 64 * 1024 * 1024, 1)
+    maxObjectSize = table.size("max_object_size", min(maxSize, 1024 * 1024), 0)
+    if maxObjectSize > maxSize:
+        raise table.error(
+            "max_object_size",
+            f"must not be larger than max_size ({maxSize} bytes), got "
+            f"{maxObjectSize} bytes",
+        )
+    parts = table.stringList("key", DEFAULT_CACHE_KEY)
+    if not parts:
+        raise table.error("key", "must name at least one part")
+    for index, part in enumerate(parts):
+        if part in _CACHE_KEY_PARTS:
+            continue
+        header = part[7:] if part.lower().startswith("header:") else ""
+        if not header or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
+            raise ConfigError(
+                source,
+                f"{table.keyOf('key')}[{index}]",
+                f"unknown key part {part!r} (expected one of "
+                f"{', '.join(DEFAULT_CACHE_KEY)} or header:NAME)",
+            )
+    networks = []
+    for index, cidr in enumerate(table.stringList("purge_from", ())):
+        try:
+            networks.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                source,
+                f"{table.keyOf('purge_from')}[{index}]",
+                f"not an IP address or network: {cidr!r}",
+            ) from None
+    return CacheConfig(
+        name=name,
+        maxSize=maxSize,
+        maxObjectSize=maxObjectSize,
+        key=parts,
+        defaultTTL=table.duration("default_ttl", 0.0),
+        heuristicFraction=table.number("heuristic_fraction", 0.1, 0.0, 1.0),
+        heuristicMax=table.duration("heuristic_max", 86400.0),
+        staleWhileRevalidate=table.duration("stale_while_revalidate", 0.0),
+        staleIfError=table.duration("stale_if_error", 0.0),
+        coalesce=table.boolean("coalesce", True),
+        coalesceWait=table.timeout("coalesce_wait", 5.0),
+        statusHeader=table.boolean("status_header", False),
+        purgeFrom=tuple(networks),
+    )
+
+
+def _parseCaches(value: object, source: str) -> dict[str, CacheConfig]:
+    """
+    Parse the C{caches} table of tables.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            "caches",
+            f"expected a table of caches ([caches.NAME]), got {_typeName(value)}",
+        )
+    return {name: _parseCache(name, table, source) for name, table in value.items()}
+
+
+def _checkRouteCaches(
+    routes: Sequence[RouteConfig], caches: Mapping[str, CacheConfig], source: str
+) -> None:
+    """
+    Reject a route naming a cache that is not defined.
+    """
+    for index, route in enumerate(routes):
+        if route.cache is not None and route.cache not in caches:
+            defined = ", ".join(sorted(caches)) or "none"
+            raise ConfigError(
+                source,
+                f"routes[{index}].cache",
+                f"no cache named {route.cache!r} (defined: {defined})",
+            )
+
+
 def _checkDistinctRoutes(routes: Sequence[RouteConfig], source: str) -> None:
     """
     Reject a route with the same host and path as an earlier one.
@@ -1966,6 +2440,8 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
     )
     pools = _parsePools(data["pools"], source, baseDirectory) if "pools" in data else {}
     filters = _parseFilters(data["filters"], source) if "filters" in data else {}
+    caches = _parseCaches(data["caches"], source) if "caches" in data else {}
+    admin = _parseAdmin(data["admin"], source) if "admin" in data else None
 
     rawRoutes = data.get("routes")
     if rawRoutes is None:
@@ -1984,6 +2460,7 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
     )
     _checkDistinctRoutes(routes, source)
     _checkRouteFilters(routes, filters, source)
+    _checkRouteCaches(routes, caches, source)
     tls = (
         _parseTLSList(data["tls"], source, baseDirectory, server)
         if "tls" in data
@@ -1996,6 +2473,8 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
         routes=routes,
         tls=tls,
         filters=filters,
+        admin=admin,
+        caches=caches,
     )
 
 

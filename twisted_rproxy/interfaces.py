@@ -7,7 +7,7 @@ them to plug their own pieces in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     # Only for annotations: twisted_rproxy.pool imports this module.
     from twisted.web.iweb import IRequest
 
+    from twisted_rproxy.cache.store import CacheEntry
     from twisted_rproxy.filters import RequestContext, ResponseHead
     from twisted_rproxy.pool import Backend, BackendRequest
 
@@ -228,4 +229,57 @@ class IErrorFilter(Interface):
             L{twisted_rproxy.filters.FilterResponse} to answer instead; or
             a L{Deferred} or coroutine of one of these. The first filter
             that answers wins.
+        """
+
+
+class ICacheStore(Interface):
+    """
+    Where a L{twisted_rproxy.cache.CacheResource} keeps its responses: each
+    a L{twisted_rproxy.cache.CacheEntry} under a primary key (C{entry.key})
+    and, for responses with C{Vary}, one of several variants of that key
+    (C{entry.variant}).
+
+    A store bounds itself: C{put} may evict other entries, or refuse one.
+    Every method is synchronous (the lookup is on the hit path).
+    """
+
+    maxSize = Attribute("The most bytes the store holds, an L{int}.")
+    size = Attribute("The bytes it holds now, an L{int} <= C{maxSize}.")
+
+    def get(key: bytes) -> list[CacheEntry]:
+        """
+        The entries stored under C{key} (every variant), counting as a use
+        of each for eviction.
+
+        @return: A list of L{twisted_rproxy.cache.CacheEntry}, possibly
+            empty.
+        """
+
+    def put(entry: CacheEntry) -> bool:
+        """
+        Store C{entry}, replacing the entry of the same key and variant.
+
+        @return: Whether it was stored (L{False} when it is larger than the
+            store).
+        """
+
+    def resized(entry: CacheEntry) -> None:
+        """
+        Account again for a stored C{entry} whose headers were updated in
+        place (after a 304).
+        """
+
+    def remove(key: bytes) -> int:
+        """
+        Remove every variant stored under C{key}; return how many.
+        """
+
+    def purge(prefix: bytes) -> int:
+        """
+        Remove every entry whose key starts with C{prefix}; return how many.
+        """
+
+    def keys() -> Iterator[bytes]:
+        """
+        An iterator over the primary keys stored.
         """

@@ -1254,6 +1254,35 @@ class BackendPool:
         else:
             server.assign(exchange)
 
+    def connectTunnel(self, factory: ClientFactory) -> BackendServer | None:
+        """
+        Open a connection of its own to a serving server, for a tunnel (an
+        upgraded WebSocket connection, a C{CONNECT}): it is not pooled,
+        and not counted against C{max_connections}.
+
+        @param factory: Builds the protocol of the connection.
+        @return: The server connected to, or L{None} if no server is
+            serving (or the pool is closed).
+        """
+        eligible = self._eligible
+        if self._closed or not eligible:
+            return None
+        self._tunnelTurn = (getattr(self, "_tunnelTurn", -1) + 1) % len(eligible)
+        server = eligible[self._tunnelTurn].server
+        timeout = self.config.connectTimeout
+        if server.scheme == "https":
+            self._reactor.connectSSL(
+                server.host,
+                server.port,
+                factory,
+                self._tlsCreators[server],  # type: ignore[arg-type]
+                timeout=timeout,
+                bindAddress=None,
+            )
+        else:
+            self._reactor.connectTCP(server.host, server.port, factory, timeout=timeout)
+        return server
+
     def startHealthChecks(self) -> None:
         """
         Start the active health checks, if the pool has any (the

@@ -32,7 +32,8 @@ from twisted_rproxy.pool import (
     PoolOverloaded,
     RequestBodyStream,
 )
-from twisted_rproxy.server import ProxyRequest
+from twisted_rproxy.server import ProxyHTTPChannel, ProxyRequest
+from twisted_rproxy.upgrade import Tunnel, upgradeRequested
 
 _log = Logger()
 
@@ -61,6 +62,8 @@ _REQUEST_SKIP_FORWARDED = _REQUEST_SKIP | {
     b"x-forwarded-for",
     b"x-forwarded-proto",
     b"x-forwarded-host",
+    # RFC 7239: believed from trusted proxies only, like X-Forwarded-*.
+    b"forwarded",
 }
 # Connection options that name no header.
 _CONNECTION_OPTIONS = frozenset([b"close", b"keep-alive"])
@@ -154,6 +157,7 @@ def upstreamHeaders(
     forwardedFor: list[bytes] = []
     forwardedProto: bytes | None = None
     forwardedHost: bytes | None = None
+    forwardedElements: list[bytes] = []
     via: list[bytes] = []
     for name, values in headers:
         lower = name.lower()
@@ -167,6 +171,8 @@ def upstreamHeaders(
                     forwardedProto = values[-1]
                 elif lower == b"x-forwarded-host":
                     forwardedHost = values[-1]
+                elif lower == b"forwarded":
+                    forwardedElements.extend(values)
             continue
         if lower == b"via":
             via.extend(values)
@@ -191,6 +197,13 @@ def upstreamHeaders(
         forwardedHost = forwardedHost or host
         if forwardedHost is not None:
             out.append((b"X-Forwarded-Host", forwardedHost))
+        if forwardedElements:
+            # A trusted proxy's Forwarded goes on with this hop added.
+            node = clientAddress.encode("ascii")
+            if b":" in node:
+                node = b"[" + node + b"]"
+            forwardedElements.append(b'for="' + node + b'"')
+            out.append((b"Forwarded", b", ".join(forwardedElements)))
     if policy.via is not None:
         via.append(version + b" " + policy.via)
     if via:
@@ -251,6 +264,11 @@ class _ProxyExchange:
         passed = downstreamHeaders(headers, self.policy)
         if isinstance(request, ProxyRequest):
             request.passedHeaders = passed
+            started = request.upstreamStarted
+            if started is not None:
+                now = connection.backend.pool._clock.seconds()
+                request.upstreamTime = now - started
+            request.upstreamServer = connection.backend.server.url
         else:
             responseHeaders = request.responseHeaders
             for name, value in passed:
@@ -325,6 +343,10 @@ class ProxyResource(Resource):
     @ivar stripPrefix: A path prefix removed from the request target before
         it is forwarded (C{b"/api"} forwards C{/api/users} as C{/users}),
         or C{b""}.
+    @ivar websocket: Whether WebSocket upgrades are tunnelled to the pool
+        (other C{Upgrade} requests are forwarded as plain requests, the
+        C{Upgrade} header removed, as RFC 9110 allows).
+    @ivar tunnelIdleTimeout: Seconds a tunnel may stay silent.
     """
 
     isLeaf = True
@@ -334,11 +356,16 @@ class ProxyResource(Resource):
         pool: BackendPool,
         policy: ForwardingPolicy | None = None,
         stripPrefix: bytes = b"",
+        websocket: bool = True,
+        tunnelIdleTimeout: float = 300.0,
     ) -> None:
         super().__init__()
         self.pool = pool
         self.policy = policy if policy is not None else ForwardingPolicy()
         self.stripPrefix = stripPrefix.rstrip(b"/")
+        self.websocket = websocket
+        self.tunnelIdleTimeout = tunnelIdleTimeout
+        self._seconds = pool._clock.seconds
 
     def render(self, request: IRequest) -> object:
         """
@@ -360,16 +387,26 @@ class ProxyResource(Resource):
         host = hostValues[0] if hostValues else None
         client = request.getClientAddress()
         clientHost = getattr(client, "host", "") or ""
+        # The connection's peer, when trusted proxies named another client:
+        # the forwarding headers are extended with the peer.
+        peerHost = getattr(request, "peerHost", None) or clientHost
         proto = request.clientproto
         version = proto.split(b"/", 1)[-1] if proto else b"1.1"
         headers = upstreamHeaders(
             requestHeaders.getAllRawHeaders(),
             policy,
-            clientHost,
+            peerHost,
             request.isSecure(),
             host,
             version,
         )
+        if isinstance(request, ProxyRequest):
+            request.upstreamStarted = self._seconds()
+            if (
+                request.connectTarget is not None
+                or (self.websocket and requestHeaders.hasHeader(b"upgrade"))
+            ) and self._tunnel(request, target, headers):
+                return NOT_DONE_YET
         stream: RequestBodyStream | None = getattr(request, "bodyStream", None)
         body: bytes | IO[bytes] | None
         length = 0
@@ -414,3 +451,43 @@ class ProxyResource(Resource):
             else:
                 request.notifyFinish().addErrback(exchange.clientGone)
         return NOT_DONE_YET
+
+    def _tunnel(
+        self, request: ProxyRequest, target: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> bool:
+        """
+        Tunnel a C{CONNECT} or a WebSocket upgrade (see
+        L{twisted_rproxy.upgrade}).
+
+        @return: Whether the request was taken (tunnelled or refused); any
+            other upgrade is left to be forwarded as a plain request.
+        """
+        connect = request.connectTarget
+        upgrade = None
+        if connect is None:
+            upgrade = upgradeRequested(request.method, request.requestHeaders)
+            if upgrade != b"websocket" or request.method != b"GET":
+                upgrade = None
+        if type(request.channel) is not ProxyHTTPChannel or (
+            connect is None and upgrade is None
+        ):
+            if connect is not None:
+                # HTTP/2 has no CONNECT tunnels here.
+                renderError(request, 405)
+                return True
+            return False
+        policy = self.policy
+        tunnel = Tunnel(
+            self.pool._clock,
+            request,
+            self.pool,
+            connect if connect is not None else target,
+            [(n, v) for n, v in headers if connect is None or n.lower() != b"host"]
+            + ([(b"Host", connect)] if connect is not None else []),
+            upgrade,
+            self.tunnelIdleTimeout,
+            policy.hideHeaders,
+            hostFromBackend=policy.hostHeader == "backend" and connect is None,
+        )
+        tunnel.start()
+        return True

@@ -13,14 +13,19 @@ L{ProxySite.memoryBodyLimit}) or starts processing at once and streams it.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from io import BytesIO
 from typing import IO, Any, TextIO
 from urllib.parse import unquote_to_bytes as unquote
 
-from twisted.internet.protocol import connectionDone
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import (
@@ -35,8 +40,15 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from twisted_rproxy.config import ServerConfig
+from twisted_rproxy.hardening import BAD_LINE, checkHead, refusal
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.pages import renderError
+from twisted_rproxy.policies import (
+    forwardedFor,
+    parseNetworks,
+    realClient,
+    xForwardedFor,
+)
 from twisted_rproxy.pool import RequestBodyStream, writeThrough
 
 _log = Logger()
@@ -78,6 +90,15 @@ class ProxyRequest(Request):
         are (already filtered); written after those of C{responseHeaders}.
     @ivar onConnectionLost: Called with the reason if the client connection
         is lost before the response is finished.
+    @ivar startedAt: Reactor time when the request's head was in.
+    @ivar upstreamStarted: Reactor time when it was handed to a pool, or
+        L{None} if it was not.
+    @ivar upstreamTime: Seconds from then to the backend's response head,
+        or L{None}.
+    @ivar upstreamServer: The URL of the backend server that answered, or
+        L{None}.
+    @ivar connectTarget: The target of an allowed C{CONNECT} request (its
+        C{uri} is then C{b"/"}, for routing).
     """
 
     # An HTTPChannel of ours or an H2Stream: attributes twisted.web's types
@@ -88,6 +109,14 @@ class ProxyRequest(Request):
     route: object = None
     passedHeaders: list[tuple[bytes, bytes]] | None = None
     onConnectionLost: Callable[[Failure], object] | None = None
+    #: The connection's peer address, when trusted proxies in front named
+    #: another client (which C{getClientAddress} then returns).
+    peerHost: str | None = None
+    startedAt = 0.0
+    upstreamStarted: float | None = None
+    upstreamTime: float | None = None
+    upstreamServer: str | None = None
+    connectTarget: bytes | None = None
     _maxBody: int | None = None
     _received = 0
     _streaming = False
@@ -103,6 +132,14 @@ class ProxyRequest(Request):
         @return: L{None} to go on, or the status to refuse the request with.
         """
         site = self.channel.site
+        self.startedAt = site.reactor.seconds()
+        if self.method == b"CONNECT":
+            if not site.config.allowConnect:
+                return 405
+            # Routed as a request for "/" of its Host; the proxy resource
+            # tunnels it (see twisted_rproxy.upgrade).
+            self.connectTarget = self.uri
+            self.uri = b"/"
         maxBody, buffered = site.bodyPolicy(self)
         if length is not None and length > maxBody:
             return 413
@@ -190,6 +227,8 @@ class ProxyRequest(Request):
             # An HTTP/2 request refused from its headers, without a body.
             renderError(self, self._refusal)
             return
+        if self.connectTarget is not None:
+            path = b"/"
         Request.requestReceived(self, command, path, version)
 
     def process(self) -> None:
@@ -311,6 +350,17 @@ class ProxyHTTPChannel(HTTPChannel):
     # A TCP or TLS transport; ITransport does not declare abortConnection.
     transport: Any
     _closing = False
+
+    #: The longest request line accepted (414 past it).
+    maxRequestLine = 8192
+    #: The trusted proxies' networks, when any: their forwarding headers
+    #: name the client (see L{twisted_rproxy.policies.realClient}).
+    trustedProxies: tuple[Any, ...] = ()
+    #: The header, body and request timeouts, or L{None} for none.
+    requestGuard: tuple[float, float, float] | None = None
+    # When the request being received started, or None between requests.
+    _requestStart: float | None = None
+    _guardCall: Any = None
     _host: object = None
     _secure: bool | None = None
 
@@ -322,9 +372,49 @@ class ProxyHTTPChannel(HTTPChannel):
     _idlePeriod: float | None = None
     _lastActivity = 0.0
 
+    #: The protocol that took the connection over (an upgraded tunnel), or
+    #: L{None} while it speaks HTTP.
+    tunnel: Protocol | None = None
+
+    _served = False
+    _connectedAt = 0.0
+
     def connectionMade(self) -> None:
         self._seconds = self.factory.reactor.seconds
+        self._connectedAt = self._seconds()
         HTTPChannel.connectionMade(self)
+
+    def isIdle(self) -> bool:
+        """
+        Whether no request is in progress (nor a tunnel open): closing
+        the connection now loses nothing.
+
+        A connection just accepted whose first request is still on its way
+        is not idle: closing it would lose that request (for up to 2
+        seconds; after that it is taken as a speculative connection).
+        """
+        if self.requests or self.tunnel is not None:
+            return False
+        return self._served or self._seconds() - self._connectedAt > 2.0
+
+    def switchToTunnel(self, protocol: Protocol) -> bytes:
+        """
+        Hand the connection over to C{protocol} (after a C{101} or a
+        C{CONNECT}): from now on it gets every byte the client sends and
+        the connection's end; HTTP parsing and the idle timer stop.
+
+        @return: Bytes the client sent after the request, already read.
+        """
+        self.stopIdleTimer()
+        self.tunnel = protocol
+        self.persistent = False
+        buffered = b"".join(getattr(self, "_dataBuffer", []))
+        self._dataBuffer = []
+        # Instance attributes: the channel's own methods stay untouched for
+        # every other connection (twisted.web's websocket does the same).
+        self.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
+        self.connectionLost = protocol.connectionLost  # type: ignore[method-assign]
+        return buffered
 
     def setTimeout(self, period: float | None) -> float | None:
         previous = self._idlePeriod
@@ -361,6 +451,10 @@ class ProxyHTTPChannel(HTTPChannel):
         call, self._idleCall = self._idleCall, None
         if call is not None and call.active():
             call.cancel()
+        self._requestStart = None
+        guard, self._guardCall = self._guardCall, None
+        if guard is not None and guard.active():
+            guard.cancel()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         HTTPChannel.connectionLost(self, reason)
@@ -373,6 +467,15 @@ class ProxyHTTPChannel(HTTPChannel):
             host = self._host = HTTPChannel.getHost(self)
         return host
 
+    _peer: object = None
+
+    def getPeer(self) -> object:
+        # Asked for every request too (and by the access rules).
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = HTTPChannel.getPeer(self)
+        return peer
+
     def isSecure(self) -> bool:
         secure = self._secure
         if secure is None:
@@ -380,7 +483,31 @@ class ProxyHTTPChannel(HTTPChannel):
         return secure
 
     def allHeadersReceived(self) -> None:
+        self._served = True
         request = self.requests[-1]
+        status, target = checkHead(
+            self._command,
+            self._path,
+            self._version,
+            request.requestHeaders,
+            self.maxRequestLine,
+        )
+        if status:
+            self._refuse(status)
+            return
+        self._path = target
+        if self._version == b"HTTP/1.0" and not request.requestHeaders.hasHeader(
+            b"host"
+        ):
+            # Forwarded as HTTP/1.1, which must have a Host: the address
+            # the client connected to.
+            local: Any = self.getHost()
+            request.requestHeaders.setRawHeaders(
+                b"host", [b"%s:%d" % (str(local.host).encode(), local.port)]
+            )
+        trusted = self.trustedProxies
+        if trusted:
+            self._resolveClient(request, trusted)
         request.method = self._command
         request.uri = self._path
         request.clientproto = self._version
@@ -406,9 +533,118 @@ class ProxyHTTPChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        guard = self.requestGuard
+        if guard is None:
+            HTTPChannel.dataReceived(self, data)
+            return
+        if self._requestStart is None and not self._handlingRequest:
+            self._requestStart = self._seconds()
         HTTPChannel.dataReceived(self, data)
+        # Most requests arrive whole in one read: no timer for those.
+        if (
+            self._requestStart is not None
+            and self._guardCall is None
+            and not self._closing
+        ):
+            self._scheduleGuard(guard)
+
+    def lineReceived(self, line: bytes) -> None:
+        if BAD_LINE.search(line) is None:
+            HTTPChannel.lineReceived(self, line)
+        else:
+            self._refuse(400)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # One line longer than the largest head accepted.
+        firstLine = getattr(self, "_HTTPChannel__first_line", 0)
+        self._refuse(414 if firstLine else 431)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's answer to every problem it finds: say which.
+        status = 400
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            status = 414 if getattr(self, "_HTTPChannel__first_line", 0) else 431
+        elif self._receivedHeaderCount > self.maxHeaders:
+            status = 431
+        self._refuse(status)
+
+    def _refuse(self, status: int) -> None:
+        """
+        Refuse what the client sent with C{status} and close: nothing of it
+        reaches a backend, and nothing after it is read.
+        """
+        if self._closing:
+            return
+        request = self.requests[-1] if self.requests else None
+        if request is not None and (request.startedWriting or request._streaming):
+            # A response (or a backend request) is under way: only closing
+            # is left.
+            self.forceClose()
+            return
+        serverHeader = getattr(self.factory, "serverHeader", None)
+        self.transport.write(refusal(status, serverHeader))
+        self.persistent = False
+        self._closing = True
+        HTTPChannel.loseConnection(self)
+
+    def _resolveClient(self, request: ProxyRequest, trusted: Any) -> None:
+        """
+        Make the request's client address the one the trusted proxies in
+        front of the proxy report (see L{realClient}).
+        """
+        peer = request.client
+        host = getattr(peer, "host", None)
+        if not host:
+            return
+        headers = request.requestHeaders
+        values = headers.getRawHeaders(b"forwarded")
+        chain = (
+            forwardedFor(values)
+            if values
+            else xForwardedFor(headers.getRawHeaders(b"x-forwarded-for") or [])
+        )
+        client = realClient(host, chain, trusted)
+        if client != host:
+            request.peerHost = host
+            kind = "TCP6" if ":" in client else "TCP"
+            address = IPv6Address if ":" in client else IPv4Address
+            request.client = address(kind, client, 0)  # type: ignore[arg-type]
+
+    def _scheduleGuard(self, guard: tuple[float, float, float]) -> None:
+        """
+        Time the request being received: its head must be in within the
+        header timeout, its body must not stall past the body timeout, and
+        the whole within the request timeout.
+        """
+        start = self._requestStart
+        if start is None or self._closing:
+            return
+        headerTimeout, bodyTimeout, requestTimeout = guard
+        deadline = None
+        if self.line_mode:
+            if headerTimeout:
+                deadline = start + headerTimeout
+        elif bodyTimeout:
+            deadline = self._lastActivity + bodyTimeout
+        if requestTimeout and (deadline is None or start + requestTimeout < deadline):
+            deadline = start + requestTimeout
+        if deadline is None:
+            return
+        delay = deadline - self._seconds()
+        if delay <= 0:
+            _log.debug("Request timed out while being received")
+            self._refuse(408)
+            return
+        self._guardCall = self.callLater(delay, self._checkGuard)
+
+    def _checkGuard(self) -> None:
+        self._guardCall = None
+        guard = self.requestGuard
+        if guard is not None:
+            self._scheduleGuard(guard)
 
     def allContentReceived(self) -> None:
+        self._requestStart = None
         if self._closing or not self.requests:
             return
         HTTPChannel.allContentReceived(self)
@@ -444,6 +680,53 @@ class _ChannelSwitcher(_GenericHTTPChannelProtocol):
         if self._channel is not channel and isinstance(channel, ProxyHTTPChannel):
             channel.stopIdleTimer()
 
+    def makeConnection(self, transport: Any) -> None:
+        # One set operation per connection, for a graceful stop. (The
+        # wrapper passes makeConnection on to the channel: connectionMade is
+        # never called on the wrapper itself.)
+        site = self._factory
+        if site is not None:
+            site.connections.add(self)
+        _GenericHTTPChannelProtocol.makeConnection(self, transport)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        site = self._factory
+        if site is not None:
+            site.connections.discard(self)
+        _GenericHTTPChannelProtocol.connectionLost(self, reason)
+
+    def isIdle(self) -> bool:
+        """
+        Whether the connection has nothing in progress.
+        """
+        channel: Any = self._channel
+        if isinstance(channel, ProxyHTTPChannel):
+            return channel.isIdle()
+        # HTTP/2: idle when no stream is open.
+        return not getattr(channel, "streams", None)
+
+    def closeIfIdle(self, force: bool = False) -> bool:
+        """
+        Close the connection if it is idle (or at once, with C{force});
+        else make it close once its response is done.
+
+        @return: Whether it was closed now.
+        """
+        channel: Any = self._channel
+        transport: Any = getattr(channel, "transport", None)
+        if transport is None:
+            return True
+        if force:
+            transport.abortConnection()
+            return True
+        if self.isIdle():
+            transport.loseConnection()
+            return True
+        if isinstance(channel, ProxyHTTPChannel):
+            # The response in progress is the last on this connection.
+            channel.persistent = False
+        return False
+
 
 class ProxySite(Site):
     """
@@ -456,6 +739,10 @@ class ProxySite(Site):
         server-wide settings.
     @ivar memoryBodyLimit: Buffered bodies up to this size stay in memory;
         larger or chunked ones go to a temporary file.
+    @ivar connections: The open client connections.
+    @ivar requestObserver: Called with each finished request (metrics and
+        the admin page's recent errors), or L{None}.
+    @ivar draining: Whether a graceful stop is under way.
     """
 
     requestFactory = ProxyRequest
@@ -465,6 +752,8 @@ class ProxySite(Site):
     #: The C{Strict-Transport-Security} value added to responses over TLS,
     #: or L{None}.
     hstsHeader: bytes | None = None
+    requestObserver: Callable[[ProxyRequest], object] | None = None
+    draining = False
 
     def __init__(
         self,
@@ -485,7 +774,15 @@ class ProxySite(Site):
         self.serverHeader = serverHeader.encode() if serverHeader else None
         defaultPolicy = (config.maxBodySize, config.requestBuffering)
         self.bodyPolicy: BodyPolicy = bodyPolicy or (lambda request: defaultPolicy)
+        self._trustedNetworks = parseNetworks(config.trustedProxies)
+        guard = (config.headerTimeout, config.bodyTimeout, config.requestTimeout)
+        self._requestGuard = guard if any(guard) else None
         self._accessLog: TextIO | None = None
+        self._formatLine: Callable[[ProxyRequest], str] = (
+            self._jsonLine if config.accessLogFormat == "json" else self._combinedLine
+        )
+        self.connections: set[_ChannelSwitcher] = set()
+        self._drainCall: IDelayedCall | None = None
 
     def protocol(self) -> _ChannelSwitcher:
         # twisted.web's own factory does this with a plain HTTPChannel; the
@@ -493,7 +790,20 @@ class ProxySite(Site):
         channel = ProxyHTTPChannel()
         channel.maxHeaders = self.config.maxHeaders
         channel.totalHeadersSize = self.config.maxHeaderSize
+        self._configureHardening(channel)
         return _ChannelSwitcher(channel)
+
+    def _configureHardening(self, channel: ProxyHTTPChannel) -> None:
+        """
+        Give C{channel} the request limits, timeouts and trusted proxies of
+        the configuration.
+        """
+        config = self.config
+        channel.maxRequestLine = config.maxRequestLine
+        # A longer line is refused by lineLengthExceeded, with its status.
+        channel.MAX_LENGTH = max(config.maxRequestLine, config.maxHeaderSize)
+        channel.trustedProxies = self._trustedNetworks
+        channel.requestGuard = self._requestGuard
 
     def getContentFile(self, length: int | None) -> IO[bytes]:
         """
@@ -530,11 +840,91 @@ class ProxySite(Site):
         if old is not None:
             old.close()
 
-    def log(self, request: Request) -> None:  # type: ignore[override]
+    def log(self, request: ProxyRequest) -> None:  # type: ignore[override]
+        observer = self.requestObserver
+        if observer is not None:
+            observer(request)
         accessLog = self._accessLog
         if accessLog is not None:
-            line = combinedLogFormatter(self._logDateTime, request)
             try:
-                accessLog.write(line + "\n")
+                accessLog.write(self._formatLine(request) + "\n")
             except (OSError, ValueError) as e:
                 _log.error("Cannot write the access log: {error}", error=e)
+
+    def _times(self, request: ProxyRequest) -> tuple[float, float | None]:
+        started = request.startedAt
+        elapsed = self.reactor.seconds() - started if started else 0.0
+        return max(elapsed, 0.0), request.upstreamTime
+
+    def _combinedLine(self, request: ProxyRequest) -> str:
+        """
+        The combined log format, then the request time and the upstream
+        time in seconds ("-" when no backend answered), as nginx's
+        C{$request_time $upstream_response_time}.
+        """
+        elapsed, upstream = self._times(request)
+        line = combinedLogFormatter(self._logDateTime, request)
+        upstreamText = "-" if upstream is None else f"{upstream:.3f}"
+        return f"{line} {elapsed:.3f} {upstreamText}"
+
+    def _jsonLine(self, request: ProxyRequest) -> str:
+        """
+        One JSON object per line (see docs/operations.rst for its fields).
+        """
+        elapsed, upstream = self._times(request)
+        headers = request.requestHeaders
+        route = request.route
+        address = request.getClientAddress()
+        record = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime()),
+            "remote_addr": getattr(address, "host", "-"),
+            "method": request.method.decode("latin-1"),
+            "uri": request.uri.decode("latin-1"),
+            "protocol": (request.clientproto or b"").decode("latin-1"),
+            "status": request.code,
+            "bytes_sent": request.sentLength,
+            "host": (headers.getRawHeaders(b"host") or [b""])[0].decode("latin-1"),
+            "referer": (headers.getRawHeaders(b"referer") or [b""])[0].decode(
+                "latin-1"
+            ),
+            "user_agent": (headers.getRawHeaders(b"user-agent") or [b""])[0].decode(
+                "latin-1"
+            ),
+            "route": getattr(route, "label", None),
+            "upstream": request.upstreamServer,
+            "request_time": round(elapsed, 6),
+            "upstream_time": None if upstream is None else round(upstream, 6),
+        }
+        return json.dumps(record, separators=(",", ":"))
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        The graceful stop of the connections (the listeners are already
+        closed): idle connections close now, busy ones after their
+        response; past C{timeout} seconds the rest are cut.
+
+        @return: A L{Deferred} that fires once every connection is closed.
+        """
+        self.draining = True
+        done: Deferred[None] = Deferred()
+        deadline = self.reactor.seconds() + timeout
+
+        def check() -> None:
+            self._drainCall = None
+            force = self.reactor.seconds() >= deadline
+            if force and self.connections:
+                _log.warn(
+                    "Drain timeout: closing {count} busy connections",
+                    count=len(self.connections),
+                )
+            for connection in list(self.connections):
+                if connection.closeIfIdle(force):
+                    # Closing may take a moment: stop counting it.
+                    self.connections.discard(connection)
+            if not self.connections:
+                done.callback(None)
+                return
+            self._drainCall = self.reactor.callLater(0.05, check)
+
+        check()
+        return done

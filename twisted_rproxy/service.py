@@ -6,9 +6,11 @@ application embeds.
 
 from __future__ import annotations
 
+from typing import Any
+
 from attrs import evolve
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
@@ -16,8 +18,10 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from twisted_rproxy.cache import buildStores
 from twisted_rproxy.config import Config
 from twisted_rproxy.interfaces import IProxyReactor
+from twisted_rproxy.policies import listenerPolicy, policedFactory
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.server import ProxyRequest, ProxySite
 from twisted_rproxy.tls import HTTPSRedirect, ServerTLS
@@ -39,6 +43,8 @@ class ProxyService(MultiService):
     @ivar site: The L{ProxySite} serving every listener (the plain-HTTP ones
         excepted when a C{[[tls]]} group redirects them to https).
     @ivar tls: The L{ServerTLS} of each C{[[tls]]} group, in order.
+    @ivar cacheStores: The store of each C{[caches.NAME]}, by name; kept
+        across reloads.
     """
 
     def __init__(self, config: Config, reactor: IProxyReactor) -> None:
@@ -51,7 +57,11 @@ class ProxyService(MultiService):
             name: BackendPool(reactor, poolConfig)
             for name, poolConfig in config.pools.items()
         }
-        self.router: Router = buildResource(config, self.pools, reactor)
+        # The caches' stores outlive reloads (see reload).
+        self.cacheStores = buildStores(config.caches)
+        self.router: Router = buildResource(
+            config, self.pools, reactor, self.cacheStores
+        )
         server = config.server
 
         def bodyPolicy(request: ProxyRequest) -> tuple[int, bool]:
@@ -69,6 +79,15 @@ class ProxyService(MultiService):
             self._redirect = HTTPSRedirect()
             self._plainSite = ProxySite(self._redirect, server, reactor)
         self._ports: list[IListeningPort] = []
+        #: Listening sockets inherited from a supervising process (see
+        #: L{twisted_rproxy.workers}), by endpoint description: the file
+        #: descriptor and address family.
+        self.inheritedListeners: dict[str, tuple[int, int]] = {}
+        self.admin: Any = None
+        if config.admin is not None:
+            from twisted_rproxy.admin import Admin
+
+            self.admin = Admin(self, config.admin, reactor)
         self._listening: Deferred[list[IListeningPort]] | None = None
         self._retiring: list[Deferred[None]] = []
 
@@ -83,13 +102,17 @@ class ProxyService(MultiService):
         waiting = []
         for description in self.config.server.listen:
             endpoint = serverFromString(self.reactor, description)
-            listening = _listenOrRaise(endpoint, self._plainSite)
+            listening = self._listen(
+                description, endpoint, self._policed(description, self._plainSite)
+            )
             waiting.append(listening.addCallback(self._listened))
         for group, serverTLS in zip(self.config.tls, self.tls, strict=True):
             factory = TLSMemoryBIOFactory(serverTLS, False, self.site)
             for index, description in enumerate(group.listen):
                 endpoint = serverFromString(self.reactor, description)
-                listening = _listenOrRaise(endpoint, factory)
+                listening = self._listen(
+                    description, endpoint, self._policed(description, factory)
+                )
                 listening.addCallback(self._listened)
                 if index == 0 and group.redirectHttp:
                     listening.addCallback(self._redirectTo)
@@ -99,6 +122,32 @@ class ProxyService(MultiService):
         self._listening.addErrback(self._listenFailed)
         for pool in self.pools.values():
             pool.startHealthChecks()
+        if self.admin is not None:
+            self.admin.startListening()
+
+    def _listen(
+        self, description: str, endpoint: IStreamServerEndpoint, factory: Any
+    ) -> Deferred[IListeningPort]:
+        """
+        Listen on C{endpoint}, or adopt the socket a supervising process
+        opened for C{description}.
+        """
+        inherited = self.inheritedListeners.get(description)
+        if inherited is None:
+            return _listenOrRaise(endpoint, factory)
+        fd, family = inherited
+        port = self.reactor.adoptStreamPort(  # type: ignore[attr-defined]
+            fd, family, factory
+        )
+        return succeed(port)
+
+    def _policed(self, description: str, factory: Any) -> Any:
+        """
+        The factory a listener on C{description} listens with: C{factory}
+        behind the listener's access rules, connection limit and PROXY
+        protocol (see L{twisted_rproxy.policies}), checked before TLS.
+        """
+        return policedFactory(factory, listenerPolicy(self.config.server, description))
 
     def reload(self, config: Config) -> None:
         """
@@ -124,7 +173,9 @@ class ProxyService(MultiService):
             pools[name] = BackendPool(self.reactor, poolConfig)
             if self.running:
                 pools[name].startHealthChecks()
-        router = buildResource(config, pools, self.reactor)
+        cacheStores = buildStores(config.caches, self.cacheStores)
+        router = buildResource(config, pools, self.reactor, cacheStores)
+        self.cacheStores = cacheStores
         if config.server != self.config.server:
             _log.warn("Reload: changes to [server] take effect at the next restart")
             config = evolve(config, server=self.config.server)
@@ -205,7 +256,9 @@ class ProxyService(MultiService):
 
     def stopService(self) -> Deferred[None]:
         """
-        Stop listening, then close every pool.
+        Stop gracefully: stop listening, let the requests in flight finish
+        (for up to C{[server] drain_timeout}; connections still busy then
+        are cut), then close every pool.
         """
         super().stopService()  # type: ignore[no-untyped-call]  # python/mypy#16653
         for serverTLS in self.tls:
@@ -220,7 +273,16 @@ class ProxyService(MultiService):
                 [pool.close() for pool in self.pools.values()] + retiring
             )
 
-        closed = DeferredList(stopping).addCallback(closePools)
+        def drain(_: object) -> Deferred[list[tuple[bool, None]]]:
+            timeout = self.config.server.drainTimeout
+            sites: dict[int, Any] = {
+                id(site): site for site in (self.site, self._plainSite)
+            }
+            return DeferredList([site.drain(timeout) for site in sites.values()])
+
+        if self.admin is not None:
+            stopping.append(self.admin.stopListening())
+        closed = DeferredList(stopping).addCallback(drain).addCallback(closePools)
         return closed.addCallback(lambda _: None)
 
 

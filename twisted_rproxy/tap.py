@@ -6,16 +6,26 @@ This is the only module that imports the global reactor.
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import sys
 from typing import Any, cast
 
+from attrs import evolve
 from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
 from twisted_rproxy import __version__
-from twisted_rproxy.config import Config, ConfigError, configFromArguments, loadConfig
+from twisted_rproxy.config import (
+    COMMAND_LINE,
+    Config,
+    ConfigError,
+    configFromArguments,
+    loadConfig,
+    parseWorkers,
+)
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.service import ProxyService
 from twisted_rproxy.tls import checkTLSFiles
@@ -72,6 +82,20 @@ class Options(usage.Options):
             "Write a combined-format access log to this file ('-': standard "
             "output). Off by default.",
         ],
+        [
+            "workers",
+            "w",
+            None,
+            'Worker processes sharing the listeners: a number or "auto" (one '
+            "per CPU); overrides [server] workers. 1 runs a single process.",
+        ],
+        [
+            "worker-listeners",
+            None,
+            None,
+            "(Internal: set by the supervising process for its workers.)",
+        ],
+        ["worker-index", None, None, "(Internal: the worker's number.)"],
     ]
 
     def __init__(self) -> None:
@@ -158,9 +182,41 @@ class Options(usage.Options):
             sys.stderr.write(
                 f"twisted_rproxy: {self.rproxyConfig.source}: warning: {warning}\n"
             )
+        if self["workers"] is not None:
+            try:
+                workers = parseWorkers(self["workers"], COMMAND_LINE, "--workers")
+            except ConfigError as e:
+                raise usage.UsageError(e.message) from None
+            self.rproxyConfig = evolve(
+                self.rproxyConfig,
+                server=evolve(self.rproxyConfig.server, workers=workers),
+            )
         if self["check"]:
             print(f"twisted_rproxy: {self.rproxyConfig.source}: configuration OK")
             raise SystemExit(0)
+
+    def rproxyArguments(self) -> list[str]:
+        """
+        The options that give a worker process the same configuration.
+        """
+        if self["config"]:
+            return ["--config", os.path.abspath(self["config"])]
+        arguments: list[str] = []
+        for endpoint in self["listen"]:
+            arguments += ["--listen", endpoint]
+        for url in self["backends"]:
+            arguments += ["--backend", url]
+        if self["static"]:
+            arguments += [
+                "--static",
+                os.path.abspath(self["static"]),
+                "--static-prefix",
+                self["static-prefix"],
+            ]
+        if self["access-log"]:
+            log = self["access-log"]
+            arguments += ["--access-log", log if log == "-" else os.path.abspath(log)]
+        return arguments
 
 
 def makeService(options: Options) -> IService:
@@ -187,9 +243,58 @@ def makeService(options: Options) -> IService:
         proxy.setServiceParent(parent)  # type: ignore[no-untyped-call]
         return parent
     assert options.rproxyConfig is not None
-    service = ProxyService(options.rproxyConfig, proxyReactor)
+    config = options.rproxyConfig
+    inherited = options["worker-listeners"]
+    if config.server.workers > 1 and inherited is None:
+        from twisted_rproxy.workers import WorkerSupervisor
+
+        supervisor = WorkerSupervisor(
+            proxyReactor, config, options.rproxyArguments(), config.server.workers
+        )
+        _installSignal(proxyReactor, "SIGHUP", supervisor.signalWorkers, signal.SIGHUP)
+        _installSignal(
+            proxyReactor, "SIGUSR1", supervisor.signalWorkers, signal.SIGUSR1
+        )
+        return supervisor
+    service = ProxyService(config, proxyReactor)
+    if inherited is not None:
+        listeners = {
+            description: (fd, family)
+            for description, (fd, family) in json.loads(inherited).items()
+        }
+        service.inheritedListeners = listeners
+        if service.admin is not None:
+            service.admin.inheritedListeners = listeners
+            service.admin.worker = options["worker-index"]
     installReloadHandler(proxyReactor, service, options["config"])
+    _installSignal(proxyReactor, "SIGUSR1", _reopenLogs, service)
     return service
+
+
+def _installSignal(
+    reactor: IProxyReactor, name: str, handler: Any, *args: object
+) -> None:
+    """
+    Run C{handler(*args)} in the reactor thread when signal C{name} comes.
+    """
+    signum = getattr(signal, name, None)
+    if signum is None:  # pragma: no cover (Windows)
+        return
+
+    def onSignal(received: int, frame: Any) -> None:
+        reactor.callFromThread(handler, *args)  # type: ignore[attr-defined]
+
+    signal.signal(signum, onSignal)
+
+
+def _reopenLogs(service: ProxyService) -> None:
+    """
+    What SIGUSR1 does: reopen the access log (after logrotate moved it).
+    """
+    _log.info("Reopening the access log")
+    service.site.reopenAccessLog()
+    if service._plainSite is not service.site:
+        service._plainSite.reopenAccessLog()  # type: ignore[attr-defined]
 
 
 def installReloadHandler(

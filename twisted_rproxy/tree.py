@@ -14,8 +14,16 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
-from twisted_rproxy.config import Config, FilterConfig, RouteConfig, ServerConfig
+from twisted_rproxy.cache import CacheResource, buildStores
+from twisted_rproxy.config import (
+    CacheConfig,
+    Config,
+    FilterConfig,
+    RouteConfig,
+    ServerConfig,
+)
 from twisted_rproxy.filters import buildFilterChain
+from twisted_rproxy.interfaces import ICacheStore
 from twisted_rproxy.pages import renderError
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.proxy import ForwardingPolicy, ProxyResource
@@ -35,6 +43,9 @@ class Route:
     @ivar maxBodySize: The largest request body accepted.
     @ivar requestBuffering: Whether request bodies are buffered.
     @ivar prefixSegments: How many path segments the prefix consumes.
+    @ivar pool: The name of the route's pool, L{None} for a static route.
+    @ivar label: How logs, metrics and the admin page name the route:
+        C{host/path} or C{path}.
     """
 
     path: bytes
@@ -43,6 +54,13 @@ class Route:
     maxBodySize: int
     requestBuffering: bool
     prefixSegments: int = field(init=False)
+    pool: str | None = None
+    label: str = field(init=False)
+
+    @label.default
+    def _label(self) -> str:
+        path = self.path.decode("ascii")
+        return path if self.host is None else self.host + path
 
     @prefixSegments.default
     def _prefixSegments(self) -> int:
@@ -188,14 +206,21 @@ def buildRoute(
     pools: Mapping[str, BackendPool],
     filters: Mapping[str, FilterConfig] | None = None,
     reactor: IReactorTime | None = None,
+    caches: Mapping[str, CacheConfig] | None = None,
+    stores: Mapping[str, ICacheStore] | None = None,
 ) -> Route:
     """
     The servable L{Route} for one route of the configuration.
 
     @param filters: The configuration's filters, by name; needed when the
         route lists some.
-    @param reactor: The reactor given to filters; needed when the route
-        lists some.
+    @param reactor: The reactor given to filters and caches; needed when
+        the route lists filters or names a cache.
+    @param caches: The configuration's caches, by name; needed when the
+        route names one.
+    @param stores: The store of each cache, by name (see
+        L{twisted_rproxy.cache.buildStores}); needed when the route names
+        a cache.
     """
     resource: IResource
     if route.pool is not None:
@@ -204,6 +229,8 @@ def buildRoute(
             pool,
             policyFor(server, pool.config.hostHeader),
             route.path.encode("ascii") if route.stripPrefix else b"",
+            websocket=route.websocket,
+            tunnelIdleTimeout=server.tunnelIdleTimeout,
         )
     else:
         assert route.static is not None
@@ -216,6 +243,14 @@ def buildRoute(
             cacheControl=route.cacheControl,
             cacheControlByExtension=dict(route.cacheControlByExtension),
             mimeTypes=dict(route.mimeTypes),
+        )
+    if route.cache is not None:
+        # Only routes with a cache pay for it; inside the filter chain, so
+        # that filters see cached responses as they see proxied ones.
+        if reactor is None or caches is None or stores is None:
+            raise ValueError("a route with a cache needs the caches and a reactor")
+        resource = CacheResource(
+            resource, stores[route.cache], reactor, caches[route.cache]
         )
     if route.filters:
         # Only routes with filters pay for the chain.
@@ -232,6 +267,7 @@ def buildRoute(
         requestBuffering=route.requestBuffering
         if route.requestBuffering is not None
         else server.requestBuffering,
+        pool=route.pool,
     )
 
 
@@ -239,17 +275,30 @@ def buildResource(
     config: Config,
     pools: Mapping[str, BackendPool],
     reactor: IReactorTime | None = None,
+    stores: Mapping[str, ICacheStore] | None = None,
 ) -> Router:
     """
     The proxy's resource tree for C{config}, forwarding to C{pools} (one
     L{BackendPool} for each of C{config.pools}).
 
-    @param reactor: The reactor given to filters; needed when a route lists
-        filters.
+    @param reactor: The reactor given to filters and caches; needed when a
+        route lists filters or names a cache.
+    @param stores: The store of each of C{config.caches}, by name; new
+        ones when not given.
     """
+    if stores is None and config.caches:
+        stores = buildStores(config.caches)
     return Router(
         [
-            buildRoute(route, config.server, pools, config.filters, reactor)
+            buildRoute(
+                route,
+                config.server,
+                pools,
+                config.filters,
+                reactor,
+                config.caches,
+                stores,
+            )
             for route in config.routes
         ]
     )

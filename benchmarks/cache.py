@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""
+The cost of a cache hit beside a proxied miss: requests/s and the proxy's
+CPU time per request for the same 1 KiB and 64 KiB responses, served by an
+nginx backend under two locations, one cacheable (C{Cache-Control:
+max-age=3600}, so every request after the first is a hit) and one with
+C{Cache-Control: no-store} (so every request goes to the backend). Reuses
+benchmarks/run.py's functions.
+
+    python benchmarks/cache.py [--duration 10] [--warmup 2] [--connections 50]
+
+Requirements as for run.py (nginx, wrk, taskset, 2 CPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import run  # noqa: E402
+
+BACKEND_CONF = run.BACKEND_CONF.replace(
+    "location / {{ }}",
+    'location /hit/ {{ alias {www}/; add_header Cache-Control "max-age=3600"; }}\n'
+    '        location /miss/ {{ alias {www}/; add_header Cache-Control "no-store"; }}',
+)
+
+
+def startBackend(procs: run.Processes, workdir: Path, cpu: str) -> int:
+    """
+    Start nginx with the C{/hit/} and C{/miss/} locations; its port.
+    """
+    d = workdir / "nginx"
+    d.mkdir()
+    d.chmod(0o755)
+    www = run.writeBackendFiles(workdir)
+    port = run.freePort()
+    conf = d / "nginx.conf"
+    conf.write_text(BACKEND_CONF.format(d=d, host=run.HOST, port=port, www=www))
+    argv = ["nginx", "-e", str(d / "error.log"), "-p", str(d), "-c", str(conf)]
+    proc = procs.start(argv, cpu, d / "stdout.log")
+    run.waitForPort(port, proc, run.BACKEND_READY_TIMEOUT)
+    return port
+
+
+def writeConfig(workdir: Path, port: int, backendPort: int) -> Path:
+    """
+    A proxy whose only route is cached.
+    """
+    path = workdir / "cache.toml"
+    path.write_text(
+        "\n".join(
+            [
+                "[server]",
+                f'listen = ["tcp:{port}:interface={run.HOST}"]',
+                "[pools.app]",
+                f'servers = ["http://{run.HOST}:{backendPort}"]',
+                "[caches.main]",
+                'max_size = "64MiB"',
+                "[[routes]]",
+                'pool = "app"',
+                'cache = "main"',
+            ]
+        )
+        + "\n"
+    )
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--proxy-cpu", default="1")
+    parser.add_argument("--load-cpu", default="0")
+    parser.add_argument("--python", default=sys.executable)
+    args = parser.parse_args()
+    procs = run.Processes()
+    args.workdir = Path(tempfile.mkdtemp(prefix="rproxy-bench-cache-"))
+    try:
+        backendPort = startBackend(procs, args.workdir, args.load_cpu)
+        port = run.freePort()
+        config = writeConfig(args.workdir, port, backendPort)
+        argv = [args.python, "-c", run.TWISTD, "-n", "--pidfile=", "rproxy"]
+        argv += ["--config", str(config)]
+        proc = procs.start(
+            argv,
+            args.proxy_cpu,
+            args.workdir / "proxy.log",
+            env=run.childEnv(),
+            cwd=args.workdir,
+        )
+        run.waitForPort(port, proc, run.PROXY_READY_TIMEOUT)
+        print("| response | path | req/s | proxy CPU µs/request | p50 ms | p99 ms |")
+        print("|---|---|---:|---:|---:|---:|")
+        for size in ("1k", "64k"):
+            for kind in ("hit", "miss"):
+                scenario = run.Scenario(f"{size} {kind}", f"/{kind}/{size}")
+                status, body = run.fetch(port, scenario.path)
+                if status != 200 or len(body) != run.BODY_SIZES[size]:
+                    raise run.BenchError(f"{scenario.path}: {status}, {len(body)}")
+                row = run.measureLoad(procs, args, scenario, "proxy", port, proc.pid)
+                print(
+                    f"| {size} | {kind} | {row.rps:.0f} "
+                    f"| {row.proxyCpuUsPerRequest:.1f} "
+                    f"| {row.p50Ms:.2f} | {row.p99Ms:.2f} |",
+                    flush=True,
+                )
+    finally:
+        procs.stopAll()
+        shutil.rmtree(args.workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+Operations: worker processes sharing the listeners (``[server] workers``, ``--workers``), graceful stop with a drain timeout, WebSocket tunnels and optional ``CONNECT``, an admin listener (``[admin]``) with an HTML status page, ``/status.json`` and Prometheus ``/metrics``, JSON access logs with request and upstream times, and log reopening on SIGUSR1.

@@ -1,0 +1,254 @@
+"""
+Worker processes sharing the listening sockets, as nginx's master and
+workers do.
+
+The supervising process (L{WorkerSupervisor}) opens every listening socket
+of the configuration, never accepts on them itself, and starts N workers
+(C{twistd rproxy} again, with the sockets passed as inherited file
+descriptors, which each worker adopts with C{adoptStreamPort}): the kernel
+spreads new connections among the workers. A worker that dies is started
+again; SIGTERM stops every worker gracefully (each drains its requests),
+SIGHUP and SIGUSR1 are passed on (reload, reopen the logs).
+
+The admin listener is given to the first worker only, so that its page and
+metrics are those of one process (named on the page).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from twisted_rproxy.config import Config
+from twisted_rproxy.interfaces import IProxyReactor
+
+_log = Logger()
+
+#: The first file descriptor number the listening sockets get in a worker.
+FIRST_FD = 3
+
+#: How a worker is started: twistd's entry point, under this interpreter.
+#: SIGHUP and SIGUSR1 are ignored until the worker installs its handlers: a
+#: reload forwarded while it starts must not kill it (it reads the new
+#: configuration as it starts anyway).
+_TWISTD = (
+    "import signal, sys; from twisted.scripts.twistd import run; "
+    "signal.signal(signal.SIGHUP, signal.SIG_IGN); "
+    "signal.signal(signal.SIGUSR1, signal.SIG_IGN); "
+    "sys.argv[0] = 'twistd'; run()"
+)
+
+
+def listenerDescriptions(config: Config) -> tuple[list[str], list[str]]:
+    """
+    The endpoints the supervisor opens: those of the proxy (plain, then
+    TLS), and those of the admin listener.
+    """
+    proxy = list(config.server.listen) + [
+        description for group in config.tls for description in group.listen
+    ]
+    admin = list(config.admin.listen) if config.admin is not None else []
+    return proxy, admin
+
+
+def workerCommand(
+    rproxyArguments: Sequence[str], listeners: dict[str, tuple[int, int]], index: int
+) -> list[str]:
+    """
+    The command line of worker C{index}.
+
+    @param rproxyArguments: The options of C{twistd rproxy} that name the
+        configuration (C{--config FILE}, or the command-line mode's).
+    @param listeners: Endpoint description to (file descriptor in the
+        worker, address family).
+    """
+    return [
+        sys.executable,
+        "-c",
+        _TWISTD,
+        "--nodaemon",
+        "--pidfile=",
+        "rproxy",
+        *rproxyArguments,
+        "--worker-listeners",
+        json.dumps(listeners),
+        "--worker-index",
+        str(index),
+    ]
+
+
+class _Worker(ProcessProtocol):
+    def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
+        self.supervisor = supervisor
+        self.index = index
+        self.ended: Deferred[None] = Deferred()
+        self.startedAt = supervisor.reactor.seconds()
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(None)
+        self.supervisor.workerEnded(self, reason)
+
+
+class WorkerSupervisor(Service):
+    """
+    Opens the listening sockets and keeps C{count} workers running on them.
+
+    @ivar workers: The running workers' L{ProcessProtocol}s, by index.
+    """
+
+    #: Seconds before a worker that died young is started again.
+    restartDelay = 1.0
+
+    def __init__(
+        self,
+        reactor: IProxyReactor,
+        config: Config,
+        rproxyArguments: Sequence[str],
+        count: int,
+    ) -> None:
+        self.reactor = reactor
+        self.config = config
+        self.rproxyArguments = list(rproxyArguments)
+        self.count = count
+        self.workers: dict[int, _Worker] = {}
+        self._ports: list[IListeningPort] = []
+        self._fds: list[int] = []
+        self._proxyListeners: dict[str, tuple[int, int]] = {}
+        self._adminListeners: dict[str, tuple[int, int]] = {}
+        self._stopping = False
+
+    def startService(self) -> None:
+        """
+        Open the listening sockets, then start the workers.
+        """
+        Service.startService(self)
+        proxy, admin = listenerDescriptions(self.config)
+        for group, target in (
+            (proxy, self._proxyListeners),
+            (admin, self._adminListeners),
+        ):
+            for description in group:
+                port = self._open(description)
+                childFD = FIRST_FD + len(self._fds)
+                self._fds.append(port.fileno())  # type: ignore[attr-defined]
+                target[description] = (childFD, port.addressFamily)  # type: ignore[attr-defined]
+        _log.info(
+            "Supervisor {pid}: starting {count} workers",
+            pid=os.getpid(),
+            count=self.count,
+        )
+        for index in range(self.count):
+            self._spawn(index)
+
+    def _open(self, description: str) -> IListeningPort:
+        failures: list[Failure] = []
+        ports: list[IListeningPort] = []
+        listening = serverFromString(self.reactor, description).listen(
+            Factory.forProtocol(Protocol)
+        )
+        listening.addCallbacks(ports.append, failures.append)
+        if failures:
+            failures[0].raiseException()
+        if not ports or not hasattr(ports[0], "fileno"):
+            raise ValueError(
+                f"worker processes need socket endpoints (tcp:...), not {description!r}"
+            )
+        port = ports[0]
+        # The workers accept; the supervisor only holds the socket open.
+        port.stopReading()  # type: ignore[attr-defined]
+        self._ports.append(port)
+        return port
+
+    def _spawn(self, index: int) -> None:
+        listeners = dict(self._proxyListeners)
+        if index == 0:
+            listeners.update(self._adminListeners)
+        childFDs: dict[int, object] = {0: "w", 1: 1, 2: 2}
+        for offset, fd in enumerate(self._fds):
+            childFDs[FIRST_FD + offset] = fd
+        worker = _Worker(self, index)
+        command = workerCommand(self.rproxyArguments, listeners, index)
+        self.reactor.spawnProcess(  # type: ignore[attr-defined]
+            worker, command[0], command, env=dict(os.environ), childFDs=childFDs
+        )
+        self.workers[index] = worker
+        _log.info(
+            "Worker {index} started, pid {pid}",
+            index=index,
+            pid=worker.transport.pid,  # type: ignore[union-attr]
+        )
+
+    def workerEnded(self, worker: _Worker, reason: Failure) -> None:
+        """
+        A worker ended: start another unless the supervisor is stopping.
+        """
+        if self.workers.get(worker.index) is worker:
+            del self.workers[worker.index]
+        if self._stopping:
+            return
+        _log.warn(
+            "Worker {index} ended ({reason}); starting another",
+            index=worker.index,
+            reason=reason.value,
+        )
+        young = self.reactor.seconds() - worker.startedAt < self.restartDelay
+        self.reactor.callLater(
+            self.restartDelay if young else 0, self._respawn, worker.index
+        )
+
+    def _respawn(self, index: int) -> None:
+        if not self._stopping and index not in self.workers:
+            self._spawn(index)
+
+    def signalWorkers(self, signum: int) -> None:
+        """
+        Send C{signum} to every worker (SIGHUP: reload; SIGUSR1: reopen the
+        access log).
+        """
+        for worker in list(self.workers.values()):
+            try:
+                worker.transport.signalProcess(signum)  # type: ignore[union-attr]
+            except Exception:  # the process may have just ended
+                pass
+
+    def workerPIDs(self) -> list[int]:
+        """
+        The process IDs of the running workers.
+        """
+        return [w.transport.pid for w in self.workers.values()]  # type: ignore[union-attr]
+
+    def stopService(self) -> Deferred[Any]:
+        """
+        Stop every worker gracefully (SIGTERM: each drains its requests),
+        killing those still running after the drain timeout and a margin;
+        then close the sockets.
+        """
+        Service.stopService(self)
+        self._stopping = True
+        ended = [worker.ended for worker in self.workers.values()]
+        self.signalWorkers(signal.SIGTERM)
+        kill = self.reactor.callLater(
+            self.config.server.drainTimeout + 5, self.signalWorkers, signal.SIGKILL
+        )
+
+        def closed(result: object) -> object:
+            if kill.active():
+                kill.cancel()
+            for port in self._ports:
+                port.stopListening()
+            self._ports = []
+            return result
+
+        return DeferredList(ended).addBoth(closed)
