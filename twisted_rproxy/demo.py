@@ -6,6 +6,10 @@ loopback, and a configuration that puts the proxy in front of them.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+import time
 
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
@@ -15,8 +19,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from twisted_rproxy.config import Config, PoolConfig, RouteConfig, ServerConfig
-from twisted_rproxy.config import _parseBackendURL as parseBackendURL
+from twisted_rproxy.config import Config, parseConfig
 from twisted_rproxy.interfaces import IProxyReactor
 
 _PAGE = """<!DOCTYPE html>
@@ -32,12 +35,21 @@ code {{ background: #f3f3f3; padding: 0 .3em; }}
 <h1>twisted_rproxy demo</h1>
 <p>This page was served by <span class="badge">demo backend {number}</span>
 through the proxy. Reload it: the proxy balances requests round-robin over
-{count} backends on loopback, over kept-alive HTTP/1.1 connections.</p>
+{count} backends on loopback, over kept-alive HTTP/1.1 connections. The
+<code>compress</code> filter compressed this page for your browser (see its
+<code>Content-Encoding</code>).</p>
 <ul>
 <li><a href="/api/info">/api/info</a>: JSON from a backend
 (with the <code>X-Forwarded-*</code> headers the proxy added)</li>
+<li><a href="/cached">/cached</a>: a response the backend lets caches keep for
+10 seconds: reload it and the time stays put (see the
+<code>X-Cache</code> header: MISS, then HIT)</li>
+<li><a href="/static/demo.css">/static/demo.css</a>: a file served by the
+proxy itself from a directory, with ranges and validators</li>
 <li><a href="/stream?kib=1024">/stream?kib=1024</a>: a 1 MiB body streamed
 through the proxy</li>
+<li><a href="http://127.0.0.1:9000/">http://127.0.0.1:9000/</a>: the admin
+page (pools, servers, health, recent errors; JSON and metrics too)</li>
 </ul>
 </body></html>
 """
@@ -71,6 +83,11 @@ class DemoBackend(Resource):
             }
             body = {"backend": self.number, "path": path.decode(), "headers": headers}
             return json.dumps(body, indent=2).encode() + b"\n"
+        if path == b"/cached":
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.setHeader(b"cache-control", b"public, max-age=10")
+            now = time.strftime("%H:%M:%S", time.gmtime())
+            return f"Made by demo backend {self.number} at {now} UTC.\n".encode()
         if path == b"/stream":
             request.setHeader(b"content-type", b"application/octet-stream")
             kib = int(request.args.get(b"kib", [b"64"])[0])
@@ -91,14 +108,18 @@ class DemoBackend(Resource):
 
 class DemoBackends(Service):
     """
-    The demo backends' listening ports, closed when the service stops.
+    The demo backends' listening ports, closed when the service stops, and
+    the demo's directories, removed then.
     """
 
     def __init__(self, ports: list[IListeningPort]) -> None:
         self.ports = ports
+        self.directories: list[str] = []
 
     def stopService(self) -> Deferred[list[tuple[bool, None]]]:
         super().stopService()  # type: ignore[no-untyped-call]  # python/mypy#16653
+        for directory in self.directories:
+            shutil.rmtree(directory, ignore_errors=True)
         return DeferredList([Deferred.fromCoroutine(_stop(p)) for p in self.ports])
 
 
@@ -127,22 +148,49 @@ def startDemoBackends(reactor: IProxyReactor, count: int = 2) -> DemoBackends:
     return DemoBackends(ports)
 
 
-def demoConfig(backends: DemoBackends, listen: tuple[str, ...] = ()) -> Config:
+def demoStaticDirectory() -> str:
+    """
+    Make a directory of files for the demo's static route.
+    """
+    directory = tempfile.mkdtemp(prefix="rproxy-demo-")
+    with open(os.path.join(directory, "demo.css"), "w", encoding="utf-8") as f:
+        f.write("/* Served by twisted_rproxy from a directory. */\n")
+        f.write("body { font-family: system-ui, sans-serif; }\n" * 40)
+    return directory
+
+
+def demoConfig(
+    backends: DemoBackends,
+    listen: tuple[str, ...] = (),
+    staticDirectory: str | None = None,
+    adminListen: str = "tcp:9000:interface=127.0.0.1",
+) -> Config:
     """
     The configuration of the demo: the proxy on C{listen} (C{tcp:8080} by
-    default) in front of the demo backends, with an access log on standard
-    output.
+    default) in front of the demo backends (round robin, a cache that says
+    HIT or MISS, compression), the files of C{staticDirectory} under
+    C{/static/}, the admin page on C{adminListen}, and an access log on
+    standard output.
+
+    It is written as the TOML tables a user would write, and checked the
+    same way.
     """
-    servers = tuple(
-        parseBackendURL(f"http://127.0.0.1:{_portNumber(port)}", "<demo>", "demo")
-        for port in backends.ports
-    )
-    return Config(
-        source="<demo>",
-        server=ServerConfig(listen=listen or ("tcp:8080",), accessLog="-"),
-        pools={"demo": PoolConfig(name="demo", servers=servers)},
-        routes=(RouteConfig(path="/", pool="demo"),),
-    )
+    servers = [f"http://127.0.0.1:{_portNumber(port)}" for port in backends.ports]
+    data: dict[str, object] = {
+        "server": {"listen": list(listen or ("tcp:8080",)), "access_log": "-"},
+        "pools": {"demo": {"servers": servers}},
+        "caches": {"demo": {"max_size": "16MiB", "status_header": True}},
+        "filters": {"compress": {"plugin": "compress"}},
+        "admin": {"listen": [adminListen]},
+        "routes": [
+            {"path": "/", "pool": "demo", "cache": "demo", "filters": ["compress"]}
+        ],
+    }
+    if staticDirectory is not None:
+        routes = data["routes"]
+        assert isinstance(routes, list)
+        routes.insert(0, {"path": "/static/", "static": staticDirectory})
+    return parseConfig(data, "<demo>", os.getcwd())
 
 
 def _portNumber(port: IListeningPort) -> int:

@@ -231,14 +231,20 @@ def makeService(options: Options) -> IService:
     # IProxyReactor(...) would fail.
     proxyReactor = cast(IProxyReactor, reactor)
     if options["demo"]:
-        from twisted_rproxy.demo import demoConfig, startDemoBackends
+        from twisted_rproxy.demo import (
+            demoConfig,
+            demoStaticDirectory,
+            startDemoBackends,
+        )
 
         backends = startDemoBackends(proxyReactor)
         parent = MultiService()
         # mypy names these calls after our subclasses, so untyped_calls_exclude
         # misses Twisted's untyped Service.setServiceParent (python/mypy#16651).
         backends.setServiceParent(parent)  # type: ignore[no-untyped-call]
-        config = demoConfig(backends, tuple(options["listen"]))
+        staticDirectory = demoStaticDirectory()
+        backends.directories.append(staticDirectory)
+        config = demoConfig(backends, tuple(options["listen"]), staticDirectory)
         proxy = ProxyService(config, proxyReactor)
         proxy.setServiceParent(parent)  # type: ignore[no-untyped-call]
         return parent
