@@ -79,4 +79,8 @@ class DemoTests(LoopbackTestCase):
         adminPort = service.admin._ports[0].getHost().port
         admin = await client.get(f"http://127.0.0.1:{adminPort}/status.json")
         self.assertEqual(admin.code, 200)
-        await admin.content()
+        status = await admin.json()
+        [cache] = status["caches"]
+        self.assertEqual(cache["name"], "demo")
+        self.assertGreaterEqual(cache["entries"], 1)
+        self.assertGreater(cache["bytes"], 0)

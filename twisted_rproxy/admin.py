@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections import deque
+from collections.abc import Sized
 from typing import TYPE_CHECKING, Any
 
 from attrs import asdict
@@ -200,14 +201,19 @@ class Admin:
             status["servers"] = [dict(server) for server in status["servers"]]
             pools.append(status)
         caches = []
-        for name, cache in sorted(getattr(service, "caches", {}).items()):
-            describe = getattr(cache, "status", None)
+        for name, store in sorted(service.cacheStores.items()):
             entry: dict[str, object] = {"name": name}
+            describe = getattr(store, "status", None)
             if callable(describe):
                 value = describe()
                 entry.update(
                     asdict(value) if hasattr(value, "__attrs_attrs__") else value
                 )
+            else:
+                # The memory store: how full it is.
+                entry["entries"] = len(store) if isinstance(store, Sized) else None
+                entry["bytes"] = getattr(store, "size", None)
+                entry["max_bytes"] = getattr(store, "maxSize", None)
             caches.append(entry)
         return {
             "version": __version__,
