@@ -655,6 +655,38 @@ def parseSize(value: str | int, source: str, key: str) -> int:
     return _parseSize(value, source, key)
 
 
+def _numberWithUnit(
+    value: str,
+    source: str,
+    key: str,
+    what: str,
+    expected: str,
+    units: Mapping[str, int | float | Fraction],
+    unitNames: str,
+) -> Fraction:
+    """
+    The exact amount a string such as C{"64KiB"} or C{"250ms"} stands for:
+    a non-negative number and a unit of C{units} (case-insensitive).
+    """
+    if value.strip().startswith("-"):
+        raise ConfigError(source, key, f"must not be negative, got {value!r}")
+    match = _NUMBER_AND_UNIT.match(value)
+    if match is None:
+        raise ConfigError(
+            source, key, f"invalid {what} {value!r} (expected {expected})"
+        )
+    number, unit = match.groups()
+    multiplier = units.get(unit.lower())
+    if multiplier is None:
+        raise ConfigError(
+            source,
+            key,
+            f"unknown unit {unit!r} in {what} {value!r} "
+            f"(expected one of {unitNames})",
+        )
+    return Fraction(number) * Fraction(multiplier)
+
+
 def _parseSize(value: object, source: str, key: str) -> int:
     """
     L{parseSize} of any parsed TOML value, so that a wrong type gets the same
@@ -671,27 +703,16 @@ def _parseSize(value: object, source: str, key: str) -> int:
         if value < 0:
             raise ConfigError(source, key, f"must not be negative, got {value}")
         return value
-    if value.strip().startswith("-"):
-        raise ConfigError(source, key, f"must not be negative, got {value!r}")
-    match = _NUMBER_AND_UNIT.match(value)
-    if match is None:
-        raise ConfigError(
-            source,
-            key,
-            f"invalid size {value!r} (expected a number of bytes, or a "
-            'string like "64KiB" or "10MB")',
-        )
-    number, unit = match.groups()
-    multiplier = _SIZE_UNITS.get(unit.lower())
-    if multiplier is None:
-        raise ConfigError(
-            source,
-            key,
-            f"unknown unit {unit!r} in size {value!r} "
-            f"(expected one of {_SIZE_UNIT_NAMES})",
-        )
     # Fractions are exact where floats and Decimal's default context round.
-    size = Fraction(number) * multiplier
+    size = _numberWithUnit(
+        value,
+        source,
+        key,
+        "size",
+        'a number of bytes, or a string like "64KiB" or "10MB"',
+        _SIZE_UNITS,
+        _SIZE_UNIT_NAMES,
+    )
     if size.denominator != 1:
         raise ConfigError(source, key, f"size {value!r} is not a whole number of bytes")
     return size.numerator
@@ -729,26 +750,15 @@ def _parseDuration(value: object, source: str, key: str) -> float:
             f'"5s" or "250ms"), got {_typeName(value)}',
         )
     if isinstance(value, str):
-        if value.strip().startswith("-"):
-            raise ConfigError(source, key, f"must not be negative, got {value!r}")
-        match = _NUMBER_AND_UNIT.match(value)
-        if match is None:
-            raise ConfigError(
-                source,
-                key,
-                f"invalid duration {value!r} (expected a number of seconds, "
-                'or a string like "5s", "250ms", "2m" or "1h")',
-            )
-        number, unit = match.groups()
-        multiplier = _DURATION_UNITS.get(unit.lower())
-        if multiplier is None:
-            raise ConfigError(
-                source,
-                key,
-                f"unknown unit {unit!r} in duration {value!r} "
-                f"(expected one of {_DURATION_UNIT_NAMES})",
-            )
-        exact: Fraction | int | float = Fraction(number) * multiplier
+        exact: Fraction | int | float = _numberWithUnit(
+            value,
+            source,
+            key,
+            "duration",
+            'a number of seconds, or a string like "5s", "250ms", "2m" or "1h"',
+            _DURATION_UNITS,
+            _DURATION_UNIT_NAMES,
+        )
     else:
         if value < 0:
             raise ConfigError(source, key, f"must not be negative, got {value}")

@@ -1269,18 +1269,7 @@ class BackendPool:
             return None
         self._tunnelTurn = (getattr(self, "_tunnelTurn", -1) + 1) % len(eligible)
         server = eligible[self._tunnelTurn].server
-        timeout = self.config.connectTimeout
-        if server.scheme == "https":
-            self._reactor.connectSSL(
-                server.host,
-                server.port,
-                factory,
-                self._tlsCreators[server],  # type: ignore[arg-type]
-                timeout=timeout,
-                bindAddress=None,
-            )
-        else:
-            self._reactor.connectTCP(server.host, server.port, factory, timeout=timeout)
+        self._dial(server, factory)
         return server
 
     def startHealthChecks(self) -> None:
@@ -1392,8 +1381,15 @@ class BackendPool:
     def _connect(self, backend: Backend, exchange: _Exchange) -> None:
         server = backend.server
         factory = _ConnectionFactory(backend, exchange)
-        timeout = self.config.connectTimeout
         self._connections += 1
+        self._dial(server, factory)
+
+    def _dial(self, server: BackendServer, factory: ClientFactory) -> None:
+        """
+        Open a connection to C{server} (with TLS for C{https://}) for
+        C{factory}, within the pool's connect timeout.
+        """
+        timeout = self.config.connectTimeout
         if server.scheme == "https":
             self._reactor.connectSSL(
                 server.host,

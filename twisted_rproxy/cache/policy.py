@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
+from twisted_rproxy.proxy import HOP_BY_HOP
 from twisted_rproxy.static import etagMatches, parseHTTPDate
 
 __all__ = [
@@ -59,19 +60,7 @@ SAFE_METHODS = frozenset([b"GET", b"HEAD", b"OPTIONS", b"TRACE"])
 
 #: Headers never stored with a response (RFC 9111 section 3.1: the
 #: connection-specific ones; C{Age} is computed anew on each reuse).
-_NOT_STORED = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"age",
-        b"x-cache",
-    ]
-)
+_NOT_STORED = HOP_BY_HOP | {b"age", b"x-cache"}
 
 #: RFC 9111 section 3.2: a 304 does not update these.
 _NOT_UPDATED = _NOT_STORED | {b"content-length", b"content-encoding", b"content-range"}
