@@ -98,14 +98,7 @@ def measure(
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--connections", type=int, default=50)
-    parser.add_argument("--proxy-cpu", default="1")
-    parser.add_argument("--load-cpu", default="0")
-    parser.add_argument("--python", default=sys.executable)
-    args = parser.parse_args()
+    args = run.scenarioParser(__doc__.split("\n\n")[0]).parse_args()
     procs = run.Processes()
     args.workdir = Path(tempfile.mkdtemp(prefix="rproxy-bench-filters-"))
     try:

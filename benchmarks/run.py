@@ -928,6 +928,22 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
 # Command line and checks.
 
 
+def scenarioParser(description: str) -> argparse.ArgumentParser:
+    """
+    The options the other benchmarks in this folder share: timed-run and
+    warm-up seconds, wrk connections, the two CPUs, and the Python that runs
+    the proxy.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--proxy-cpu", default="1")
+    parser.add_argument("--load-cpu", default="0")
+    parser.add_argument("--python", default=sys.executable)
+    return parser
+
+
 def parseArgs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
     The command-line options.
