@@ -65,6 +65,15 @@ def _discard(data: bytes) -> None:
     pass
 
 
+def _closeAfterThis(request: Request, version: bytes) -> bool:
+    """
+    The C{checkPersistence} of a connection that closes after the current
+    request (see L{ProxyHTTPChannel.lastRequest}): the response says so.
+    """
+    request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+    return False
+
+
 def httpDate(now: float) -> bytes:
     """
     The RFC 9110 C{Date} value for C{now}, computed once a second.
@@ -397,6 +406,21 @@ class ProxyHTTPChannel(HTTPChannel):
             return False
         return self._served or self._seconds() - self._connectedAt > 2.0
 
+    def lastRequest(self) -> None:
+        """
+        Make the request in progress, or the next one to arrive (on a
+        connection just accepted), the last on this connection: it closes
+        once that response is done (a graceful stop).
+
+        C{persistent} is not cleared before a request has arrived:
+        twisted.web would drop that request unanswered, as data sent after
+        the last one. L{checkPersistence} says no from now on instead (an
+        instance attribute: other connections keep the class's method).
+        """
+        if self.requests:
+            self.persistent = False
+        self.checkPersistence = _closeAfterThis  # type: ignore[method-assign]
+
     def switchToTunnel(self, protocol: Protocol) -> bytes:
         """
         Hand the connection over to C{protocol} (after a C{101} or a
@@ -723,8 +747,9 @@ class _ChannelSwitcher(_GenericHTTPChannelProtocol):
             transport.loseConnection()
             return True
         if isinstance(channel, ProxyHTTPChannel):
-            # The response in progress is the last on this connection.
-            channel.persistent = False
+            # The response in progress (or to the request on its way) is the
+            # last on this connection.
+            channel.lastRequest()
         return False
 
 

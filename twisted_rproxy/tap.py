@@ -274,6 +274,12 @@ def makeService(options: Options) -> IService:
             service.admin.worker = options["worker-index"]
     installReloadHandler(proxyReactor, service, options["config"])
     _installSignal(proxyReactor, "SIGUSR1", _reopenLogs, service)
+    if inherited is not None:
+        from twisted_rproxy.workers import FORWARDED_SIGNALS
+
+        # A worker starts with these blocked (see WorkerSupervisor._spawn):
+        # one the supervisor passed on meanwhile is handled now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
     return service
 
 

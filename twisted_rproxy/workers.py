@@ -40,15 +40,17 @@ _log = Logger()
 FIRST_FD = 3
 
 #: How a worker is started: twistd's entry point, under this interpreter.
-#: SIGHUP and SIGUSR1 are ignored until the worker installs its handlers: a
-#: reload forwarded while it starts must not kill it (it reads the new
-#: configuration as it starts anyway).
 _TWISTD = (
-    "import signal, sys; from twisted.scripts.twistd import run; "
-    "signal.signal(signal.SIGHUP, signal.SIG_IGN); "
-    "signal.signal(signal.SIGUSR1, signal.SIG_IGN); "
-    "sys.argv[0] = 'twistd'; run()"
+    "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"
 )
+
+#: The signals passed on to the workers. A worker starts with them blocked
+#: (see L{WorkerSupervisor._spawn}) and unblocks them once its handlers are
+#: installed (L{twisted_rproxy.tap.makeService}): one sent while it starts
+#: waits for the handler instead of killing it (the default action), and is
+#: not lost either (a reload still reads a configuration written after the
+#: worker read its own).
+FORWARDED_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1})
 
 
 def listenerDescriptions(config: Config) -> tuple[list[str], list[str]]:
@@ -180,9 +182,16 @@ class WorkerSupervisor(Service):
             childFDs[FIRST_FD + offset] = fd
         worker = _Worker(self, index)
         command = workerCommand(self.rproxyArguments, listeners, index)
-        self.reactor.spawnProcess(  # type: ignore[attr-defined]
-            worker, command[0], command, env=dict(os.environ), childFDs=childFDs
-        )
+        # The signal mask is inherited across fork and exec (Twisted resets
+        # ignored signals in the child, not blocked ones). Here, a signal
+        # that comes meanwhile is handled once the mask is restored.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+        try:
+            self.reactor.spawnProcess(  # type: ignore[attr-defined]
+                worker, command[0], command, env=dict(os.environ), childFDs=childFDs
+            )
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.workers[index] = worker
         _log.info(
             "Worker {index} started, pid {pid}",
