@@ -105,20 +105,16 @@ class Options(usage.Options):
         self["listen"] = []
         self["backends"] = []
 
+    # twistd prints these docstrings as they are: one line each, so that
+    # --help wraps them without stray blanks.
     def opt_listen(self, endpoint: str) -> None:
-        """
-        A Twisted server endpoint to listen on, such as tcp:8080 or
-        tcp:8080:interface=127.0.0.1 (repeatable; default tcp:8080).
-        """
+        """A server endpoint, e.g. tcp:8080:interface=127.0.0.1 (repeatable)."""
         self["listen"].append(endpoint)
 
     opt_l = opt_listen
 
     def opt_backend(self, url: str) -> None:
-        """
-        A backend server URL, such as http://127.0.0.1:8001 (repeatable: one
-        round-robin pool).
-        """
+        """A backend URL, e.g. http://127.0.0.1:8001 (repeatable: one pool)."""
         self["backends"].append(url)
 
     opt_b = opt_backend
