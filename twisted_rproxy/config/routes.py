@@ -1,0 +1,381 @@
+"""
+The C{[[routes]]}, C{[filters.NAME]} and C{[caches.NAME]} tables, and the
+checks across routes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from twisted_rproxy.config.model import (
+    _CACHE_KEY_PARTS,
+    _POOL_NAME,
+    DEFAULT_CACHE_KEY,
+    CacheConfig,
+    ConfigError,
+    FilterConfig,
+    PoolConfig,
+    RouteConfig,
+)
+from twisted_rproxy.config.values import (
+    _EXTENSION,
+    _checkPath,
+    _headerValue,
+    _joinKey,
+    _normalizeRouteHost,
+    _resolveDirectory,
+    _Table,
+    _typeName,
+)
+
+_STATIC_KEYS = (
+    "index",
+    "list_directories",
+    "allow_hidden",
+    "follow_symlinks_outside",
+    "cache_control",
+    "cache_control_by_extension",
+    "mime_types",
+)
+
+
+_ROUTE_KEYS = (
+    "path",
+    "host",
+    "pool",
+    "static",
+    "strip_prefix",
+    "max_body_size",
+    "request_buffering",
+    "filters",
+    "websocket",
+    "cache",
+    *_STATIC_KEYS,
+)
+
+
+_ROUTE_COMING: tuple[str, ...] = ()
+
+
+_CACHE_KEYS = (
+    "max_size",
+    "max_object_size",
+    "key",
+    "default_ttl",
+    "heuristic_fraction",
+    "heuristic_max",
+    "stale_while_revalidate",
+    "stale_if_error",
+    "coalesce",
+    "coalesce_wait",
+    "status_header",
+    "purge_from",
+)
+
+
+def _parseRoute(
+    index: int,
+    value: object,
+    source: str,
+    baseDirectory: str,
+    pools: Mapping[str, PoolConfig],
+) -> RouteConfig:
+    """
+    Parse one C{[[routes]]} table.
+    """
+    table = _Table(value, source, f"routes[{index}]")
+    table.checkKeys(_ROUTE_KEYS, _ROUTE_COMING)
+
+    path = table.optionalString("path")
+    path = "/" if path is None else _checkPath(path, source, table.keyOf("path"))
+    host = table.optionalString("host")
+    if host is not None:
+        host = _normalizeRouteHost(host, source, table.keyOf("host"))
+
+    pool = table.optionalString("pool")
+    static = table.optionalString("static")
+    if pool is not None and static is not None:
+        raise ConfigError(
+            source, table.key, "must have exactly one of 'pool' or 'static', not both"
+        )
+    if pool is None and static is None:
+        raise ConfigError(
+            source,
+            table.key,
+            "must have exactly one of 'pool' or 'static', has neither",
+        )
+    if pool is not None and pool not in pools:
+        defined = ", ".join(sorted(pools)) or "none"
+        raise table.error("pool", f"no pool named {pool!r} (defined: {defined})")
+    if static is not None:
+        static = _resolveDirectory(static, baseDirectory, source, table.keyOf("static"))
+        for name in ("strip_prefix", "request_buffering", "websocket"):
+            if table.has(name):
+                raise table.error(
+                    name,
+                    "applies to pool routes only (a static route serves its "
+                    "directory under its path)",
+                )
+
+    staticOptions: dict[str, Any] = {}
+    if static is not None:
+        staticOptions = _parseStaticOptions(table)
+    else:
+        for name in _STATIC_KEYS:
+            if table.has(name):
+                raise table.error(name, "applies to static routes only")
+    return RouteConfig(
+        path=path,
+        host=host,
+        pool=pool,
+        static=static,
+        stripPrefix=table.boolean("strip_prefix", False),
+        maxBodySize=table.optionalSize("max_body_size"),
+        requestBuffering=table.optionalBoolean("request_buffering"),
+        filters=table.stringList("filters", ()),
+        websocket=table.boolean("websocket", True),
+        cache=table.optionalString("cache"),
+        **staticOptions,
+    )
+
+
+def _extensionTable(table: _Table, name: str, what: str) -> tuple[tuple[str, str], ...]:
+    """
+    A table of file extension to header value, such as
+    C{{ woff2 = "max-age=31536000, immutable" }}.
+    """
+    value = table.data.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise table.error(
+            name, f"expected a table of extension = {what}, got {_typeName(value)}"
+        )
+    pairs = []
+    for extension, item in value.items():
+        key = _joinKey(table.keyOf(name), extension)
+        if not _EXTENSION.fullmatch(extension):
+            raise ConfigError(table.source, key, "is not a file extension")
+        if not isinstance(item, str):
+            raise ConfigError(
+                table.source, key, f"expected a string, got {_typeName(item)}"
+            )
+        value = _headerValue(item, table.source, key)
+        pairs.append((extension.lower().lstrip("."), value))
+    return tuple(pairs)
+
+
+def _parseStaticOptions(table: _Table) -> dict[str, Any]:
+    """
+    The keys of a static route, as L{RouteConfig} arguments.
+    """
+    index = table.stringList("index", ("index.html",), allowSingle=True)
+    for position, name in enumerate(index):
+        if not name or name in (".", "..") or any(c in name for c in "/\\\x00"):
+            raise ConfigError(
+                table.source,
+                f"{table.keyOf('index')}[{position}]",
+                f"{name!r} is not a file name",
+            )
+    cacheControl = table.optionalString("cache_control")
+    if cacheControl is not None:
+        cacheControl = _headerValue(
+            cacheControl, table.source, table.keyOf("cache_control")
+        )
+    return {
+        "index": index,
+        "listDirectories": table.boolean("list_directories", False),
+        "allowHidden": table.boolean("allow_hidden", False),
+        "followSymlinksOutside": table.boolean("follow_symlinks_outside", False),
+        "cacheControl": cacheControl,
+        "cacheControlByExtension": _extensionTable(
+            table, "cache_control_by_extension", "Cache-Control value"
+        ),
+        "mimeTypes": _extensionTable(table, "mime_types", "content type"),
+    }
+
+
+def _parseFilter(name: str, value: object, source: str) -> FilterConfig:
+    """
+    Parse one C{[filters.NAME]} table: find its plugin and let the plugin
+    validate the options (by building the filter once).
+    """
+    # Here, not at the top: the filter machinery imports twisted.web.
+    from twisted_rproxy.filters import FilterOptionError, findFilterFactory
+
+    key = _joinKey("filters", name)
+    if not _POOL_NAME.match(name):
+        raise ConfigError(
+            source,
+            key,
+            f"invalid filter name {name!r} (use letters, digits, '_', '.' and '-')",
+        )
+    table = _Table(value, source, key)
+    plugin = table.optionalString("plugin")
+    if plugin is None:
+        raise table.error(
+            "plugin", 'is required: the name of a filter plugin, like "headers"'
+        )
+    try:
+        factory = findFilterFactory(plugin)
+    except LookupError as e:
+        raise table.error("plugin", str(e.args[0])) from None
+    options = {option: v for option, v in table.data.items() if option != "plugin"}
+    try:
+        factory.buildFilter(options)
+    except FilterOptionError as e:
+        # The plugin gives the option's path already dotted.
+        optionKey = f"{key}.{e.option}" if e.option else key
+        raise ConfigError(source, optionKey, e.message) from None
+    except Exception as e:
+        # A plugin's own bug or unexpected refusal: still one clear line.
+        raise ConfigError(
+            source,
+            key,
+            f"the {plugin!r} filter plugin refused its options: "
+            f"{type(e).__name__}: {e}",
+        ) from None
+    return FilterConfig(name=name, plugin=plugin, options=options)
+
+
+def _parseFilters(value: object, source: str) -> dict[str, FilterConfig]:
+    """
+    Parse the C{filters} table of tables.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            "filters",
+            f"expected a table of filters ([filters.NAME]), got {_typeName(value)}",
+        )
+    return {name: _parseFilter(name, table, source) for name, table in value.items()}
+
+
+def _checkRouteFilters(
+    routes: Sequence[RouteConfig], filters: Mapping[str, FilterConfig], source: str
+) -> None:
+    """
+    Reject a route naming a filter that is not defined, or one twice.
+    """
+    for index, route in enumerate(routes):
+        for position, name in enumerate(route.filters):
+            key = f"routes[{index}].filters[{position}]"
+            if name not in filters:
+                defined = ", ".join(sorted(filters)) or "none"
+                raise ConfigError(
+                    source, key, f"no filter named {name!r} (defined: {defined})"
+                )
+            if name in route.filters[:position]:
+                raise ConfigError(source, key, f"filter {name!r} is listed twice")
+
+
+def _parseCache(name: str, value: object, source: str) -> CacheConfig:
+    """
+    Parse one C{[caches.NAME]} table.
+    """
+    key = _joinKey("caches", name)
+    if not _POOL_NAME.match(name):
+        raise ConfigError(
+            source,
+            key,
+            f"invalid cache name {name!r} (use letters, digits, '_', '.' and '-')",
+        )
+    table = _Table(value, source, key)
+    table.checkKeys(_CACHE_KEYS)
+    maxSize = table.size("max_size", 64 * 1024 * 1024, 1)
+    maxObjectSize = table.size("max_object_size", min(maxSize, 1024 * 1024), 0)
+    if maxObjectSize > maxSize:
+        raise table.error(
+            "max_object_size",
+            f"must not be larger than max_size ({maxSize} bytes), got "
+            f"{maxObjectSize} bytes",
+        )
+    parts = table.stringList("key", DEFAULT_CACHE_KEY)
+    if not parts:
+        raise table.error("key", "must name at least one part")
+    for index, part in enumerate(parts):
+        if part in _CACHE_KEY_PARTS:
+            continue
+        header = part[7:] if part.lower().startswith("header:") else ""
+        if not header or not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", header):
+            raise ConfigError(
+                source,
+                f"{table.keyOf('key')}[{index}]",
+                f"unknown key part {part!r} (expected one of "
+                f"{', '.join(DEFAULT_CACHE_KEY)} or header:NAME)",
+            )
+    networks = []
+    for index, cidr in enumerate(table.stringList("purge_from", ())):
+        try:
+            networks.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                source,
+                f"{table.keyOf('purge_from')}[{index}]",
+                f"not an IP address or network: {cidr!r}",
+            ) from None
+    return CacheConfig(
+        name=name,
+        maxSize=maxSize,
+        maxObjectSize=maxObjectSize,
+        key=parts,
+        defaultTTL=table.duration("default_ttl", 0.0),
+        heuristicFraction=table.number("heuristic_fraction", 0.1, 0.0, 1.0),
+        heuristicMax=table.duration("heuristic_max", 86400.0),
+        staleWhileRevalidate=table.duration("stale_while_revalidate", 0.0),
+        staleIfError=table.duration("stale_if_error", 0.0),
+        coalesce=table.boolean("coalesce", True),
+        coalesceWait=table.timeout("coalesce_wait", 5.0),
+        statusHeader=table.boolean("status_header", False),
+        purgeFrom=tuple(networks),
+    )
+
+
+def _parseCaches(value: object, source: str) -> dict[str, CacheConfig]:
+    """
+    Parse the C{caches} table of tables.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            "caches",
+            f"expected a table of caches ([caches.NAME]), got {_typeName(value)}",
+        )
+    return {name: _parseCache(name, table, source) for name, table in value.items()}
+
+
+def _checkRouteCaches(
+    routes: Sequence[RouteConfig], caches: Mapping[str, CacheConfig], source: str
+) -> None:
+    """
+    Reject a route naming a cache that is not defined.
+    """
+    for index, route in enumerate(routes):
+        if route.cache is not None and route.cache not in caches:
+            defined = ", ".join(sorted(caches)) or "none"
+            raise ConfigError(
+                source,
+                f"routes[{index}].cache",
+                f"no cache named {route.cache!r} (defined: {defined})",
+            )
+
+
+def _checkDistinctRoutes(routes: Sequence[RouteConfig], source: str) -> None:
+    """
+    Reject a route with the same host and path as an earlier one.
+    """
+    seen: dict[tuple[str | None, str], int] = {}
+    for index, route in enumerate(routes):
+        where = (route.host, route.path)
+        if where in seen:
+            hostText = "any host" if route.host is None else f"host {route.host!r}"
+            raise ConfigError(
+                source,
+                f"routes[{index}]",
+                f"same host and path as routes[{seen[where]}] "
+                f"({hostText}, path {route.path!r})",
+            )
+        seen[where] = index

@@ -1,0 +1,719 @@
+"""
+Reading single values: sizes, durations, endpoints, backend URLs, paths,
+and L{_Table}, the typed accessors whose errors name the full key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Collection, Mapping, Sequence
+from fractions import Fraction
+from typing import cast
+
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.testing import MemoryReactor
+
+from twisted_rproxy.config.model import (
+    _BARE_KEY,
+    _DURATION_UNIT_NAMES,
+    _DURATION_UNITS,
+    _HEADER_VALUE,
+    _HOST_NAME,
+    _NUMBER_AND_UNIT,
+    _SIZE_UNIT_NAMES,
+    _SIZE_UNITS,
+    _URL_PATH,
+    NOT_SUPPORTED,
+    BackendServer,
+    CertificateConfig,
+    ConfigError,
+)
+
+
+def _typeName(value: object) -> str:
+    """
+    Name the type of a parsed TOML value for an error message.
+    """
+    if isinstance(value, Mapping):
+        return "table"
+    return type(value).__name__
+
+
+def _joinKey(prefix: str, name: str) -> str:
+    """
+    Append one key to a dotted key path, quoting it as TOML would if it is
+    not a bare key.
+    """
+    part = name if _BARE_KEY.match(name) else json.dumps(name)
+    return f"{prefix}.{part}" if prefix else part
+
+
+def parseSize(value: str | int, source: str, key: str) -> int:
+    """
+    Parse a size in bytes.
+
+    An integer is a number of bytes.  A string is a number, optionally with
+    a decimal fraction, then optional spaces, then an optional unit, case
+    insensitive: C{B}; C{K}, C{KB} (1000), C{KiB} (1024); C{M}, C{MB}, C{MiB};
+    C{G}, C{GB}, C{GiB}; C{T}, C{TB}, C{TiB}.  So C{"64KiB"} is 65536,
+    C{"10MB"} and C{"10M"} are 10000000, C{"1.5 KiB"} is 1536.
+
+    @param value: The size as written.
+    @param source: The file named by the error, if any.
+    @param key: The key named by the error, if any.
+    @return: The size in bytes, at least 0.
+    @raise ConfigError: If C{value} is negative, not a whole number of
+        bytes, or not a size at all.
+    """
+    return _parseSize(value, source, key)
+
+
+def _numberWithUnit(
+    value: str,
+    source: str,
+    key: str,
+    what: str,
+    expected: str,
+    units: Mapping[str, int | float | Fraction],
+    unitNames: str,
+) -> Fraction:
+    """
+    The exact amount a string such as C{"64KiB"} or C{"250ms"} stands for:
+    a non-negative number and a unit of C{units} (case-insensitive).
+    """
+    if value.strip().startswith("-"):
+        raise ConfigError(source, key, f"must not be negative, got {value!r}")
+    match = _NUMBER_AND_UNIT.match(value)
+    if match is None:
+        raise ConfigError(
+            source, key, f"invalid {what} {value!r} (expected {expected})"
+        )
+    number, unit = match.groups()
+    multiplier = units.get(unit.lower())
+    if multiplier is None:
+        raise ConfigError(
+            source,
+            key,
+            f"unknown unit {unit!r} in {what} {value!r} "
+            f"(expected one of {unitNames})",
+        )
+    return Fraction(number) * Fraction(multiplier)
+
+
+def _parseSize(value: object, source: str, key: str) -> int:
+    """
+    L{parseSize} of any parsed TOML value, so that a wrong type gets the same
+    clear message.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(
+            source,
+            key,
+            "expected a size (a number of bytes, or a string like "
+            f'"64KiB" or "10MB"), got {_typeName(value)}',
+        )
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(source, key, f"must not be negative, got {value}")
+        return value
+    # Fractions are exact where floats and Decimal's default context round.
+    size = _numberWithUnit(
+        value,
+        source,
+        key,
+        "size",
+        'a number of bytes, or a string like "64KiB" or "10MB"',
+        _SIZE_UNITS,
+        _SIZE_UNIT_NAMES,
+    )
+    if size.denominator != 1:
+        raise ConfigError(source, key, f"size {value!r} is not a whole number of bytes")
+    return size.numerator
+
+
+def parseDuration(value: str | int | float, source: str, key: str) -> float:
+    """
+    Parse a duration in seconds.
+
+    A number (integer or float) is a number of seconds.  A string is a
+    number, optionally with a decimal fraction, then optional spaces, then an
+    optional unit, case insensitive: C{ms}, C{s}, C{m} (minutes), C{h}, C{d}.
+    So C{"250ms"} is 0.25, C{"1.5s"} is 1.5, C{"2m"} is 120.
+
+    @param value: The duration as written.
+    @param source: The file named by the error, if any.
+    @param key: The key named by the error, if any.
+    @return: The duration in seconds, at least 0 and finite.
+    @raise ConfigError: If C{value} is negative, infinite, not a number or
+        not a duration at all.
+    """
+    return _parseDuration(value, source, key)
+
+
+def _parseDuration(value: object, source: str, key: str) -> float:
+    """
+    L{parseDuration} of any parsed TOML value, so that a wrong type gets the
+    same clear message.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(
+            source,
+            key,
+            "expected a duration (a number of seconds, or a string like "
+            f'"5s" or "250ms"), got {_typeName(value)}',
+        )
+    if isinstance(value, str):
+        exact: Fraction | int | float = _numberWithUnit(
+            value,
+            source,
+            key,
+            "duration",
+            'a number of seconds, or a string like "5s", "250ms", "2m" or "1h"',
+            _DURATION_UNITS,
+            _DURATION_UNIT_NAMES,
+        )
+    else:
+        if value < 0:
+            raise ConfigError(source, key, f"must not be negative, got {value}")
+        exact = value
+    try:
+        seconds = float(exact)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ConfigError(source, key, f"duration {value!r} is not finite")
+    return seconds
+
+
+# Twisted leaves these two unannotated; typed views keep mypy --strict useful
+# here without blanket ignores.
+_serverFromString = cast(Callable[[object, str], object], serverFromString)
+
+
+_MemoryReactor = cast(Callable[[], object], MemoryReactor)
+
+
+def validateEndpoint(description: str, source: str, key: str) -> None:
+    """
+    Check that a string is a Twisted server endpoint description, without
+    listening.
+
+    @param description: The endpoint string, such as C{"tcp:8080"}.
+    @param source: The file named by the error, if any.
+    @param key: The key named by the error, if any.
+    @raise ConfigError: If the description is empty or does not parse.
+    """
+    if not description.strip():
+        raise ConfigError(
+            source,
+            key,
+            'an endpoint must not be empty (expected something like "tcp:8080")',
+        )
+    try:
+        endpoint = _serverFromString(_MemoryReactor(), description)
+    except Exception as e:
+        # Endpoint parsers, plugins included, raise what they like (ValueError,
+        # TypeError, KeyError, IndexError, OSError for missing certificate
+        # files...); any of them means the description cannot be used.
+        reason = str(e) or type(e).__name__
+        raise ConfigError(
+            source, key, f"invalid server endpoint {description!r}: {reason}"
+        ) from None
+    # Twisted's TCP and SSL parsers accept any integer as a port; binding
+    # would fail only at start-up.
+    port = getattr(endpoint, "_port", None)
+    if isinstance(port, int) and not 0 <= port <= 65535:
+        raise ConfigError(
+            source,
+            key,
+            f"invalid server endpoint {description!r}: port {port} is out of "
+            "range (expected 0 to 65535)",
+        )
+
+
+class _Table:
+    """
+    One TOML table being validated: its dotted key and typed accessors whose
+    errors name the full key.
+    """
+
+    def __init__(self, value: object, source: str, key: str) -> None:
+        if not isinstance(value, Mapping):
+            raise ConfigError(source, key, f"expected a table, got {_typeName(value)}")
+        self.data: Mapping[str, object] = value
+        self.source = source
+        self.key = key
+
+    def keyOf(self, name: str) -> str:
+        return _joinKey(self.key, name)
+
+    def error(self, name: str, message: str) -> ConfigError:
+        return ConfigError(self.source, self.keyOf(name), message)
+
+    def checkKeys(self, allowed: Collection[str], coming: Collection[str] = ()) -> None:
+        """
+        Reject any key that is not in C{allowed}; keys in C{coming} are
+        reported as not supported yet.
+        """
+        for name in self.data:
+            if name in allowed:
+                continue
+            if name in coming:
+                raise self.error(name, NOT_SUPPORTED)
+            message = "unknown key"
+            candidates = sorted(set(allowed) | set(coming))
+            close = difflib.get_close_matches(name, candidates, n=1)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+            raise self.error(name, message)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def optionalString(self, name: str) -> str | None:
+        value = self.data.get(name)
+        if value is None or isinstance(value, str):
+            return value
+        raise self.error(name, f"expected a string, got {_typeName(value)}")
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.optionalBoolean(name)
+        return default if value is None else value
+
+    def optionalBoolean(self, name: str) -> bool | None:
+        value = self.data.get(name)
+        if value is None or isinstance(value, bool):
+            return value
+        raise self.error(
+            name, f"expected a boolean (true or false), got {_typeName(value)}"
+        )
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.error(name, f"expected an integer, got {_typeName(value)}")
+        if value < minimum:
+            raise self.error(name, f"must be at least {minimum}, got {value}")
+        return value
+
+    def optionalSize(self, name: str, minimum: int = 0) -> int | None:
+        value = self.data.get(name)
+        if value is None:
+            return None
+        size = _parseSize(value, self.source, self.keyOf(name))
+        if size < minimum:
+            raise self.error(name, f"must be at least {minimum} bytes, got {value!r}")
+        return size
+
+    def size(self, name: str, default: int, minimum: int = 0) -> int:
+        value = self.optionalSize(name, minimum)
+        return default if value is None else value
+
+    def timeout(self, name: str, default: float) -> float:
+        """
+        A duration that must be greater than zero.
+        """
+        value = self.data.get(name)
+        if value is None:
+            return default
+        seconds = _parseDuration(value, self.source, self.keyOf(name))
+        if seconds <= 0:
+            raise self.error(name, f"must be greater than 0, got {value!r}")
+        return seconds
+
+    def number(
+        self, name: str, default: float, minimum: float, maximum: float
+    ) -> float:
+        """
+        A number (integer or float) from C{minimum} to C{maximum}.
+        """
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(name, f"expected a number, got {_typeName(value)}")
+        if not minimum <= value <= maximum:
+            raise self.error(
+                name, f"must be from {minimum:g} to {maximum:g}, got {value!r}"
+            )
+        return float(value)
+
+    def duration(self, name: str, default: float) -> float:
+        """
+        A duration that may be zero.
+        """
+        value = self.data.get(name)
+        if value is None:
+            return default
+        seconds = _parseDuration(value, self.source, self.keyOf(name))
+        if seconds < 0:
+            raise self.error(name, f"must not be negative, got {value!r}")
+        return seconds
+
+    def stringList(
+        self, name: str, default: tuple[str, ...], allowSingle: bool = False
+    ) -> tuple[str, ...]:
+        """
+        A list of strings, each of whose errors names C{NAME[INDEX]}; with
+        C{allowSingle}, a lone string is a list of one.
+        """
+        value = self.data.get(name)
+        if value is None:
+            return default
+        if allowSingle and isinstance(value, str):
+            return (value,)
+        if not isinstance(value, list):
+            raise self.error(
+                name, f"expected a list of strings, got {_typeName(value)}"
+            )
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                raise ConfigError(
+                    self.source,
+                    f"{self.keyOf(name)}[{index}]",
+                    f"expected a string, got {_typeName(item)}",
+                )
+        return tuple(value)
+
+
+_SERVER_ENTRY_KEYS = ("url", "weight")
+
+
+def _parseBackendURL(url: str, source: str, key: str, weight: int = 1) -> BackendServer:
+    """
+    Validate one backend URL: C{http} or C{https}, a host, an optional port
+    from 1 to 65535, and nothing else but an optional C{"/"} path.
+    """
+    expected = "expected http://HOST[:PORT] or https://HOST[:PORT]"
+    if not url or any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(source, key, f"invalid backend URL {url!r} ({expected})")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(source, key, f"not a URL: {url!r} ({expected})")
+    scheme = scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ConfigError(
+            source,
+            key,
+            f"unsupported scheme {scheme!r} in {url!r} (expected http or https)",
+        )
+    for marker, what in (("?", "a query"), ("#", "a fragment")):
+        if marker in rest:
+            raise ConfigError(
+                source, key, f"backend URL {url!r} must not contain {what}"
+            )
+    netloc, slash, path = rest.partition("/")
+    if slash and path:
+        raise ConfigError(
+            source,
+            key,
+            f"backend URL {url!r} must not contain a path ('/{path}'); "
+            "a backend URL names a server only",
+        )
+    if "@" in netloc:
+        raise ConfigError(
+            source, key, f"backend URL {url!r} must not contain user information"
+        )
+    portText: str | None
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        if end == -1:
+            raise ConfigError(
+                source, key, f"unterminated IPv6 address in backend URL {url!r}"
+            )
+        host = netloc[1:end].lower()
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(
+                source, key, f"invalid IPv6 address {host!r} in backend URL {url!r}"
+            ) from None
+        after = netloc[end + 1 :]
+        if after and not after.startswith(":"):
+            raise ConfigError(source, key, f"invalid backend URL {url!r} ({expected})")
+        portText = after[1:] if after else None
+    else:
+        host, colon, portText = netloc.partition(":")
+        host = host.lower().removesuffix(".") if host != "." else host
+        if not colon:
+            portText = None
+        if not host:
+            raise ConfigError(
+                source, key, f"backend URL {url!r} has no host ({expected})"
+            )
+        if portText is not None and ":" in portText:
+            raise ConfigError(
+                source,
+                key,
+                f"invalid backend URL {url!r}: write IPv6 addresses in "
+                "brackets, like http://[::1]:8001",
+            )
+        if not _HOST_NAME.match(host):
+            raise ConfigError(
+                source, key, f"invalid host {host!r} in backend URL {url!r}"
+            )
+    if portText:
+        if not (portText.isascii() and portText.isdigit()):
+            raise ConfigError(
+                source, key, f"invalid port {portText!r} in backend URL {url!r}"
+            )
+        port = int(portText)
+        if not 1 <= port <= 65535:
+            raise ConfigError(
+                source,
+                key,
+                f"port {port} in backend URL {url!r} is out of range "
+                "(expected 1 to 65535)",
+            )
+    else:
+        port = 80 if scheme == "http" else 443
+    return BackendServer(url=url, scheme=scheme, host=host, port=port, weight=weight)
+
+
+def backendServers(urls: Sequence[str], source: str = "<code>") -> tuple[
+    BackendServer, ...
+]:
+    """
+    The L{BackendServer}s of a pool, from their URLs: for embedders who
+    build a L{PoolConfig} in code.
+
+    @param urls: Backend URLs such as C{"http://127.0.0.1:8001"}.
+    @param source: What errors name as their source.
+    @raise ConfigError: For a malformed URL or a server listed twice.
+    """
+    keys = [f"servers[{index}]" for index in range(len(urls))]
+    servers = tuple(
+        _parseBackendURL(url, source, keys[index]) for index, url in enumerate(urls)
+    )
+    _checkDistinctServers(servers, source, keys)
+    return servers
+
+
+def _checkDistinctServers(
+    servers: Sequence[BackendServer], source: str, keys: Sequence[str]
+) -> None:
+    """
+    Reject a server listed twice in one pool.
+    """
+    seen: dict[tuple[str, str, int], int] = {}
+    for index, server in enumerate(servers):
+        address = (server.scheme, server.host, server.port)
+        if address in seen:
+            raise ConfigError(
+                source,
+                keys[index],
+                f"{server.url!r} is the same server as {servers[seen[address]].url!r}",
+            )
+        seen[address] = index
+
+
+def _parseServerEntry(value: object, source: str, key: str) -> BackendServer:
+    """
+    Parse one entry of a pool's C{servers}: a URL, or a table with C{url} and
+    C{weight}.
+    """
+    if isinstance(value, str):
+        return _parseBackendURL(value, source, key)
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            key,
+            'expected a URL string or a table like { url = "http://host:port", '
+            f"weight = 2 }}, got {_typeName(value)}",
+        )
+    table = _Table(value, source, key)
+    table.checkKeys(_SERVER_ENTRY_KEYS)
+    url = table.optionalString("url")
+    if url is None:
+        raise table.error("url", "is required")
+    weight = table.integer("weight", 1, 1)
+    return _parseBackendURL(url, source, table.keyOf("url"), weight)
+
+
+def _parseListen(
+    endpoints: Sequence[str], source: str, keys: Sequence[str], listKey: str
+) -> tuple[str, ...]:
+    """
+    Validate listening endpoints: at least one, each parseable, none twice.
+    """
+    if not endpoints:
+        raise ConfigError(source, listKey, "must list at least one endpoint")
+    for index, description in enumerate(endpoints):
+        validateEndpoint(description, source, keys[index])
+        if description in endpoints[:index]:
+            raise ConfigError(
+                source, keys[index], f"endpoint {description!r} is listed twice"
+            )
+    return tuple(endpoints)
+
+
+def _resolveAccessLog(
+    value: str | None, baseDirectory: str, source: str, key: str
+) -> str | None:
+    """
+    C{"-"} stays as is; a file path is made absolute against C{baseDirectory}.
+    """
+    if value is None or value == "-":
+        return value
+    if not value:
+        raise ConfigError(
+            source,
+            key,
+            'must be "-" (standard output) or a file path; leave it out '
+            "for no access log",
+        )
+    return os.path.abspath(os.path.join(baseDirectory, value))
+
+
+def _resolveDirectory(value: str, baseDirectory: str, source: str, key: str) -> str:
+    """
+    Make a static directory absolute against C{baseDirectory} and check that
+    it is a directory.
+    """
+    if not value:
+        raise ConfigError(source, key, "must be a directory path, got an empty string")
+    path = os.path.abspath(os.path.join(baseDirectory, os.path.expanduser(value)))
+    if not os.path.exists(path):
+        raise ConfigError(source, key, f"directory {path!r} does not exist")
+    if not os.path.isdir(path):
+        raise ConfigError(source, key, f"{path!r} is not a directory")
+    return path
+
+
+def _checkPath(path: str, source: str, key: str) -> str:
+    """
+    Check a route's path prefix.
+    """
+    if not path.startswith("/"):
+        raise ConfigError(source, key, f"must start with '/', got {path!r}")
+    if not _URL_PATH.match(path):
+        raise ConfigError(
+            source,
+            key,
+            f"invalid path {path!r} (no spaces or control characters; "
+            "percent-encode anything else)",
+        )
+    for marker, what in (("?", "a query"), ("#", "a fragment")):
+        if marker in path:
+            raise ConfigError(source, key, f"path {path!r} must not contain {what}")
+    return path
+
+
+def _normalizeRouteHost(host: str, source: str, key: str) -> str:
+    """
+    Lowercase a route's host and check that it is a host name, a bracketed
+    IPv6 address or a C{*.}-prefixed wildcard, without a port.
+    """
+    normalized = host.strip().lower()
+    if normalized.endswith(".") and len(normalized) > 1:
+        normalized = normalized[:-1]
+    if not normalized:
+        raise ConfigError(
+            source, key, "must not be empty; leave it out to match any host"
+        )
+    if normalized.startswith("["):
+        if not normalized.endswith("]"):
+            raise ConfigError(
+                source, key, f"invalid host {host!r}: a host must not include a port"
+            )
+        try:
+            ipaddress.IPv6Address(normalized[1:-1])
+        except ValueError:
+            raise ConfigError(source, key, f"invalid IPv6 address {host!r}") from None
+        return normalized
+    if ":" in normalized:
+        raise ConfigError(
+            source,
+            key,
+            f"invalid host {host!r}: a host must not include a port "
+            "(write IPv6 addresses in brackets)",
+        )
+    name = normalized.removeprefix("*.")
+    if not _HOST_NAME.match(name):
+        raise ConfigError(
+            source,
+            key,
+            f'invalid host {host!r} (expected a host name like "example.com" '
+            'or a wildcard like "*.example.com")',
+        )
+    return normalized
+
+
+def _networks(table: _Table, name: str) -> tuple[str, ...]:
+    """
+    A list of IPv4 and IPv6 addresses and CIDR networks, normalized.
+    """
+    networks = []
+    for index, network in enumerate(table.stringList(name, ())):
+        try:
+            networks.append(str(ipaddress.ip_network(network.strip(), strict=False)))
+        except ValueError:
+            raise ConfigError(
+                table.source,
+                f"{table.keyOf(name)}[{index}]",
+                f"invalid network {network!r} (expected an IPv4 or IPv6 "
+                'address or CIDR network like "10.0.0.0/8")',
+            ) from None
+    return tuple(networks)
+
+
+_EXTENSION = re.compile(r"\.?[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*")
+
+
+def _headerValue(value: str, source: str, key: str) -> str:
+    if not _HEADER_VALUE.fullmatch(value):
+        raise ConfigError(source, key, "must be printable ASCII (a header value)")
+    return value
+
+
+_CERTIFICATE_KEYS = ("certificate", "key")
+
+
+def _resolveFile(value: str, baseDirectory: str, source: str, key: str) -> str:
+    """
+    Make a file path absolute against C{baseDirectory}.  Whether it can be
+    read is checked with the other certificate checks (see
+    L{twisted_rproxy.tls.checkTLSFiles}), so that a key and its certificate
+    are reported together.
+    """
+    if not value:
+        raise ConfigError(source, key, "must be a file path, got an empty string")
+    return os.path.abspath(os.path.join(baseDirectory, os.path.expanduser(value)))
+
+
+def _parseCertificateEntry(
+    value: object, source: str, key: str, baseDirectory: str
+) -> CertificateConfig:
+    """
+    One certificate: the path of a PEM file holding the key and the chain,
+    or a table C{{ certificate = "c.pem", key = "k.pem" }}.
+    """
+    if isinstance(value, str):
+        path = _resolveFile(value, baseDirectory, source, key)
+        return CertificateConfig(certificate=path, key=path)
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            key,
+            "expected the path of a PEM file (key and chain) or a table like "
+            '{ certificate = "c.pem", key = "k.pem" }, '
+            f"got {_typeName(value)}",
+        )
+    table = _Table(value, source, key)
+    table.checkKeys(_CERTIFICATE_KEYS)
+    certificate = table.optionalString("certificate")
+    if certificate is None:
+        raise table.error("certificate", "is required: the certificate's PEM file")
+    keyPath = table.optionalString("key")
+    certificatePath = _resolveFile(
+        certificate, baseDirectory, source, table.keyOf("certificate")
+    )
+    return CertificateConfig(
+        certificate=certificatePath,
+        key=certificatePath
+        if keyPath is None
+        else _resolveFile(keyPath, baseDirectory, source, table.keyOf("key")),
+    )
