@@ -1,0 +1,318 @@
+"""
+L{ProxyRequest}: a request whose body is size-checked before it is read,
+buffered or streamed as its route says, and whose proxied response head is
+written without a round trip through twisted.web's L{Headers}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from io import BytesIO
+from typing import Any
+from urllib.parse import unquote_to_bytes as unquote
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import (
+    NO_BODY_CODES,
+    datetimeToString,
+    toChunk,
+)
+from twisted.web.server import Request
+
+from twisted_rproxy.pages import renderError
+from twisted_rproxy.pool import RequestBodyStream
+from twisted_rproxy.server.channel import (
+    ProxyHTTPChannel,
+)
+
+_log = Logger()
+
+
+#: What the body policy answers: the largest body accepted, and whether
+#: the body is buffered (L{True}) or streamed to the backend.
+BodyPolicy = Callable[["ProxyRequest"], tuple[int, bool]]
+
+
+# No second is -1: the first call always formats a date.
+_dateCache: tuple[int, bytes] = (-1, b"")
+
+
+def _discard(data: bytes) -> None:
+    pass
+
+
+def httpDate(now: float) -> bytes:
+    """
+    The RFC 9110 C{Date} value for C{now}, computed once a second.
+    """
+    global _dateCache
+    second = int(now)
+    if _dateCache[0] != second:
+        _dateCache = (second, datetimeToString(second))
+    return _dateCache[1]
+
+
+class ProxyRequest(Request):
+    """
+    A request whose body is size-checked before it is read, and buffered or
+    streamed as its route says.
+
+    @ivar bodyStream: For a streamed body, the L{RequestBodyStream} the
+        proxy forwards from; L{None} when the body is buffered in
+        C{content}.
+    @ivar route: The route that takes the request, once the router found
+        it.
+    @ivar passedHeaders: Response headers passed on from a backend as they
+        are (already filtered); written after those of C{responseHeaders}.
+    @ivar onConnectionLost: Called with the reason if the client connection
+        is lost before the response is finished.
+    @ivar startedAt: Reactor time when the request's head was in.
+    @ivar upstreamStarted: Reactor time when it was handed to a pool, or
+        L{None} if it was not.
+    @ivar upstreamTime: Seconds from then to the backend's response head,
+        or L{None}.
+    @ivar upstreamServer: The URL of the backend server that answered, or
+        L{None}.
+    @ivar connectTarget: The target of an allowed C{CONNECT} request (its
+        C{uri} is then C{b"/"}, for routing).
+    """
+
+    # An HTTPChannel of ours or an H2Stream: attributes twisted.web's types
+    # don't declare (site, transport, persistent...). None once twisted.web
+    # let go of it (it deletes the attribute when a request is done).
+    channel: Any = None
+    bodyStream: RequestBodyStream | None = None
+    route: object = None
+    passedHeaders: list[tuple[bytes, bytes]] | None = None
+    onConnectionLost: Callable[[Failure], object] | None = None
+    #: The connection's peer address, when trusted proxies in front named
+    #: another client (which C{getClientAddress} then returns).
+    peerHost: str | None = None
+    startedAt = 0.0
+    upstreamStarted: float | None = None
+    upstreamTime: float | None = None
+    upstreamServer: str | None = None
+    connectTarget: bytes | None = None
+    _maxBody: int | None = None
+    _received = 0
+    _streaming = False
+    _refusal: int | None = None
+
+    def headersReceived(self, length: int | None) -> int | None:
+        """
+        Decide how to take the body, once the method, target and headers
+        are known and before any of the body is read.
+
+        @param length: The body's C{Content-Length}, L{None} for a chunked
+            body.
+        @return: L{None} to go on, or the status to refuse the request with.
+        """
+        site = self.channel.site
+        self.startedAt = site.reactor.seconds()
+        if self.method == b"CONNECT":
+            if not site.config.allowConnect:
+                return 405
+            # Routed as a request for "/" of its Host; the proxy resource
+            # tunnels it (see twisted_rproxy.upgrade).
+            self.connectTarget = self.uri
+            self.uri = b"/"
+        maxBody, buffered = site.bodyPolicy(self)
+        if length is not None and length > maxBody:
+            return 413
+        self._maxBody = maxBody
+        self._streaming = not buffered and length != 0
+        return None
+
+    def gotLength(self, length: int | None) -> None:
+        if self._maxBody is None:
+            # Only HTTP/2 streams get here: ProxyHTTPChannel asks
+            # headersReceived first.
+            self._streamHeadersReceived(length)
+            return
+        if not self._streaming:
+            Request.gotLength(self, length)
+            return
+        self.content = BytesIO()
+        self.bodyStream = RequestBodyStream(length, self.channel.transport)
+        # Process now, with the body still to come: the proxy forwards it as
+        # it arrives.
+        self.args = {}
+        self.path = self.uri.split(b"?", 1)[0]
+        self.process()
+
+    def _streamHeadersReceived(self, length: int | None) -> None:
+        """
+        L{headersReceived} for an HTTP/2 stream, whose body is always
+        buffered (an H2Stream has no transport of its own to pause).
+        """
+        channel = self.channel
+        # The pseudo-headers come first in an HTTP/2 header block, so the
+        # stream knows them by the time the length is known.
+        self.method = getattr(channel, "command", self.method)
+        self.uri = getattr(channel, "path", self.uri)
+        self.clientproto = b"HTTP/2"
+        refusal = self.headersReceived(length)
+        self._streaming = False
+        if refusal is not None:
+            # The stream can't answer before its constructor returns: the
+            # refusal is sent with the first body bytes (see _refuseBody), or
+            # when the request ends.
+            self._maxBody = 0
+            self._refusal = refusal
+            return
+        Request.gotLength(self, length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._maxBody is not None and self._received > self._maxBody:
+            self._refuseBody()
+            return
+        stream = self.bodyStream
+        if stream is not None:
+            stream.dataReceived(data)
+        elif self.content is not None:
+            self.content.write(data)
+
+    def _refuseBody(self) -> None:
+        channel = self.channel
+        if channel is None or self.finished:
+            return
+        channel.persistent = False
+        if self.bodyStream is not None:
+            self.bodyStream.stopStreaming()
+        # HTTP/1.1 stops reading; an HTTP/2 stream stays refused (None would
+        # mean its headers are still to come).
+        self._maxBody = None if type(channel) is ProxyHTTPChannel else 0
+        if not self.startedWriting and not self.finished:
+            renderError(self, self._refusal or 413)
+        elif type(channel) is ProxyHTTPChannel:
+            channel.forceClose()
+        else:
+            channel.abortConnection()
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self._streaming:
+            stream = self.bodyStream
+            if stream is not None:
+                stream.finished()
+            return
+        if self.channel is None or self.finished:
+            # Refused (413) or abandoned before the body was complete.
+            return
+        if self._refusal is not None:
+            # An HTTP/2 request refused from its headers, without a body.
+            renderError(self, self._refusal)
+            return
+        if self.connectTarget is not None:
+            path = b"/"
+        Request.requestReceived(self, command, path, version)
+
+    def process(self) -> None:
+        # Unlike twisted.web's, this sets no Date or Server header here: the
+        # first write adds them unless the response has its own.
+        site = self.channel.site
+        self.site = site
+        self.prepath = []
+        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
+        if self.path == b"*":
+            self._handleStar()
+            return
+        try:
+            resource = site.getResourceFor(self)
+            self.render(resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting and self.channel is not None:
+            passed = self.passedHeaders
+            if passed is not None:
+                if type(self.channel) is ProxyHTTPChannel:
+                    self._writeHead(passed, data)
+                    return
+                # HTTP/2: through twisted.web's own header handling.
+                self.passedHeaders = None
+                for name, value in passed:
+                    self.responseHeaders.addRawHeader(name, value)
+            self._addOwnHeaders()
+        Request.write(self, data)
+
+    def _addOwnHeaders(self) -> None:
+        headers = self.responseHeaders
+        site = self.channel.site
+        if not headers.hasHeader(b"date"):
+            headers.setRawHeaders(b"date", [httpDate(site.reactor.seconds())])
+        serverHeader = getattr(site, "serverHeader", None)
+        if serverHeader and not headers.hasHeader(b"server"):
+            headers.setRawHeaders(b"server", [serverHeader])
+        hsts = getattr(site, "hstsHeader", None)
+        if hsts is not None and self.channel.isSecure():
+            headers.setRawHeaders(b"strict-transport-security", [hsts])
+
+    def _writeHead(self, passed: list[tuple[bytes, bytes]], data: bytes) -> None:
+        """
+        Write the response head and the first body bytes in one go, with
+        the backend's headers as they are (the pool validated them) and no
+        round trip through a L{Headers} object.
+        """
+        self.startedWriting = 1
+        code = self.code
+        version = self.clientproto
+        noBody = self.method == b"HEAD" or code in NO_BODY_CODES
+        head = [version, b" %d " % (code,), self.code_message, b"\r\n"]
+        hasLength = hasDate = hasServer = False
+        for name, value in passed:
+            first = name[0]
+            if first in b"Cc":
+                hasLength = hasLength or name.lower() == b"content-length"
+            elif first in b"Dd":
+                hasDate = hasDate or name.lower() == b"date"
+            head += (name, b": ", value, b"\r\n")
+        for name, values in self.responseHeaders.getAllRawHeaders():
+            lower = name.lower()
+            hasDate = hasDate or lower == b"date"
+            hasServer = hasServer or lower == b"server"
+            for value in values:
+                head += (name, b": ", value, b"\r\n")
+        site = self.channel.site
+        if not hasDate:
+            head += (b"Date: ", httpDate(site.reactor.seconds()), b"\r\n")
+        serverHeader = getattr(site, "serverHeader", None)
+        if serverHeader and not hasServer:
+            head += (b"Server: ", serverHeader, b"\r\n")
+        hsts = site.hstsHeader
+        if hsts is not None and self.channel.isSecure():
+            # The proxy's own policy, for every response over TLS.
+            head += (b"Strict-Transport-Security: ", hsts, b"\r\n")
+        if noBody:
+            head.append(b"\r\n")
+            self.channel.writeSequence(head)
+            self.write = _discard  # type: ignore[method-assign]
+            return
+        if not hasLength and version == b"HTTP/1.1":
+            self.chunked = 1
+            head.append(b"Transfer-Encoding: chunked\r\n\r\n")
+            if data:
+                head += toChunk(data)
+        else:
+            head.append(b"\r\n")
+            head.append(data)
+        self.sentLength += len(data)
+        self.channel.writeSequence(head)
+
+    def connectionLost(self, reason: Failure) -> None:
+        Request.connectionLost(self, reason)
+        callback = self.onConnectionLost
+        if callback is not None:
+            self.onConnectionLost = None
+            callback(reason)
+
+    def finish(self) -> None:
+        self.onConnectionLost = None
+        if self._streaming and self.bodyStream is not None:
+            if not self.bodyStream.complete and self.channel is not None:
+                # The rest of the body is still on the wire: the connection
+                # can't carry another request.
+                self.channel.persistent = False
+        Request.finish(self)
