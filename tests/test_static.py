@@ -8,12 +8,11 @@ L{ProxySite}.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import os
 import re
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 from hypothesis import given, settings
@@ -30,6 +29,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from tests.loopback import LOCALHOST, ParsedResponse, parseResponses, waitForQuiet
+from tests.test_integration import asyncTest
 from twisted_rproxy.config import ServerConfig
 from twisted_rproxy.server import ProxySite
 from twisted_rproxy.static import (
@@ -54,21 +54,6 @@ reactor: Any = _reactor
 
 
 P = TypeVar("P", bound=Protocol)
-
-
-def asyncTest(
-    method: Callable[[Any], Coroutine[Any, Any, None]],
-) -> Callable[[Any], Deferred[None]]:
-    """
-    Run an C{async def} test method as a L{Deferred}, for trial and pytest
-    alike.
-    """
-
-    @functools.wraps(method)
-    def run(self: Any) -> Deferred[None]:
-        return Deferred.fromCoroutine(method(self))
-
-    return run
 
 
 def pattern(size: int) -> bytes:
