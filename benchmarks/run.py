@@ -928,6 +928,42 @@ def metadata(args: argparse.Namespace) -> dict[str, Any]:
 # Command line and checks.
 
 
+def addLoadOptions(p: argparse.ArgumentParser) -> None:
+    """
+    The wrk options of C{run.py} and C{static.py}: C{--duration},
+    C{--warmup}, C{--quick} and C{--connections} (see L{resolveLoadOptions}).
+    """
+    p.add_argument(
+        "--duration",
+        type=int,
+        default=None,
+        help="seconds per timed wrk run (default 10; 3 with --quick)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="seconds of wrk warm-up before each timed run "
+        "(default 2; 1 with --quick; 0: none)",
+    )
+    p.add_argument("--quick", action="store_true", help="short runs (3 s)")
+    p.add_argument(
+        "--connections", type=int, default=50, help="wrk connections (default 50)"
+    )
+
+
+def resolveLoadOptions(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """
+    Fill in the defaults that depend on C{--quick}, and refuse impossible values.
+    """
+    if args.duration is None:
+        args.duration = 3 if args.quick else 10
+    if args.warmup is None:
+        args.warmup = 1 if args.quick else 2
+    if args.duration < 1 or args.connections < 1 or args.warmup < 0:
+        p.error("--duration and --connections must be at least 1, --warmup 0")
+
+
 def scenarioParser(description: str) -> argparse.ArgumentParser:
     """
     The options the other benchmarks in this folder share: timed-run and
@@ -952,23 +988,7 @@ def parseArgs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Benchmark twisted_rproxy beside direct access to an "
         "nginx backend (loopback only)."
     )
-    p.add_argument(
-        "--duration",
-        type=int,
-        default=None,
-        help="seconds per timed wrk run (default 10; 3 with --quick)",
-    )
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help="seconds of wrk warm-up before each timed run "
-        "(default 2; 1 with --quick; 0: none)",
-    )
-    p.add_argument("--quick", action="store_true", help="short runs (3 s)")
-    p.add_argument(
-        "--connections", type=int, default=50, help="wrk connections (default 50)"
-    )
+    addLoadOptions(p)
     p.add_argument(
         "--scenarios",
         default=",".join(DEFAULT_SCENARIOS),
@@ -1007,10 +1027,7 @@ def parseArgs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-out", type=Path, help="write the results as JSON")
     p.add_argument("--md-out", type=Path, help="write the Markdown report")
     args = p.parse_args(argv)
-    if args.duration is None:
-        args.duration = 3 if args.quick else 10
-    if args.warmup is None:
-        args.warmup = 1 if args.quick else 2
+    resolveLoadOptions(p, args)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     unknown = sorted(set(args.scenarios) - set(ALL_SCENARIOS))
     if unknown:
@@ -1018,8 +1035,6 @@ def parseArgs(argv: Sequence[str] | None = None) -> argparse.Namespace:
             f"unknown scenario(s) {', '.join(unknown)}; "
             f"choose from {', '.join(ALL_SCENARIOS)}"
         )
-    if args.duration < 1 or args.connections < 1:
-        p.error("--duration and --connections must be at least 1")
     return args
 
 

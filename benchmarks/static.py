@@ -514,23 +514,7 @@ def parseArgs(argv: Sequence[str] | None = None) -> argparse.Namespace:
         description="Benchmark twisted_rproxy's static files beside nginx, and "
         "its compress filter (loopback only)."
     )
-    p.add_argument(
-        "--duration",
-        type=int,
-        default=None,
-        help="seconds per timed wrk run (default 10; 3 with --quick)",
-    )
-    p.add_argument(
-        "--warmup",
-        type=int,
-        default=None,
-        help="seconds of wrk warm-up before each timed run (default 2; 1 with "
-        "--quick; 0: none)",
-    )
-    p.add_argument("--quick", action="store_true", help="short runs (3 s)")
-    p.add_argument(
-        "--connections", type=int, default=50, help="wrk connections (default 50)"
-    )
+    run.addLoadOptions(p)
     p.add_argument("--proxy-cpu", default="1", help="CPU for the server measured (1)")
     p.add_argument(
         "--load-cpu", default="0", help="CPU for wrk and the compression backend (0)"
@@ -539,12 +523,7 @@ def parseArgs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json-out", type=Path, help="write the results as JSON")
     p.add_argument("--md-out", type=Path, help="write the Markdown report")
     args = p.parse_args(argv)
-    if args.duration is None:
-        args.duration = 3 if args.quick else 10
-    if args.warmup is None:
-        args.warmup = 1 if args.quick else 2
-    if args.duration < 1 or args.connections < 1 or args.warmup < 0:
-        p.error("--duration and --connections must be at least 1, --warmup 0")
+    run.resolveLoadOptions(p, args)
     # What run.checkRequirements looks at.
     args.scenarios = []
     args.proxy_cmd = run.DEFAULT_PROXY_CMD

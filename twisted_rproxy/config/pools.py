@@ -27,6 +27,7 @@ from twisted_rproxy.config.model import (
 from twisted_rproxy.config.values import (
     _checkDistinctServers,
     _joinKey,
+    _namedTables,
     _parseCertificateEntry,
     _parseDuration,
     _parseListen,
@@ -325,16 +326,12 @@ def _parsePools(
     """
     Parse the C{pools} table of tables.
     """
-    if not isinstance(value, Mapping):
-        raise ConfigError(
-            source,
-            "pools",
-            f"expected a table of pools ([pools.NAME]), got {_typeName(value)}",
-        )
-    return {
-        name: _parsePool(name, pool, source, baseDirectory)
-        for name, pool in value.items()
-    }
+    return _namedTables(
+        value,
+        source,
+        "pools",
+        lambda name, pool: _parsePool(name, pool, source, baseDirectory),
+    )
 
 
 _TLS_KEYS = (

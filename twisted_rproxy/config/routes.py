@@ -25,6 +25,7 @@ from twisted_rproxy.config.values import (
     _checkPath,
     _headerValue,
     _joinKey,
+    _namedTables,
     _normalizeRouteHost,
     _resolveDirectory,
     _Table,
@@ -245,13 +246,9 @@ def _parseFilters(value: object, source: str) -> dict[str, FilterConfig]:
     """
     Parse the C{filters} table of tables.
     """
-    if not isinstance(value, Mapping):
-        raise ConfigError(
-            source,
-            "filters",
-            f"expected a table of filters ([filters.NAME]), got {_typeName(value)}",
-        )
-    return {name: _parseFilter(name, table, source) for name, table in value.items()}
+    return _namedTables(
+        value, source, "filters", lambda name, table: _parseFilter(name, table, source)
+    )
 
 
 def _checkRouteFilters(
@@ -338,13 +335,9 @@ def _parseCaches(value: object, source: str) -> dict[str, CacheConfig]:
     """
     Parse the C{caches} table of tables.
     """
-    if not isinstance(value, Mapping):
-        raise ConfigError(
-            source,
-            "caches",
-            f"expected a table of caches ([caches.NAME]), got {_typeName(value)}",
-        )
-    return {name: _parseCache(name, table, source) for name, table in value.items()}
+    return _namedTables(
+        value, source, "caches", lambda name, table: _parseCache(name, table, source)
+    )
 
 
 def _checkRouteCaches(

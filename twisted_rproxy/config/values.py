@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from fractions import Fraction
-from typing import cast
+from typing import TypeVar, cast
 
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
@@ -717,3 +717,22 @@ def _parseCertificateEntry(
         if keyPath is None
         else _resolveFile(keyPath, baseDirectory, source, table.keyOf("key")),
     )
+
+
+T = TypeVar("T")
+
+
+def _namedTables(
+    value: object, source: str, key: str, parseOne: Callable[[str, object], T]
+) -> dict[str, T]:
+    """
+    Parse a table of named tables (C{[pools.NAME]}, C{[filters.NAME]},
+    C{[caches.NAME]}): each C{NAME} with C{parseOne(NAME, table)}.
+    """
+    if not isinstance(value, Mapping):
+        raise ConfigError(
+            source,
+            key,
+            f"expected a table of {key} ([{key}.NAME]), got {_typeName(value)}",
+        )
+    return {name: parseOne(name, table) for name, table in value.items()}
