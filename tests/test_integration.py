@@ -47,6 +47,7 @@ from twisted_rproxy.config import (
     RouteConfig,
     ServerConfig,
 )
+from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.service import ProxyService
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,11 +103,49 @@ class LoopbackTestCase(TestCase):
 
     def setUp(self) -> None:
         self._clientPools: list[HTTPConnectionPool] = []
+        # Registered first, so run last: once every client, proxy and
+        # backend is gone, every pool the test made is back at rest.
+        self._backendPools: list[BackendPool] = []
+        self.addCleanup(self._assertPoolsAtRest)
+        originalInit = BackendPool.__init__
+
+        def recordingInit(pool: BackendPool, *args: Any, **kwargs: Any) -> None:
+            originalInit(pool, *args, **kwargs)
+            self._backendPools.append(pool)
+
+        self.patch(BackendPool, "__init__", recordingInit)
         # Cleanups run last-added first: these two run after everything.  A
         # response whose body a failed test never read returns its
         # connection to the client pool late: close the pools once more.
         self.addCleanup(self._closeClientPools)
         self.addCleanup(lambda: Deferred.fromCoroutine(waitForQuiet(reactor)))
+
+    async def _poolsAtRest(self, timeout: float = 3.0) -> None:
+        for _ in range(int(timeout / 0.01)):
+            if all(p.pendingCount == 0 and p.inFlight == 0 for p in self._backendPools):
+                return
+            await sleep(0.01)
+
+    def _assertPoolsAtRest(self) -> Deferred[None]:
+        """
+        Every backend pool used is at rest: nothing in flight or queued,
+        and its bookkeeping consistent (a slot not given back would wedge
+        a long-running pool).
+        """
+
+        async def check() -> None:
+            await self._poolsAtRest()
+            for pool in self._backendPools:
+                pool.checkConsistency()
+                status = pool.status()
+                self.assertEqual(status.pending, 0, f"{pool!r}: requests queued")
+                self.assertEqual(
+                    [s.inFlight for s in status.servers],
+                    [0] * len(status.servers),
+                    f"{pool!r}: requests left in flight",
+                )
+
+        return Deferred.fromCoroutine(check())
 
     def _closeClientPools(self) -> Deferred[object]:
         return gatherResults(

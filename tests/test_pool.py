@@ -637,6 +637,11 @@ class ResponseParsingTests(SynchronousTestCase):
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n",
             b"HTTP/1.1 200 OK\r\n" + b"X: " + b"a" * 70000,
+            # Over the limit with its end in the same read.
+            b"HTTP/1.1 200 OK\r\n" + b"X: " + b"a" * 70000 + b"\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (i, b"a" * 100) for i in range(1000))
+            + b"Content-Length: 0\r\n\r\n",
         ]
         for response in bad:
             h = Harness(self)

@@ -229,9 +229,11 @@ class Tunnel:
             return
         self._buffer += data
         end = self._buffer.find(b"\r\n\r\n")
+        if end > MAX_HEAD or (end < 0 and len(self._buffer) > MAX_HEAD):
+            # However the bytes arrive: all at once or in pieces.
+            self._badResponse()
+            return
         if end < 0:
-            if len(self._buffer) > MAX_HEAD:
-                self._badResponse()
             return
         head, rest = self._buffer[: end + 4], self._buffer[end + 4 :]
         self._buffer = b""

@@ -44,9 +44,6 @@ from twisted_rproxy.health import (
 )
 from twisted_rproxy.interfaces import IBackendServer, IBalancer, IResponseReceiver
 from twisted_rproxy.pool.connection import (
-    _BUSY,
-    _CLOSING,
-    _IDLE_ROLE,
     MAX_RESPONSE_HEAD,
     BackendConnection,
     writeThrough,
@@ -101,11 +98,17 @@ class Backend:
     """
     One backend server of a pool, and its connections.
 
+    Every connection of the server is in exactly one of its four sets:
+    being dialled (L{connecting}), waiting for a request (L{idle}),
+    carrying one (busy), or closing. Each move between them goes through
+    one method here, and every count (L{busy}, L{connecting},
+    L{inFlight}, the pool's open connections) is the size of a set, not a
+    counter kept in step by hand: a connection that leaves gives its slot
+    back once, however it leaves.
+
     @ivar idle: Kept-alive connections waiting for a request, most recently
         used last (reused first: warm connections stay warm, cold ones
         expire).
-    @ivar busy: Connections carrying a request.
-    @ivar connecting: Connection attempts under way.
     @ivar weight: The balancing weight: the configured weight times
         L{WEIGHT_SCALE}, less during a slow start.
     @ivar up: Whether the active health checks pass (L{True} without them).
@@ -124,8 +127,9 @@ class Backend:
         self.server = server
         self.weight = server.weight * WEIGHT_SCALE
         self.idle: list[BackendConnection] = []
-        self.busy = 0
-        self.connecting = 0
+        self._busy: set[BackendConnection] = set()
+        self._closing: set[BackendConnection] = set()
+        self._attempts: set[_ConnectionFactory] = set()
         self.requests = 0
         self.failures = 0
         self.up = True
@@ -138,21 +142,55 @@ class Backend:
         self._hostPort = _hostPort(server)
 
     def __repr__(self) -> str:
-        return f"<Backend {self.server.url} busy={self.busy} idle={len(self.idle)}>"
+        return (
+            f"<Backend {self.server.url} connecting={len(self._attempts)} "
+            f"busy={len(self._busy)} idle={len(self.idle)} "
+            f"closing={len(self._closing)}>"
+        )
+
+    @property
+    def busy(self) -> int:
+        """
+        Connections carrying a request.
+        """
+        return len(self._busy)
+
+    @property
+    def connecting(self) -> int:
+        """
+        Connection attempts under way.
+        """
+        return len(self._attempts)
+
+    @property
+    def closing(self) -> int:
+        """
+        Connections that carry nothing more and are being closed.
+        """
+        return len(self._closing)
+
+    @property
+    def openConnections(self) -> int:
+        """
+        Connections and connection attempts not yet gone, in any state.
+        """
+        return (
+            len(self._attempts) + len(self.idle) + len(self._busy) + len(self._closing)
+        )
 
     @property
     def available(self) -> bool:
         """
         Whether a request could start on this server now.
         """
-        return bool(self.idle) or self.busy + self.connecting < self._limit
+        return bool(self.idle) or len(self._busy) + len(self._attempts) < self._limit
 
     @property
     def inFlight(self) -> int:
         """
         Requests on this server now: on busy connections or connecting.
         """
-        return self.busy + self.connecting
+        return len(self._busy) + len(self._attempts)
 
     def noteFailure(self) -> None:
         """
@@ -180,29 +218,38 @@ class Backend:
         idle = self.idle
         if idle and not fresh:
             connection = idle.pop()
-            self.busy += 1
+            self._busy.add(connection)
             connection.send(exchange)
             return
-        self.connecting += 1
-        self.pool._connect(self, exchange)
+        attempt = _ConnectionFactory(self, exchange)
+        self._attempts.add(attempt)
+        self.pool._dial(self.server, attempt)
 
-    def connected(self, connection: BackendConnection, exchange: _Exchange) -> None:
+    def connected(
+        self,
+        attempt: _ConnectionFactory,
+        connection: BackendConnection,
+        exchange: _Exchange,
+    ) -> None:
         """
-        A connection attempt made for C{exchange} succeeded.
+        Connection attempt C{attempt}, made for C{exchange}, succeeded.
         """
-        self.connecting -= 1
-        self.busy += 1
-        connection.role = _BUSY
+        self._attempts.discard(attempt)
+        self._busy.add(connection)
         if exchange.done:
             self.release(connection)
         else:
             connection.send(exchange)
 
-    def connectFailed(self, exchange: _Exchange, reason: BackendError) -> None:
+    def connectFailed(
+        self, attempt: _ConnectionFactory, exchange: _Exchange, reason: BackendError
+    ) -> None:
         """
-        A connection attempt made for C{exchange} failed.
+        Connection attempt C{attempt}, made for C{exchange}, failed.
         """
-        self.connecting -= 1
+        if attempt not in self._attempts:
+            return
+        self._attempts.remove(attempt)
         pool = self.pool
         pool._connectionGone()
         self.noteFailure()
@@ -213,13 +260,15 @@ class Backend:
         """
         C{connection} finished its exchange and may carry another.
         """
-        self.busy -= 1
+        if connection not in self._busy:
+            # Retired while its exchange ended: it stays closing.
+            return
+        self._busy.remove(connection)
         pool = self.pool
         if pool._closed or len(self.idle) >= pool.config.maxIdle:
-            connection.role = _CLOSING
+            self._closing.add(connection)
             connection.close()
         else:
-            connection.role = _IDLE_ROLE
             connection.idleSince = pool._clock.seconds()
             self.idle.append(connection)
             pool._scheduleSweep()
@@ -227,18 +276,47 @@ class Backend:
 
     def retire(self, connection: BackendConnection) -> None:
         """
-        C{connection} will carry nothing more and is being closed.
+        C{connection} will carry nothing more and is being closed; a busy
+        one gives its slot back.
         """
-        role = connection.role
-        connection.role = _CLOSING
-        if role == _BUSY:
-            self.busy -= 1
+        if connection in self._busy:
+            self._busy.remove(connection)
+            self._closing.add(connection)
             self.pool._dispatchPending()
-        elif role == _IDLE_ROLE:
+        elif connection in self._closing:
+            return
+        else:
             try:
                 self.idle.remove(connection)
             except ValueError:
-                pass
+                return
+            self._closing.add(connection)
+
+    def lost(self, connection: BackendConnection) -> None:
+        """
+        C{connection} is closed: forget it, whatever state it was in.
+        """
+        self.retire(connection)
+        self._closing.discard(connection)
+        self.pool._connectionGone()
+
+    def checkConsistency(self) -> None:
+        """
+        Check that every connection is in one state only, and that the
+        counts are within the limit.
+
+        @raise AssertionError: If they are not (a bookkeeping bug).
+        """
+        idle = set(self.idle)
+        sets = (idle, self._busy, self._closing)
+        if len(idle) != len(self.idle):
+            raise AssertionError(f"{self!r}: a connection is idle twice")
+        for i, one in enumerate(sets):
+            for other in sets[i + 1 :]:
+                if one & other:
+                    raise AssertionError(f"{self!r}: a connection in two states")
+        if len(self._busy) + len(self._attempts) > self._limit:
+            raise AssertionError(f"{self!r}: over its limit of {self._limit}")
 
 
 class _ConnectionFactory(ClientFactory):
@@ -253,7 +331,7 @@ class _ConnectionFactory(ClientFactory):
         self.exchange = exchange
 
     def buildProtocol(self, addr: object) -> BackendConnection:
-        return BackendConnection(self.backend, self.exchange)
+        return BackendConnection(self.backend, self.exchange, self)
 
     def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
         if reason.check(ierror.TimeoutError):
@@ -265,7 +343,7 @@ class _ConnectionFactory(ClientFactory):
             url=self.backend.server.url,
             why=reason.getErrorMessage(),
         )
-        self.backend.connectFailed(self.exchange, failure)
+        self.backend.connectFailed(self, self.exchange, failure)
 
 
 def _hostPort(server: BackendServer) -> bytes:
@@ -387,7 +465,6 @@ class BackendPool:
         self._pending: deque[_Exchange] = deque()
         self._closed = False
         self._sweepCall: IDelayedCall | None = None
-        self._connections = 0
         self._whenIdle: list[Callable[[], None]] = []
         self.requestCount = 0
         self.retryCount = 0
@@ -564,12 +641,6 @@ class BackendPool:
                 exchange.queuedCall = None
             server.assign(exchange)
 
-    def _connect(self, backend: Backend, exchange: _Exchange) -> None:
-        server = backend.server
-        factory = _ConnectionFactory(backend, exchange)
-        self._connections += 1
-        self._dial(server, factory)
-
     def _dial(self, server: BackendServer, factory: ClientFactory) -> None:
         """
         Open a connection to C{server} (with TLS for C{https://}) for
@@ -635,9 +706,35 @@ class BackendPool:
         server.assign(exchange)
         return True
 
+    @property
+    def inFlight(self) -> int:
+        """
+        Requests on the pool's servers now (not counting queued ones).
+        """
+        return sum(server.inFlight for server in self.servers)
+
+    @property
+    def openConnections(self) -> int:
+        """
+        The pool's connections and connection attempts not yet gone.
+        """
+        return sum(server.openConnections for server in self.servers)
+
+    def checkConsistency(self) -> None:
+        """
+        Check the bookkeeping of every server (see
+        L{Backend.checkConsistency}) and of the queue.
+
+        @raise AssertionError: If it is wrong.
+        """
+        for server in self.servers:
+            server.checkConsistency()
+        for exchange in self._pending:
+            if exchange.done or exchange.queuedCall is None:
+                raise AssertionError(f"{exchange!r} is queued but finished")
+
     def _connectionGone(self) -> None:
-        self._connections -= 1
-        if self._connections == 0 and self._whenIdle:
+        if self._whenIdle and self.openConnections == 0:
             callbacks, self._whenIdle = self._whenIdle, []
             for callback in callbacks:
                 callback()
@@ -688,7 +785,7 @@ class BackendPool:
             for connection in list(server.idle):
                 connection.close()
         done: Deferred[None] = Deferred()
-        if self._connections <= 0:
+        if self.openConnections == 0:
             done.callback(None)
         else:
             self._whenIdle.append(lambda: done.callback(None))

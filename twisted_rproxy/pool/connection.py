@@ -29,7 +29,7 @@ from twisted_rproxy.pool.request import (
 from twisted_rproxy.tls import describeTLSFailure
 
 if TYPE_CHECKING:
-    from twisted_rproxy.pool import Backend
+    from twisted_rproxy.pool import Backend, _ConnectionFactory
 
 _log = Logger()
 
@@ -50,19 +50,6 @@ _STATUS = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: (.*))?")
 
 
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
-
-
-# Roles of a BackendConnection in its Backend's bookkeeping.
-_CONNECTING = 0
-
-
-_BUSY = 1
-
-
-_IDLE_ROLE = 2
-
-
-_CLOSING = 3
 
 
 # Parser states of a BackendConnection.
@@ -108,7 +95,6 @@ class BackendConnection(Protocol):
     """
 
     idleSince = 0.0
-    role = _CONNECTING
     #: Whether the whole body of the response just started is already read
     #: (so there is nothing to pause).
     bodyBuffered = False
@@ -116,9 +102,12 @@ class BackendConnection(Protocol):
     # abortConnection, which ITransport alone does not declare.
     transport: Any
 
-    def __init__(self, backend: Backend, firstExchange: _Exchange) -> None:
+    def __init__(
+        self, backend: Backend, firstExchange: _Exchange, attempt: _ConnectionFactory
+    ) -> None:
         self.backend = backend
         self._first: _Exchange | None = firstExchange
+        self._attempt = attempt
         self._exchange: _Exchange | None = None
         self._state = _IDLE
         self._buffer = b""
@@ -136,7 +125,7 @@ class BackendConnection(Protocol):
     def connectionMade(self) -> None:
         first, self._first = self._first, None
         assert first is not None
-        self.backend.connected(self, first)
+        self.backend.connected(self._attempt, self, first)
 
     # Sending.
 
@@ -267,9 +256,11 @@ class BackendConnection(Protocol):
     def _parseHead(self) -> bool:
         buffer = self._buffer
         end = buffer.find(b"\r\n\r\n")
+        if end > MAX_RESPONSE_HEAD or (end < 0 and len(buffer) > MAX_RESPONSE_HEAD):
+            # However the bytes arrive: all at once or in pieces.
+            self._protocolError("response head too large")
+            return False
         if end < 0:
-            if len(buffer) > MAX_RESPONSE_HEAD:
-                self._protocolError("response head too large")
             return False
         head = buffer[:end]
         self._buffer = buffer[end + 4 :]
@@ -569,14 +560,12 @@ class BackendConnection(Protocol):
         backend = self.backend
         pool = backend.pool
         if exchange is None:
-            backend.retire(self)
-            pool._connectionGone()
+            backend.lost(self)
             return
         exchange.connection = None
         state = self._state
         self._state = _DONE
-        backend.retire(self)
-        pool._connectionGone()
+        backend.lost(self)
         if state == _BODY_UNTIL_CLOSE:
             # The normal end of a body delimited by the connection's close.
             self._buffer = b""
