@@ -375,6 +375,11 @@ class ServerStatus:
     @ivar failures: Requests that failed on it.
     @ivar ejections: Its ejections in a row.
     @ivar ejectedUntil: When its ejection ends (reactor time), or L{None}.
+    @ivar busyConnections: Connections carrying a request (part of
+        C{inFlight}).
+    @ivar connecting: Connection attempts under way (the rest of
+        C{inFlight}).
+    @ivar closingConnections: Connections closing, not yet closed.
     """
 
     url: str
@@ -388,6 +393,9 @@ class ServerStatus:
     failures: int
     ejections: int
     ejectedUntil: float | None
+    busyConnections: int = 0
+    connecting: int = 0
+    closingConnections: int = 0
 
 
 @frozen
@@ -428,6 +436,9 @@ def _serverStatus(backend: Backend, serving: bool) -> ServerStatus:
         failures=backend.failures,
         ejections=backend.ejections,
         ejectedUntil=backend.ejectedUntil,
+        busyConnections=backend.busy,
+        connecting=backend.connecting,
+        closingConnections=backend.closing,
     )
 
 
