@@ -952,6 +952,56 @@ hide_headers = ["X-Secret"]
             "invalid header name 'Bad Header'",
         )
 
+    def test_clientIPHeaders(self) -> None:
+        """
+        C{client_ip_headers} defaults to the headers proxies and CDNs name
+        the client in; a list given replaces it, lowercased; its names must
+        be tokens.
+        """
+        self.assertEqual(
+            ServerConfig().clientIPHeaders,
+            (
+                "x-real-ip",
+                "true-client-ip",
+                "x-client-ip",
+                "cf-connecting-ip",
+                "fastly-client-ip",
+                "x-cluster-client-ip",
+            ),
+        )
+        config = parseConfig(withServer(client_ip_headers=["X-Origin-IP"]), "f", ".")
+        self.assertEqual(config.server.clientIPHeaders, ("x-origin-ip",))
+        config = parseConfig(withServer(client_ip_headers=[]), "f", ".")
+        self.assertEqual(config.server.clientIPHeaders, ())
+        self.assertDataError(
+            withServer(client_ip_headers=["X-A", "Bad Header"]),
+            "server.client_ip_headers[1]",
+            "invalid header name 'Bad Header'",
+        )
+
+    def test_minBodyRate(self) -> None:
+        """
+        C{min_body_rate} is 240 bytes per second and C{min_body_rate_grace}
+        5 seconds by default; 0 turns the rate off; a negative one is an
+        error.
+        """
+        server = parseConfig(withServer(), "f", ".").server
+        self.assertEqual((server.minBodyRate, server.minBodyRateGrace), (240, 5.0))
+        server = parseConfig(
+            withServer(min_body_rate="1KiB", min_body_rate_grace="500ms"), "f", "."
+        ).server
+        self.assertEqual((server.minBodyRate, server.minBodyRateGrace), (1024, 0.5))
+        server = parseConfig(
+            withServer(min_body_rate=0, min_body_rate_grace=0), "f", "."
+        ).server
+        self.assertEqual((server.minBodyRate, server.minBodyRateGrace), (0, 0.0))
+        self.assertDataError(withServer(min_body_rate=-1), "server.min_body_rate")
+        self.assertDataError(
+            withServer(min_body_rate_grace="-1s"),
+            "server.min_body_rate_grace",
+            "must not be negative, got '-1s'",
+        )
+
     def test_sizesAndDurations(self) -> None:
         """
         Sizes and durations are parsed, and their errors name the key.
@@ -1649,6 +1699,25 @@ request_buffering = false
                 "applies to pool routes only (a static route serves its "
                 "directory under its path)",
             )
+
+    def test_allowTrace(self) -> None:
+        """
+        C{allow_trace} is off by default, a boolean, and for pool routes
+        only.
+        """
+        self.assertFalse(parseConfig(withRoute(), "f", ".").routes[0].allowTrace)
+        route = parseConfig(withRoute(allow_trace=True), "f", ".").routes[0]
+        self.assertTrue(route.allowTrace)
+        self.assertDataError(
+            withRoute(allow_trace="yes"),
+            "routes[0].allow_trace",
+            "expected a boolean (true or false), got str",
+        )
+        self.assertDataError(
+            withRoute(static=self.makeDirectory(), allow_trace=False),
+            "routes[0].allow_trace",
+            "applies to pool routes only (a static route answers TRACE with 405)",
+        )
 
     def test_routeMaxBodySize(self) -> None:
         """

@@ -13,6 +13,7 @@ from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
 from tests.test_integration import LoopbackTestCase, asyncTest
+from twisted_rproxy import demo, tap
 from twisted_rproxy.demo import demoConfig, demoStaticDirectory, startDemoBackends
 from twisted_rproxy.service import ProxyService
 
@@ -84,3 +85,40 @@ class DemoTests(LoopbackTestCase):
         self.assertEqual(cache["name"], "demo")
         self.assertGreaterEqual(cache["entries"], 1)
         self.assertGreater(cache["bytes"], 0)
+
+    @asyncTest
+    async def test_demoListensOnLoopback(self) -> None:
+        """
+        C{twistd rproxy --demo} listens on 127.0.0.1 only, the proxy as its
+        admin page (on ports the system chooses here, instead of 8080 and
+        9000).
+        """
+        self.patch(demo, "DEMO_PORT", 0)
+        self.patch(demo, "DEMO_ADMIN_PORT", 0)
+        options = tap.Options()
+        options.parseOptions(["--demo"])
+        parent = tap.makeService(options)
+        parent.startService()
+        self.addCleanup(parent.stopService)
+        [proxy] = [s for s in parent if isinstance(s, ProxyService)]
+        self.assertEqual(proxy.config.server.listen, ("tcp:0:interface=127.0.0.1",))
+        [port] = await proxy.whenListening()
+        self.assertEqual(port.getHost().host, "127.0.0.1")
+        [adminPort] = proxy.admin._ports
+        self.assertEqual(adminPort.getHost().host, "127.0.0.1")
+        response = await self.httpClient().get(
+            f"http://127.0.0.1:{port.getHost().port}/"
+        )
+        self.assertEqual(response.code, 200)
+        await response.content()
+
+    def test_demoDefaultListen(self) -> None:
+        """
+        Without C{--listen}, the demo's proxy listens on 127.0.0.1:8080.
+        """
+        backends = startDemoBackends(reactor)  # type: ignore[arg-type]
+        self.addCleanup(backends.stopService)
+        config = demoConfig(backends)
+        self.assertEqual(config.server.listen, ("tcp:8080:interface=127.0.0.1",))
+        assert config.admin is not None
+        self.assertEqual(config.admin.listen, ("tcp:9000:interface=127.0.0.1",))

@@ -179,8 +179,9 @@ CASES = [
         (_post(b"Transfer-Encoding: chunked\r\n", b"\r\nhello\r\n0\r\n\r\n"),),
         (400,),
     ),
-    # A chunk size past the body limit, or chunk lines ended by LF alone,
-    # never complete a body: the body timeout ends them.
+    # A chunk size that overflows, or past the body limit, and chunk lines
+    # ended by LF alone, are refused at once (with the default timeouts, a
+    # wait would end in a 408 long after the client's timeout here).
     Case(
         "chunkSizeOverflow",
         (
@@ -188,10 +189,43 @@ CASES = [
                 b"Transfer-Encoding: chunked\r\n",
                 b"fffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
             ),
-            0.6,
         ),
-        (408,),
-        server=_FAST,
+        (400,),
+    ),
+    Case(
+        "chunkSizeTwentyDigits",
+        (_post(b"Transfer-Encoding: chunked\r\n", b"f" * 20 + b"\r\nhello"),),
+        (400,),
+    ),
+    Case(
+        "chunkSizeLeadingZeros",
+        (
+            _post(
+                b"Transfer-Encoding: chunked\r\n",
+                b"0" * 20 + b"5\r\nhello\r\n0\r\n\r\n",
+            ),
+        ),
+        (200,),
+        (b"/p",),
+        closed=False,
+        bodies=(b"hello",),
+    ),
+    Case(
+        "chunkSizePastBodyLimit",
+        (_post(b"Transfer-Encoding: chunked\r\n", b"ffff\r\nhello"),),
+        (413,),
+        server={"maxBodySize": 1000},
+    ),
+    Case(
+        "chunkSizesTogetherPastBodyLimit",
+        (
+            _post(
+                b"Transfer-Encoding: chunked\r\n",
+                b"5\r\nhello\r\n3e8\r\nworld",
+            ),
+        ),
+        (413,),
+        server={"maxBodySize": 1000},
     ),
     Case(
         "chunkDataTooLong",
@@ -205,9 +239,28 @@ CASES = [
     ),
     Case(
         "chunkBareLF",
-        (_post(b"Transfer-Encoding: chunked\r\n", b"5\nhello\n0\n\n"), 0.6),
-        (408,),
-        server=_FAST,
+        (_post(b"Transfer-Encoding: chunked\r\n", b"5\nhello\n0\n\n"),),
+        (400,),
+    ),
+    Case(
+        "chunkSizeLineBareLF",
+        (_post(b"Transfer-Encoding: chunked\r\n", b"5\n"),),
+        (400,),
+    ),
+    Case(
+        "chunkExtensionBareLF",
+        (_post(b"Transfer-Encoding: chunked\r\n", b"5;a=b\n"),),
+        (400,),
+    ),
+    Case(
+        "chunkDataBareLF",
+        (_post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\n"),),
+        (400,),
+    ),
+    Case(
+        "chunkTrailerBareLF",
+        (_post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n0\r\nX-T: 1\n"),),
+        (400,),
     ),
     Case(
         "chunkedWithTrailer",
@@ -229,6 +282,17 @@ CASES = [
     Case("delInHeaderValue", (_get(extra=b"X-A: a\x7fb\r\n"),), (400,)),
     Case("bareCRInHeaderValue", (_get(extra=b"X-A: a\rb\r\n"),), (400,)),
     Case("bareLFLineEnds", (b"GET / HTTP/1.1\nHost: x\n\n\r\n\r\n",), (400,)),
+    # A head whose lines end with LF alone is refused at once, not left to
+    # the header timeout.
+    Case("bareLFHeadOnly", (b"GET / HTTP/1.1\nHost: x\n\n",), (400,)),
+    Case("bareLFEndsHead", (b"GET / HTTP/1.1\r\nHost: x\r\n\n",), (400,)),
+    Case("bareLFEndsHeader", (b"GET / HTTP/1.1\r\nHost: x\n",), (400,)),
+    Case(
+        "bareLFAfterPipelined",
+        (_get(b"/a") + b"GET /b HTTP/1.1\nHost: x\n\n",),
+        (200, 400),
+        (b"/a",),
+    ),
     Case("bareCRLineEnds", (b"GET / HTTP/1.1\rHost: x\r\r\n\r\n",), (400,)),
     Case("bareLFInsideHeader", (_get(extra=b"X-A: a\nX-B: b\r\n"),), (400,)),
     Case("spaceInHeaderName", (_get(extra=b"X A: a\r\n"),), (400,)),
@@ -360,6 +424,32 @@ CASES = [
         (_get(b"/a", b"Connection: close\r\n") + _get(b"/b"),),
         (200,),
         (b"/a",),
+    ),
+    # Connection: close anywhere in the Connection headers' lists.
+    Case(
+        "connectionCloseInList",
+        (_get(b"/a", b"Connection: close, x-foo\r\nX-Foo: 1\r\n") + _get(b"/b"),),
+        (200,),
+        (b"/a",),
+    ),
+    Case(
+        "connectionCloseLastNoSpace",
+        (_get(b"/a", b"Connection: keep-alive,CLOSE\r\n"),),
+        (200,),
+        (b"/a",),
+    ),
+    Case(
+        "connectionCloseSecondHeader",
+        (_get(b"/a", b"Connection: x-foo\r\nConnection:  Close \r\n"),),
+        (200,),
+        (b"/a",),
+    ),
+    Case(
+        "connectionNotClose",
+        (_get(b"/a", b"Connection: closed, x-close\r\n") + _get(b"/b"),),
+        (200, 200),
+        (b"/a", b"/b"),
+        closed=False,
     ),
     Case(
         "pipelinedSecondMalformed",

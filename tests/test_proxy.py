@@ -136,6 +136,73 @@ class UpstreamHeadersTests(SynchronousTestCase):
         self.assertFalse(policy.trusts("2001:db9::1"))
         self.assertFalse(policy.trusts("not an address"))
 
+    def test_clientIPHeadersFromUntrustedRemoved(self) -> None:
+        """
+        From a client that is not a trusted proxy, every header naming the
+        client (X-Real-IP, True-Client-IP and the rest of the default list,
+        in any case) is removed; other headers stay.
+        """
+        spoofed = [
+            (b"X-Real-IP", [b"10.0.0.1"]),
+            (b"True-Client-IP", [b"10.0.0.2"]),
+            (b"x-client-ip", [b"10.0.0.3"]),
+            (b"CF-Connecting-IP", [b"10.0.0.4"]),
+            (b"Fastly-Client-IP", [b"10.0.0.5"]),
+            (b"X-Cluster-Client-IP", [b"10.0.0.6"]),
+        ]
+        for policy in (
+            ForwardingPolicy(),
+            ForwardingPolicy(forwardedHeaders=False),
+            ForwardingPolicy(trustedProxies=("10.0.0.0/8",)),
+        ):
+            out = upstreamHeaders(
+                CLIENT + spoofed, policy, "192.0.2.1", False, b"example.com"
+            )
+            self.assertEqual([n for n in names(out) if b"ip" in n], [], (policy, out))
+            self.assertEqual(value(out, b"user-agent"), b"curl")
+
+    def test_clientIPHeadersFromTrustedKept(self) -> None:
+        """
+        From a trusted proxy, the headers naming the client pass as they
+        are.
+        """
+        headers = CLIENT + [
+            (b"X-Real-IP", [b"203.0.113.7"]),
+            (b"True-Client-IP", [b"203.0.113.8"]),
+        ]
+        for forwarded in (True, False):
+            policy = ForwardingPolicy(
+                trustedProxies=("10.0.0.0/8",), forwardedHeaders=forwarded
+            )
+            out = upstreamHeaders(headers, policy, "10.1.2.3", False, b"internal")
+            self.assertEqual(value(out, b"x-real-ip"), b"203.0.113.7")
+            self.assertEqual(value(out, b"true-client-ip"), b"203.0.113.8")
+
+    def test_clientIPHeadersConfigurable(self) -> None:
+        """
+        The list of client-IP headers is the policy's: a header left out of
+        it passes, one added to it is removed.
+        """
+        headers = CLIENT + [
+            (b"X-Real-IP", [b"10.0.0.1"]),
+            (b"X-Origin-IP", [b"10.0.0.2"]),
+        ]
+        policy = ForwardingPolicy(clientIPHeaders=frozenset([b"x-origin-ip"]))
+        out = upstreamHeaders(headers, policy, "192.0.2.1", False, b"example.com")
+        self.assertEqual(value(out, b"x-real-ip"), b"10.0.0.1")
+        self.assertIsNone(value(out, b"x-origin-ip"))
+
+    def test_untrustedForwardedRemoved(self) -> None:
+        """
+        RFC 7239 C{Forwarded} from an untrusted client is removed (not
+        extended), as C{X-Forwarded-For} is replaced.
+        """
+        headers = CLIENT + [(b"Forwarded", [b"for=10.0.0.1"])]
+        out = upstreamHeaders(
+            headers, ForwardingPolicy(), "192.0.2.1", False, b"example.com"
+        )
+        self.assertIsNone(value(out, b"forwarded"))
+
     def test_viaAppended(self) -> None:
         """
         This proxy adds itself to Via, after what came before.

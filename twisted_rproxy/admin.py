@@ -35,6 +35,7 @@ from twisted.web.server import Site
 from twisted_rproxy import __version__
 from twisted_rproxy.config import AdminConfig
 from twisted_rproxy.interfaces import IProxyReactor
+from twisted_rproxy.listening import DEFAULT_BACKLOG, adoptListener, withBacklog
 from twisted_rproxy.metrics import MISSING, Metrics, available
 
 if TYPE_CHECKING:
@@ -144,12 +145,12 @@ class Admin:
                 if inherited is None:
                     continue
                 fd, family = inherited
-                port = self.reactor.adoptStreamPort(  # type: ignore[attr-defined]
-                    fd, family, self.site
-                )
-                self._ports.append(port)
+                self._ports.append(adoptListener(self.reactor, fd, family, self.site))
                 continue
-            listening = serverFromString(self.reactor, description).listen(self.site)
+            endpoint = serverFromString(
+                self.reactor, withBacklog(description, DEFAULT_BACKLOG)
+            )
+            listening = endpoint.listen(self.site)
             listening.addCallback(self._ports.append)
             listening.addErrback(
                 lambda f, d=description: _log.failure(

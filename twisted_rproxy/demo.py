@@ -56,6 +56,11 @@ page (pools, servers, health, recent errors; JSON and metrics too)</li>
 
 _COLOURS = ["#2a7ae2", "#d9534f", "#5cb85c", "#f0ad4e"]
 
+#: The demo's ports without C{--listen}: the proxy's and the admin page's,
+#: both on 127.0.0.1 (a demonstration is not for the network to reach).
+DEMO_PORT = 8080
+DEMO_ADMIN_PORT = 9000
+
 
 class DemoBackend(Resource):
     """
@@ -163,21 +168,26 @@ def demoConfig(
     backends: DemoBackends,
     listen: tuple[str, ...] = (),
     staticDirectory: str | None = None,
-    adminListen: str = "tcp:9000:interface=127.0.0.1",
+    adminListen: str | None = None,
 ) -> Config:
     """
-    The configuration of the demo: the proxy on C{listen} (C{tcp:8080} by
-    default) in front of the demo backends (round robin, a cache that says
-    HIT or MISS, compression), the files of C{staticDirectory} under
-    C{/static/}, the admin page on C{adminListen}, and an access log on
+    The configuration of the demo: the proxy on C{listen} (by default
+    127.0.0.1, port L{DEMO_PORT}) in front of the demo backends (round
+    robin, a cache that says HIT or MISS, compression), the files of
+    C{staticDirectory} under C{/static/}, the admin page on C{adminListen}
+    (by default 127.0.0.1, port L{DEMO_ADMIN_PORT}), and an access log on
     standard output.
 
     It is written as the TOML tables a user would write, and checked the
     same way.
     """
     servers = [f"http://127.0.0.1:{_portNumber(port)}" for port in backends.ports]
+    if not listen:
+        listen = (f"tcp:{DEMO_PORT}:interface=127.0.0.1",)
+    if adminListen is None:
+        adminListen = f"tcp:{DEMO_ADMIN_PORT}:interface=127.0.0.1"
     data: dict[str, object] = {
-        "server": {"listen": list(listen or ("tcp:8080",)), "access_log": "-"},
+        "server": {"listen": list(listen), "access_log": "-"},
         "pools": {"demo": {"servers": servers}},
         "caches": {"demo": {"max_size": "16MiB", "status_header": True}},
         "filters": {"compress": {"plugin": "compress"}},

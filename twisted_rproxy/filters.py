@@ -41,7 +41,7 @@ from twisted.internet.interfaces import IReactorTime, ISSLTransport
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
-from twisted.web.http import NO_BODY_CODES, RESPONSES
+from twisted.web.http import NO_BODY_CODES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
@@ -54,7 +54,7 @@ from twisted_rproxy.interfaces import (
     IRequestFilter,
     IResponseFilter,
 )
-from twisted_rproxy.pages import errorBody, renderError
+from twisted_rproxy.pages import errorBody, reasonPhrase, renderError, setStatus
 
 if TYPE_CHECKING:
     from twisted_rproxy.config import FilterConfig, RouteConfig
@@ -381,7 +381,7 @@ class _FilteredResponse:
         if head.code != code:
             request.code = head.code
             if head.phrase == phrase:
-                head.phrase = RESPONSES.get(head.code, b"Unknown Status")
+                head.phrase = reasonPhrase(head.code)
         request.code_message = head.phrase
         request.responseHeaders = head.headers
         if self.transforms:
@@ -399,7 +399,7 @@ class _FilteredResponse:
         request = self.request
         body = errorBody(500)
         request.code = 500
-        request.code_message = RESPONSES[500]
+        request.code_message = reasonPhrase(500)
         request.responseHeaders = Headers(
             {
                 b"content-type": [b"text/html; charset=utf-8"],
@@ -604,7 +604,7 @@ class FilterChain(Resource):
             except TypeError:
                 self._failed(Failure(), request, name, hook)
             return
-        request.setResponseCode(result.code)
+        setStatus(request, result.code)
         headers = request.responseHeaders
         for headerName, value in result.headers:
             headers.addRawHeader(headerName, value)

@@ -13,22 +13,30 @@ refuse: folded header lines (obs-fold) and other control characters
 missing or repeated C{Host}, a C{Host} that is not a host name, an
 absolute-form target whose authority differs from C{Host}, other target
 forms, fragments, C{Transfer-Encoding} in HTTP/1.0 or other than one
-C{chunked}, and request lines past their limit (414).
+C{chunked}, and request lines past their limit (414).  The channel
+(L{twisted_rproxy.server.channel}) adds what needs the parser's state:
+lines ended by a bare LF, and chunk sizes past L{MAX_CHUNK_SIZE} or the
+body limit, are refused as soon as they arrive.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
-from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 
-from twisted_rproxy.pages import errorBody
+from twisted_rproxy.pages import errorBody, reasonPhrase
 
 #: A request or header line with a control character (HTAB aside) or that
 #: starts with white space (obs-fold, RFC 9112 section 5.2: a proxy must
 #: refuse it or replace it, and folding rules differ between parsers).
 BAD_LINE = re.compile(rb"\A[ \t]|[\x00-\x08\x0a-\x1f\x7f]")
+
+#: The largest chunk size accepted in a chunked request body: what a
+#: signed 64-bit parser holds (a backend's may overflow past it, and no
+#: body limit comes near it).
+MAX_CHUNK_SIZE = 2**63 - 1
 
 # RFC 3986 reg-name, IPv4 or [IPv6], with an optional port.
 _HOST = re.compile(
@@ -98,13 +106,45 @@ def checkHead(
     return 0, path
 
 
+def connectionTokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
+    """
+    The lowercased header names listed in C{Connection} header values.
+    """
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip(b" \t").lower() for value in values for token in value.split(b",")
+    )
+
+
+def bodyRateDeadline(start: float, received: int, rate: float, grace: float) -> float:
+    """
+    When a request body falls below its minimum rate, as Kestrel's
+    C{MinRequestBodyDataRate}: the average rate since C{start}, checked
+    once C{grace} seconds have passed.
+
+    With C{received} bytes in, the body keeps its rate until
+    C{received / rate} seconds after C{start}; it is too slow once that
+    time (and the grace period) is past and no more has arrived. One timer
+    then checks a body however it trickles in, instead of one per read.
+
+    @param start: When the body started (or its rate was last reset).
+    @param received: The body bytes received since C{start}.
+    @param rate: The minimum rate in bytes per second, greater than 0.
+    @param grace: The seconds after C{start} the rate is not checked.
+    @return: The time past which the body is too slow, unless more of it
+        arrives before.
+    """
+    return start + max(grace, received / rate)
+
+
 def refusal(status: int, serverHeader: bytes | None = None) -> bytes:
     """
     A whole response refusing a request the channel could not parse: the
     proxy's small page, then the connection closes.
     """
     body = errorBody(status)
-    head = b"HTTP/1.1 %d %s\r\n" % (status, RESPONSES.get(status, b"Error"))
+    head = b"HTTP/1.1 %d %s\r\n" % (status, reasonPhrase(status))
     if serverHeader:
         head += b"Server: " + serverHeader + b"\r\n"
     return (

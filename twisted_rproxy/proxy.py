@@ -16,15 +16,16 @@ from typing import IO, Any
 from attrs import field, frozen
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
 from twisted_rproxy.balance import requestHashKey
+from twisted_rproxy.config import CLIENT_IP_HEADERS
+from twisted_rproxy.hardening import connectionTokens
 from twisted_rproxy.interfaces import IResponseReceiver
-from twisted_rproxy.pages import renderError
+from twisted_rproxy.pages import errorBody, reasonPhrase, renderError
 from twisted_rproxy.pool import (
     BackendError,
     BackendPool,
@@ -90,6 +91,10 @@ class ForwardingPolicy:
         clients never see.
     @ivar responseHidden: Every response header name that is not passed
         on: the hop-by-hop ones and C{hideHeaders}.
+    @ivar clientIPHeaders: Lowercased names of request headers that name
+        the client (C{X-Real-IP}, C{True-Client-IP}...): passed on from
+        trusted proxies only, dropped from anyone else, who could name any
+        address they like.
     """
 
     forwardedHeaders: bool = True
@@ -98,10 +103,34 @@ class ForwardingPolicy:
     hostHeader: str | None = None
     hideHeaders: frozenset[bytes] = frozenset([b"server", b"x-powered-by"])
     responseHidden: frozenset[bytes] = field(init=False)
+    clientIPHeaders: frozenset[bytes] = frozenset(
+        name.encode("ascii") for name in CLIENT_IP_HEADERS
+    )
+    # The request headers not passed on as they are, for a trusted peer and
+    # for anyone else: computed once, looked up for every header.
+    _skipTrusted: frozenset[bytes] = field(init=False)
+    _skipUntrusted: frozenset[bytes] = field(init=False)
 
     @responseHidden.default
     def _responseHidden(self) -> frozenset[bytes]:
         return HOP_BY_HOP | self.hideHeaders
+
+    @_skipTrusted.default
+    def _skipTrustedDefault(self) -> frozenset[bytes]:
+        return _REQUEST_SKIP_FORWARDED if self.forwardedHeaders else _REQUEST_SKIP
+
+    @_skipUntrusted.default
+    def _skipUntrustedDefault(self) -> frozenset[bytes]:
+        return self._skipTrusted | self.clientIPHeaders
+
+    def requestSkipped(self, trustedPeer: bool) -> frozenset[bytes]:
+        """
+        The lowercased names of the request headers that are not passed on
+        as they are (some are rewritten, see L{upstreamHeaders}).
+
+        @param trustedPeer: Whether the request comes from a trusted proxy.
+        """
+        return self._skipTrusted if trustedPeer else self._skipUntrusted
 
     def trusts(self, address: str) -> bool:
         """
@@ -116,17 +145,6 @@ class ForwardingPolicy:
         return any(ip in network for network in self.trustedProxies)
 
 
-def connectionTokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
-    """
-    The lowercased header names listed in C{Connection} header values.
-    """
-    if not values:
-        return frozenset()
-    return frozenset(
-        token.strip(b" \t").lower() for value in values for token in value.split(b",")
-    )
-
-
 def upstreamHeaders(
     headers: Iterable[tuple[bytes, Sequence[bytes]]],
     policy: ForwardingPolicy,
@@ -139,8 +157,9 @@ def upstreamHeaders(
     The headers to send a backend for a client request.
 
     Hop-by-hop headers, those named in C{Connection}, framing headers and
-    C{Expect} are dropped (the proxy frames the body itself); C{Host} is
-    set by the policy; the forwarding headers are added.
+    C{Expect} are dropped (the proxy frames the body itself), and so are the
+    policy's client-IP headers unless C{clientAddress} is a trusted proxy;
+    C{Host} is set by the policy; the forwarding headers are added.
 
     @param headers: The client's headers, as C{(name, [values])} pairs.
     @param clientAddress: The client's IP address.
@@ -150,8 +169,9 @@ def upstreamHeaders(
     @return: C{(name, value)} pairs.
     """
     forwarded = policy.forwardedHeaders
-    dropped = _REQUEST_SKIP_FORWARDED if forwarded else _REQUEST_SKIP
-    trusted = forwarded and policy.trusts(clientAddress)
+    trustedPeer = policy.trusts(clientAddress)
+    dropped = policy.requestSkipped(trustedPeer)
+    trusted = forwarded and trustedPeer
     out: list[tuple[bytes, bytes]] = []
     named: frozenset[bytes] = frozenset()
     forwardedFor: list[bytes] = []
@@ -237,6 +257,27 @@ def downstreamHeaders(
     return out
 
 
+#: The C{Allow} value of a 405 refusing C{TRACE}: the methods forwarded.
+FORWARDED_METHODS = b"GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH"
+
+
+def refuseMethod(request: IRequest, allow: bytes) -> None:
+    """
+    Answer C{request} with the proxy's 405 page and an C{Allow} header.
+
+    @param allow: The C{Allow} value: the methods that are served.
+    """
+    body = errorBody(405)
+    request.setResponseCode(405)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"allow", [allow])
+    headers.setRawHeaders(b"content-type", [b"text/html; charset=utf-8"])
+    headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+    headers.setRawHeaders(b"cache-control", [b"no-store"])
+    request.write(body)
+    request.finish()
+
+
 @implementer(IResponseReceiver)
 class _ProxyExchange:
     """
@@ -260,7 +301,7 @@ class _ProxyExchange:
     ) -> None:
         request = self.request
         request.code = status
-        request.code_message = reason or RESPONSES.get(status, b"Unknown Status")
+        request.code_message = reason or reasonPhrase(status)
         passed = downstreamHeaders(headers, self.policy)
         if isinstance(request, ProxyRequest):
             request.passedHeaders = passed
@@ -347,6 +388,10 @@ class ProxyResource(Resource):
         (other C{Upgrade} requests are forwarded as plain requests, the
         C{Upgrade} header removed, as RFC 9110 allows).
     @ivar tunnelIdleTimeout: Seconds a tunnel may stay silent.
+    @ivar allowTrace: Whether C{TRACE} requests are forwarded. When not
+        (the default), they are answered 405 here: a backend that echoes
+        one would show a script the client's cookies and credentials
+        (cross-site tracing).
     """
 
     isLeaf = True
@@ -358,6 +403,7 @@ class ProxyResource(Resource):
         stripPrefix: bytes = b"",
         websocket: bool = True,
         tunnelIdleTimeout: float = 300.0,
+        allowTrace: bool = False,
     ) -> None:
         super().__init__()
         self.pool = pool
@@ -365,6 +411,7 @@ class ProxyResource(Resource):
         self.stripPrefix = stripPrefix.rstrip(b"/")
         self.websocket = websocket
         self.tunnelIdleTimeout = tunnelIdleTimeout
+        self.allowTrace = allowTrace
         self._seconds = pool._clock.seconds
 
     def render(self, request: IRequest) -> object:
@@ -376,6 +423,9 @@ class ProxyResource(Resource):
             does not declare).
         """
         assert isinstance(request, Request)
+        if request.method == b"TRACE" and not self.allowTrace:
+            refuseMethod(request, FORWARDED_METHODS)
+            return NOT_DONE_YET
         policy = self.policy
         target = request.uri
         if self.stripPrefix and target.startswith(self.stripPrefix):

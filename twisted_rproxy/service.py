@@ -21,6 +21,7 @@ from twisted.web.server import Site
 from twisted_rproxy.cache import buildStores
 from twisted_rproxy.config import Config
 from twisted_rproxy.interfaces import IProxyReactor
+from twisted_rproxy.listening import adoptListener, listeningDescription
 from twisted_rproxy.policies import listenerPolicy, policedFactory
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.server import ProxyRequest, ProxySite
@@ -101,7 +102,7 @@ class ProxyService(MultiService):
         super().startService()  # type: ignore[no-untyped-call]  # python/mypy#16653
         waiting = []
         for description in self.config.server.listen:
-            endpoint = serverFromString(self.reactor, description)
+            endpoint = self._endpoint(description)
             listening = self._listen(
                 description, endpoint, self._policed(description, self._plainSite)
             )
@@ -109,7 +110,7 @@ class ProxyService(MultiService):
         for group, serverTLS in zip(self.config.tls, self.tls, strict=True):
             factory = TLSMemoryBIOFactory(serverTLS, False, self.site)
             for index, description in enumerate(group.listen):
-                endpoint = serverFromString(self.reactor, description)
+                endpoint = self._endpoint(description)
                 listening = self._listen(
                     description, endpoint, self._policed(description, factory)
                 )
@@ -125,6 +126,15 @@ class ProxyService(MultiService):
         if self.admin is not None:
             self.admin.startListening()
 
+    def _endpoint(self, description: str) -> IStreamServerEndpoint:
+        """
+        The endpoint of the listener on C{description}, with its backlog.
+        """
+        endpoint: IStreamServerEndpoint = serverFromString(
+            self.reactor, listeningDescription(self.config.server, description)
+        )
+        return endpoint
+
     def _listen(
         self, description: str, endpoint: IStreamServerEndpoint, factory: Any
     ) -> Deferred[IListeningPort]:
@@ -136,10 +146,7 @@ class ProxyService(MultiService):
         if inherited is None:
             return _listenOrRaise(endpoint, factory)
         fd, family = inherited
-        port = self.reactor.adoptStreamPort(  # type: ignore[attr-defined]
-            fd, family, factory
-        )
-        return succeed(port)
+        return succeed(adoptListener(self.reactor, fd, family, factory))
 
     def _policed(self, description: str, factory: Any) -> Any:
         """

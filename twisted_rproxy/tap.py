@@ -48,7 +48,7 @@ class Options(usage.Options):
         "(a Twisted server endpoint, such as tcp:8080:interface=127.0.0.1; "
         "repeatable) and one --backend URL per backend server (one round-robin "
         "pool), and/or --static DIR. --demo runs a demonstration on "
-        "tcp:8080. --check validates the configuration and exits."
+        "127.0.0.1:8080. --check validates the configuration and exits."
     )
     optFlags = [
         [
@@ -60,8 +60,9 @@ class Options(usage.Options):
         [
             "demo",
             None,
-            "Run the demonstration: the proxy on tcp:8080 (or --listen) in "
-            "front of built-in demo backends on 127.0.0.1.",
+            "Run the demonstration: the proxy on 127.0.0.1:8080 (or --listen) "
+            "in front of built-in demo backends, and its admin page on "
+            "127.0.0.1:9000.",
         ],
         ["version", None, "Print the version and exit."],
     ]

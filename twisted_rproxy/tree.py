@@ -197,6 +197,9 @@ def policyFor(server: ServerConfig, hostHeader: str | None) -> ForwardingPolicy:
         hideHeaders=frozenset(
             name.lower().encode("ascii") for name in server.hideHeaders
         ),
+        clientIPHeaders=frozenset(
+            name.lower().encode("ascii") for name in server.clientIPHeaders
+        ),
     )
 
 
@@ -231,6 +234,7 @@ def buildRoute(
             route.path.encode("ascii") if route.stripPrefix else b"",
             websocket=route.websocket,
             tunnelIdleTimeout=server.tunnelIdleTimeout,
+            allowTrace=route.allowTrace,
         )
     else:
         assert route.static is not None

@@ -24,10 +24,9 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ClientFactory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
 
 from twisted_rproxy.interfaces import IProxyReactor
-from twisted_rproxy.pages import renderError
+from twisted_rproxy.pages import reasonPhrase, renderError
 from twisted_rproxy.pool import BackendPool
 
 _log = Logger()
@@ -280,7 +279,7 @@ class Tunnel:
             self.upgrade is None and 200 <= status < 300
         )
         request.code = status
-        request.code_message = reason or RESPONSES.get(status, b"")
+        request.code_message = reason or reasonPhrase(status)
         lines = [b"HTTP/1.1 %d " % (status,), request.code_message, b"\r\n"]
         hidden = self.hideHeaders | {
             b"connection",

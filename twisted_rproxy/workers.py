@@ -7,7 +7,8 @@ of the configuration, never accepts on them itself, and starts N workers
 (C{twistd rproxy} again, with the sockets passed as inherited file
 descriptors, which each worker adopts with C{adoptStreamPort}): the kernel
 spreads new connections among the workers. A worker that dies is started
-again; SIGTERM stops every worker gracefully (each drains its requests),
+again; SIGTERM closes the listening sockets (new connections are refused
+at once) and stops every worker gracefully (each drains its requests),
 SIGHUP and SIGUSR1 are passed on (reload, reopen the logs).
 
 The admin listener is given to the first worker only, so that its page and
@@ -33,6 +34,7 @@ from twisted.python.failure import Failure
 
 from twisted_rproxy.config import Config
 from twisted_rproxy.interfaces import IProxyReactor
+from twisted_rproxy.listening import listeningDescription
 
 _log = Logger()
 
@@ -126,7 +128,9 @@ class WorkerSupervisor(Service):
         self.count = count
         self.workers: dict[int, _Worker] = {}
         self._ports: list[IListeningPort] = []
-        self._fds: list[int] = []
+        #: The supervisor's descriptor of each listening socket, by the
+        #: number it has in a worker.
+        self._fds: dict[int, int] = {}
         self._proxyListeners: dict[str, tuple[int, int]] = {}
         self._adminListeners: dict[str, tuple[int, int]] = {}
         self._stopping = False
@@ -144,7 +148,7 @@ class WorkerSupervisor(Service):
             for description in group:
                 port = self._open(description)
                 childFD = FIRST_FD + len(self._fds)
-                self._fds.append(port.fileno())  # type: ignore[attr-defined]
+                self._fds[childFD] = port.fileno()  # type: ignore[attr-defined]
                 target[description] = (childFD, port.addressFamily)  # type: ignore[attr-defined]
         _log.info(
             "Supervisor {pid}: starting {count} workers",
@@ -157,9 +161,10 @@ class WorkerSupervisor(Service):
     def _open(self, description: str) -> IListeningPort:
         failures: list[Failure] = []
         ports: list[IListeningPort] = []
-        listening = serverFromString(self.reactor, description).listen(
-            Factory.forProtocol(Protocol)
+        endpoint = serverFromString(
+            self.reactor, listeningDescription(self.config.server, description)
         )
+        listening = endpoint.listen(Factory.forProtocol(Protocol))
         listening.addCallbacks(ports.append, failures.append)
         if failures:
             failures[0].raiseException()
@@ -178,8 +183,10 @@ class WorkerSupervisor(Service):
         if index == 0:
             listeners.update(self._adminListeners)
         childFDs: dict[int, object] = {0: "w", 1: 1, 2: 2}
-        for offset, fd in enumerate(self._fds):
-            childFDs[FIRST_FD + offset] = fd
+        # Only the sockets it adopts: one it held without using would stay
+        # open (listening) as long as it runs.
+        for childFD, _ in listeners.values():
+            childFDs[childFD] = self._fds[childFD]
         worker = _Worker(self, index)
         command = workerCommand(self.rproxyArguments, listeners, index)
         # The signal mask is inherited across fork and exec (Twisted resets
@@ -240,24 +247,31 @@ class WorkerSupervisor(Service):
 
     def stopService(self) -> Deferred[Any]:
         """
-        Stop every worker gracefully (SIGTERM: each drains its requests),
-        killing those still running after the drain timeout and a margin;
-        then close the sockets.
+        Close the listening sockets, and stop every worker gracefully
+        (SIGTERM: each stops accepting too, then drains its requests),
+        killing those still running after the drain timeout and a margin.
+
+        The supervisor's ports opened the sockets, so stopping them shuts
+        the sockets down in every process that holds them (a worker's
+        adopted port only closes its own descriptor): new connections are
+        refused at once, as by a single process that stops, instead of
+        waiting until the drain ends in a queue nobody accepts from.
         """
         Service.stopService(self)
         self._stopping = True
+        ports, self._ports = self._ports, []
+        self._fds = {}
+        stopped = [port.stopListening() for port in ports]
         ended = [worker.ended for worker in self.workers.values()]
         self.signalWorkers(signal.SIGTERM)
         kill = self.reactor.callLater(
             self.config.server.drainTimeout + 5, self.signalWorkers, signal.SIGKILL
         )
 
-        def closed(result: object) -> object:
+        def cancelKill(result: object) -> object:
             if kill.active():
                 kill.cancel()
-            for port in self._ports:
-                port.stopListening()
-            self._ports = []
             return result
 
-        return DeferredList(ended).addBoth(closed)
+        waiting = [d for d in stopped if d is not None] + ended
+        return DeferredList(waiting).addBoth(cancelKill)

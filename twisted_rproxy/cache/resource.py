@@ -25,7 +25,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers as HeadersObject
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
@@ -56,7 +55,7 @@ from twisted_rproxy.cache.policy import (
 from twisted_rproxy.cache.store import CacheEntry
 from twisted_rproxy.config import CacheConfig
 from twisted_rproxy.interfaces import ICacheStore
-from twisted_rproxy.pages import renderError
+from twisted_rproxy.pages import reasonPhrase, renderError
 from twisted_rproxy.static import parseHTTPDate, parseRange
 
 __all__ = ["CacheResource", "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
@@ -807,7 +806,7 @@ class CacheResource(Resource):
             if rangeValues and self._ifRange(request, entry):
                 ranges = parseRange(rangeValues[0], len(body))
                 if ranges == []:
-                    status, reason = 416, RESPONSES[416]
+                    status, reason = 416, reasonPhrase(416)
                     headers = [
                         (n, v)
                         for n, v in headers
@@ -819,7 +818,7 @@ class CacheResource(Resource):
                     body = b""
                 elif ranges is not None and len(ranges) == 1:
                     first, last = ranges[0]
-                    status, reason = 206, RESPONSES[206]
+                    status, reason = 206, reasonPhrase(206)
                     full = len(body)
                     body = body[first : last + 1]
                     headers = [
@@ -833,7 +832,7 @@ class CacheResource(Resource):
         if self.statusHeader:
             passed.append((STATUS_HEADER, label))
         request.code = status
-        request.code_message = reason or RESPONSES.get(status, b"Unknown Status")
+        request.code_message = reason or reasonPhrase(status)
         if hasattr(request, "passedHeaders"):
             request.passedHeaders = passed
         else:

@@ -25,9 +25,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from attrs import evolve
+
 from twisted_rproxy.config.model import (
     _DEFAULT_LISTEN,
     _DEFAULT_POOL,
+    CLIENT_IP_HEADERS,
     COMMAND_LINE,
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_CACHE_KEY,
@@ -89,6 +92,7 @@ __all__ = [
     "backendServers",
     "CacheConfig",
     "CertificateConfig",
+    "CLIENT_IP_HEADERS",
     "COMMAND_LINE",
     "Config",
     "ConfigError",
@@ -164,11 +168,15 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
     _checkDistinctRoutes(routes, source)
     _checkRouteFilters(routes, filters, source)
     _checkRouteCaches(routes, caches, source)
-    tls = (
-        _parseTLSList(data["tls"], source, baseDirectory, server)
-        if "tls" in data
-        else ()
-    )
+    tls: tuple[TLSConfig, ...] = ()
+    if "tls" in data:
+        tls, tlsListeners = _parseTLSList(data["tls"], source, baseDirectory, server)
+        if tlsListeners:
+            # One table of listener settings for every endpoint, [server]'s
+            # and [[tls]]'s (they are distinct: _parseTLSList checks it).
+            server = evolve(
+                server, listeners={**server.listeners, **tlsListeners}
+            )
     return Config(
         source=source,
         server=server,

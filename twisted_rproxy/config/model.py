@@ -99,6 +99,21 @@ _HOST_HEADER_VALUE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:\[\]-]+\Z")
 _URL_PATH = re.compile(r"/[\x21-\x7e]*\Z")
 
 
+CLIENT_IP_HEADERS = (
+    "x-real-ip",
+    "true-client-ip",
+    "x-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-cluster-client-ip",
+)
+"""
+The request headers that other proxies and CDNs use to name the client
+(C{Forwarded} and C{X-Forwarded-For} have rules of their own): the default
+of L{ServerConfig.clientIPHeaders}.
+"""
+
+
 class ConfigError(Exception):
     """
     One configuration mistake: the file, the key and what is wrong.
@@ -320,6 +335,8 @@ class RouteConfig:
     @ivar websocket: Whether C{GET} requests with C{Upgrade: websocket}
         are tunnelled to the pool (a pool route's other upgrades are
         refused).
+    @ivar allowTrace: Whether C{TRACE} requests are forwarded to the pool;
+        when not, they are answered 405.
     """
 
     path: str = "/"
@@ -340,6 +357,7 @@ class RouteConfig:
     websocket: bool = True
     #: The name of the route's cache (C{[caches.NAME]}), or L{None}.
     cache: str | None = None
+    allowTrace: bool = False
 
 
 #: The default components of a cache key.
@@ -413,10 +431,10 @@ class FilterConfig:
 @frozen
 class ListenerConfig:
     """
-    The security settings of one listening endpoint, given as a table in a
-    C{listen} list (C{{ endpoint = "tcp:8081", proxy_protocol = true }}).
-    They apply on top of C{[server]}'s: a connection must pass both access
-    lists.
+    The settings of one listening endpoint, given as a table in a C{listen}
+    list of C{[server]} or C{[[tls]]} (C{{ endpoint = "tcp:8081",
+    proxy_protocol = true }}). Its security settings apply on top of
+    C{[server]}'s: a connection must pass both access lists.
 
     @ivar allow: Networks (normalized CIDR strings) allowed to connect;
         empty for any.
@@ -425,12 +443,17 @@ class ListenerConfig:
         header, or L{None} for C{[server]}'s setting.
     @ivar maxConnectionsPerClient: This listener's per-client connection
         limit, or L{None} for C{[server]}'s.
+    @ivar backlog: The length of the socket's queue of connections not
+        yet accepted, or L{None} for the default
+        (L{twisted_rproxy.listening.DEFAULT_BACKLOG}); a C{backlog=} in the
+        endpoint string wins.
     """
 
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
     proxyProtocol: bool | None = None
     maxConnectionsPerClient: int | None = None
+    backlog: int | None = None
 
 
 @frozen
@@ -480,6 +503,15 @@ class ServerConfig:
         arriving; 0 for no limit.
     @ivar requestTimeout: Seconds a client has to send a whole request,
         body included; 0 for no limit.
+    @ivar minBodyRate: The slowest average rate, in bytes per second, at
+        which a request body may arrive once C{minBodyRateGrace} has passed
+        (408 below it, as Kestrel's C{MinRequestBodyDataRate}); 0 for no
+        limit.
+    @ivar minBodyRateGrace: Seconds a request body has before its rate is
+        checked.
+    @ivar clientIPHeaders: Lowercased names of the request headers that
+        name the client to a backend (C{X-Real-IP} and the like): passed on
+        from C{trustedProxies} only, removed from any other client.
     @ivar listeners: L{ListenerConfig} by endpoint string, for the
         endpoints given as tables in C{listen} (of C{[server]} or
         C{[[tls]]}).
@@ -505,6 +537,9 @@ class ServerConfig:
     headerTimeout: float = 10.0
     bodyTimeout: float = 30.0
     requestTimeout: float = 0.0
+    minBodyRate: int = 240
+    minBodyRateGrace: float = 5.0
+    clientIPHeaders: tuple[str, ...] = CLIENT_IP_HEADERS
     listeners: Mapping[str, ListenerConfig] = field(factory=dict)
     workers: int = 1
     drainTimeout: float = 30.0

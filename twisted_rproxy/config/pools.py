@@ -18,19 +18,20 @@ from twisted_rproxy.config.model import (
     BackendServer,
     ConfigError,
     HealthCheckConfig,
+    ListenerConfig,
     OutlierConfig,
     PoolConfig,
     RetryBudgetConfig,
     ServerConfig,
     TLSConfig,
 )
+from twisted_rproxy.config.server import _listenEntries
 from twisted_rproxy.config.values import (
     _checkDistinctServers,
     _joinKey,
     _namedTables,
     _parseCertificateEntry,
     _parseDuration,
-    _parseListen,
     _parseServerEntry,
     _resolveFile,
     _Table,
@@ -398,9 +399,14 @@ def _parsePoolTLS(
     return result
 
 
-def _parseTLS(index: int, value: object, source: str, baseDirectory: str) -> TLSConfig:
+def _parseTLS(
+    index: int, value: object, source: str, baseDirectory: str
+) -> tuple[TLSConfig, dict[str, ListenerConfig]]:
     """
     Parse one C{[[tls]]} table.
+
+    @return: The group, and the L{ListenerConfig} of each of its endpoints
+        given as a table.
     """
     table = _Table(value, source, f"tls[{index}]")
     table.checkKeys(_TLS_KEYS)
@@ -408,20 +414,25 @@ def _parseTLS(index: int, value: object, source: str, baseDirectory: str) -> TLS
         raise ConfigError(
             source, table.keyOf("listen"), 'is required: endpoints like ["tcp:8443"]'
         )
-    listen = table.stringList("listen", (), allowSingle=True)
-    if isinstance(table.data.get("listen"), str):
-        listenKeys = [table.keyOf("listen")]
-    else:
-        listenKeys = [f"{table.keyOf('listen')}[{i}]" for i in range(len(listen))]
-    for description, listenKey in zip(listen, listenKeys, strict=True):
-        if description.strip().lower().startswith(_TLS_ENDPOINTS):
+    rawListen = table.data["listen"]
+    items = rawListen if isinstance(rawListen, list) else [rawListen]
+    for position, item in enumerate(items):
+        description = item.get("endpoint") if isinstance(item, Mapping) else item
+        if isinstance(description, str) and description.strip().lower().startswith(
+            _TLS_ENDPOINTS
+        ):
+            listenKey = table.keyOf("listen")
+            if isinstance(rawListen, list):
+                listenKey = f"{listenKey}[{position}]"
             raise ConfigError(
                 source,
                 listenKey,
                 f"{description!r} brings its own TLS; give a plain endpoint "
                 'such as "tcp:8443": [[tls]] adds TLS from its certificates',
             )
-    listen = _parseListen(listen, source, listenKeys, table.keyOf("listen"))
+    # The same entries as [server] listen: strings, or tables with a
+    # listener's own settings.
+    listen, listeners = _listenEntries(table, ())
 
     rawCertificates = table.data.get("certificates")
     if rawCertificates is None:
@@ -474,7 +485,7 @@ def _parseTLS(index: int, value: object, source: str, baseDirectory: str) -> TLS
             clientCA, baseDirectory, source, table.keyOf("client_ca")
         )
 
-    return TLSConfig(
+    group = TLSConfig(
         listen=listen,
         certificates=certificates,
         protocols=protocols,
@@ -484,14 +495,18 @@ def _parseTLS(index: int, value: object, source: str, baseDirectory: str) -> TLS
         clientCA=clientCA,
         watchInterval=table.timeout("watch_interval", 0.0) or None,
     )
+    return group, listeners
 
 
 def _parseTLSList(
     value: object, source: str, baseDirectory: str, server: ServerConfig
-) -> tuple[TLSConfig, ...]:
+) -> tuple[tuple[TLSConfig, ...], dict[str, ListenerConfig]]:
     """
     Parse the C{[[tls]]} array of tables, and check what the tables must
     agree on.
+
+    @return: The groups, and the L{ListenerConfig} of each endpoint given
+        as a table in their C{listen} lists.
     """
     if isinstance(value, Mapping):
         value = [value]
@@ -501,10 +516,16 @@ def _parseTLSList(
             "tls",
             f"expected an array of tables ([[tls]]), got {_typeName(value)}",
         )
-    groups = tuple(
+    parsed = [
         _parseTLS(index, group, source, baseDirectory)
         for index, group in enumerate(value)
-    )
+    ]
+    groups = tuple(group for group, _ in parsed)
+    listeners = {
+        endpoint: listener
+        for _, groupListeners in parsed
+        for endpoint, listener in groupListeners.items()
+    }
     seen = {description: "server.listen" for description in server.listen}
     for index, group in enumerate(groups):
         for position, description in enumerate(group.listen):
@@ -532,4 +553,4 @@ def _parseTLSList(
             "only one [[tls]] table may redirect plain HTTP "
             f"(tls[{redirecting[0]}] does)",
         )
-    return groups
+    return groups, listeners

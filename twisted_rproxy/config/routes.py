@@ -54,6 +54,7 @@ _ROUTE_KEYS = (
     "filters",
     "websocket",
     "cache",
+    "allow_trace",
     *_STATIC_KEYS,
 )
 
@@ -120,6 +121,12 @@ def _parseRoute(
                     "applies to pool routes only (a static route serves its "
                     "directory under its path)",
                 )
+        if table.has("allow_trace"):
+            raise table.error(
+                "allow_trace",
+                "applies to pool routes only (a static route answers TRACE "
+                "with 405)",
+            )
 
     staticOptions: dict[str, Any] = {}
     if static is not None:
@@ -139,6 +146,7 @@ def _parseRoute(
         filters=table.stringList("filters", ()),
         websocket=table.boolean("websocket", True),
         cache=table.optionalString("cache"),
+        allowTrace=table.boolean("allow_trace", False),
         **staticOptions,
     )
 

@@ -53,6 +53,9 @@ _SERVER_KEYS = (
     "access_log_format",
     "allow_connect",
     "tunnel_idle_timeout",
+    "min_body_rate",
+    "min_body_rate_grace",
+    "client_ip_headers",
 )
 
 
@@ -71,7 +74,12 @@ _LISTENER_KEYS = (
     "deny",
     "proxy_protocol",
     "max_connections_per_client",
+    "backlog",
 )
+
+#: The largest C{backlog} of a listener (the kernel caps it lower, at
+#: C{net.core.somaxconn}).
+_MAX_BACKLOG = 65535
 
 
 def _listenEntries(
@@ -123,8 +131,40 @@ def _listenEntries(
                 if entry.has("max_connections_per_client")
                 else None
             ),
+            backlog=_backlog(entry),
         )
     return _parseListen(endpoints, table.source, keys, listKey), listeners
+
+
+def _backlog(entry: _Table) -> int | None:
+    """
+    A listener table's C{backlog}: a whole number from 1 to L{_MAX_BACKLOG},
+    or L{None} when it gives none.
+    """
+    if not entry.has("backlog"):
+        return None
+    backlog = entry.integer("backlog", 0, 1)
+    if backlog > _MAX_BACKLOG:
+        raise entry.error(
+            "backlog", f"must be at most {_MAX_BACKLOG}, got {backlog}"
+        )
+    return backlog
+
+
+def _headerNames(table: _Table, name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """
+    A list of header names, lowercased.
+    """
+    names = []
+    for index, header in enumerate(table.stringList(name, default)):
+        if not _TOKEN.match(header):
+            raise ConfigError(
+                table.source,
+                f"{table.keyOf(name)}[{index}]",
+                f"invalid header name {header!r}",
+            )
+        names.append(header.lower())
+    return tuple(names)
 
 
 def _securityOptions(
@@ -145,6 +185,13 @@ def _securityOptions(
         headerTimeout=table.duration("header_timeout", defaults.headerTimeout),
         bodyTimeout=table.duration("body_timeout", defaults.bodyTimeout),
         requestTimeout=table.duration("request_timeout", defaults.requestTimeout),
+        minBodyRate=table.size("min_body_rate", defaults.minBodyRate),
+        minBodyRateGrace=table.duration(
+            "min_body_rate_grace", defaults.minBodyRateGrace
+        ),
+        clientIPHeaders=_headerNames(
+            table, "client_ip_headers", defaults.clientIPHeaders
+        ),
         listeners=listeners,
     )
 

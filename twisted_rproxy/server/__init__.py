@@ -34,10 +34,21 @@ from twisted.web.server import Site
 from twisted_rproxy.config import ServerConfig
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.policies import parseNetworks
-from twisted_rproxy.server.channel import ProxyHTTPChannel, _ChannelSwitcher
+from twisted_rproxy.server.channel import (
+    ProxyHTTPChannel,
+    RequestGuard,
+    _ChannelSwitcher,
+)
 from twisted_rproxy.server.request import BodyPolicy, ProxyRequest, httpDate
 
-__all__ = ["BodyPolicy", "ProxyHTTPChannel", "ProxyRequest", "ProxySite", "httpDate"]
+__all__ = [
+    "BodyPolicy",
+    "ProxyHTTPChannel",
+    "ProxyRequest",
+    "ProxySite",
+    "RequestGuard",
+    "httpDate",
+]
 
 _log = Logger()
 
@@ -89,8 +100,14 @@ class ProxySite(Site):
         defaultPolicy = (config.maxBodySize, config.requestBuffering)
         self.bodyPolicy: BodyPolicy = bodyPolicy or (lambda request: defaultPolicy)
         self._trustedNetworks = parseNetworks(config.trustedProxies)
-        guard = (config.headerTimeout, config.bodyTimeout, config.requestTimeout)
-        self._requestGuard = guard if any(guard) else None
+        guard = RequestGuard(
+            headerTimeout=config.headerTimeout,
+            bodyTimeout=config.bodyTimeout,
+            requestTimeout=config.requestTimeout,
+            minBodyRate=config.minBodyRate,
+            minBodyRateGrace=config.minBodyRateGrace,
+        )
+        self._requestGuard = guard if guard else None
         self._accessLog: TextIO | None = None
         self._formatLine: Callable[[ProxyRequest], str] = (
             self._jsonLine if config.accessLogFormat == "json" else self._combinedLine

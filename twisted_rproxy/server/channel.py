@@ -6,19 +6,32 @@ and checks; and the wrapper that hands TLS connections to HTTP/2.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from attrs import frozen
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import (
     HTTPChannel,
+    _ChunkedTransferDecoder,
     _GenericHTTPChannelProtocol,
+    _MalformedChunkedDataError,
 )
 from twisted.web.server import Request
+from zope.interface import implementer
 
-from twisted_rproxy.hardening import BAD_LINE, checkHead, refusal
+from twisted_rproxy.hardening import (
+    BAD_LINE,
+    MAX_CHUNK_SIZE,
+    bodyRateDeadline,
+    checkHead,
+    connectionTokens,
+    refusal,
+)
 from twisted_rproxy.pages import renderError
 from twisted_rproxy.policies import (
     forwardedFor,
@@ -34,6 +47,120 @@ if TYPE_CHECKING:
 
 
 _log = Logger()
+
+
+@frozen
+class RequestGuard:
+    """
+    The time limits of receiving a request; 0 for none.
+
+    @ivar headerTimeout: Seconds from a request's first byte to the end of
+        its head.
+    @ivar bodyTimeout: Seconds its body may go without a byte arriving.
+    @ivar requestTimeout: Seconds from its first byte to the end of its
+        body.
+    @ivar minBodyRate: The slowest average rate, in bytes per second, of
+        its body once C{minBodyRateGrace} has passed.
+    @ivar minBodyRateGrace: Seconds the body has before its rate counts.
+    """
+
+    headerTimeout: float = 0.0
+    bodyTimeout: float = 0.0
+    requestTimeout: float = 0.0
+    minBodyRate: float = 0.0
+    minBodyRateGrace: float = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.headerTimeout
+            or self.bodyTimeout
+            or self.requestTimeout
+            or self.minBodyRate
+        )
+
+
+class _StrictChunkedDecoder(_ChunkedTransferDecoder):
+    """
+    twisted.web's decoder of chunked request bodies, refusing at once what
+    it would wait on: a chunk-size or trailer line ended by a bare LF
+    (twisted.web waits for a CRLF that never comes), a chunk size past
+    L{MAX_CHUNK_SIZE} (an overflow in the backends' parsers), and one that
+    takes the body past C{maxBody} (C{tooLarge} is called first).
+
+    This, the subclass of a private class of twisted.web, and
+    L{ProxyHTTPChannel} are the one place that reaches into twisted.web's
+    HTTP/1.1 parser (tests/test_clientside.py checks what they rely on).
+
+    @ivar maxBody: The largest body accepted, once the request knows it.
+    """
+
+    maxBody: int | None = None
+    _declared = 0
+
+    def __init__(
+        self,
+        dataCallback: Callable[[bytes], None],
+        finishCallback: Callable[[bytes], None],
+        tooLarge: Callable[[], None],
+    ) -> None:
+        _ChunkedTransferDecoder.__init__(self, dataCallback, finishCallback)
+        self._tooLarge = tooLarge
+
+    def _refuseBareLF(self) -> None:
+        # The line being read ends at the first CRLF (or is not complete):
+        # an LF before it is a bare one.
+        buffer = self._buffer
+        end = buffer.find(b"\r\n")
+        if buffer.find(b"\n", 0, len(buffer) if end < 0 else end) >= 0:
+            raise _MalformedChunkedDataError("Line ended by a bare LF")
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        self._refuseBareLF()
+        if not _ChunkedTransferDecoder._dataReceived_CHUNK_LENGTH(self):
+            return False
+        length: int = self.length
+        if length > MAX_CHUNK_SIZE:
+            raise _MalformedChunkedDataError("Chunk size overflows")
+        self._declared += length
+        maxBody = self.maxBody
+        if maxBody is not None and self._declared > maxBody:
+            self._tooLarge()
+            raise _MalformedChunkedDataError("Chunk size past the body limit")
+        return True
+
+    def _dataReceived_CRLF(self) -> bool:
+        if self._buffer[:1] == b"\n":
+            raise _MalformedChunkedDataError("Chunk ended by a bare LF")
+        return _ChunkedTransferDecoder._dataReceived_CRLF(self)
+
+    def _dataReceived_TRAILER(self) -> bool:
+        self._refuseBareLF()
+        return _ChunkedTransferDecoder._dataReceived_TRAILER(self)
+
+
+@implementer(IPushProducer)
+class _BodyReader:
+    """
+    The client connection as the producer of a streamed request body:
+    pausing it (while no backend takes the body) also stops the clock of
+    the body's rate.
+    """
+
+    __slots__ = ("channel",)
+
+    def __init__(self, channel: ProxyHTTPChannel) -> None:
+        self.channel = channel
+
+    def pauseProducing(self) -> None:
+        self.channel.pauseBody()
+
+    def resumeProducing(self) -> None:
+        self.channel.resumeBody()
+
+    def stopProducing(self) -> None:
+        transport = self.channel.transport
+        if transport is not None:
+            transport.stopProducing()
 
 
 def _closeAfterThis(request: Request, version: bytes) -> bool:
@@ -60,10 +187,16 @@ class ProxyHTTPChannel(HTTPChannel):
     #: The trusted proxies' networks, when any: their forwarding headers
     #: name the client (see L{twisted_rproxy.policies.realClient}).
     trustedProxies: tuple[Any, ...] = ()
-    #: The header, body and request timeouts, or L{None} for none.
-    requestGuard: tuple[float, float, float] | None = None
+    #: The time limits of receiving a request, or L{None} for none.
+    requestGuard: RequestGuard | None = None
     # When the request being received started, or None between requests.
     _requestStart: float | None = None
+    # When the rate of the body being received is measured from (its start,
+    # or the end of a pause), and how much of it had arrived then; None
+    # while no body is being received.
+    _bodyStart: float | None = None
+    _bodyBase = 0
+    _bodyPaused = False
     _guardCall: Any = None
     _host: object = None
     _secure: bool | None = None
@@ -171,6 +304,10 @@ class ProxyHTTPChannel(HTTPChannel):
         if call is not None and call.active():
             call.cancel()
         self._requestStart = None
+        self._bodyStart = None
+        self._cancelGuard()
+
+    def _cancelGuard(self) -> None:
         guard, self._guardCall = self._guardCall, None
         if guard is not None and guard.active():
             guard.cancel()
@@ -200,6 +337,21 @@ class ProxyHTTPChannel(HTTPChannel):
         if secure is None:
             secure = self._secure = bool(HTTPChannel.isSecure(self))
         return secure
+
+    def checkPersistence(self, request: Request, version: bytes) -> bool:
+        """
+        Whether the connection stays open after the response to
+        C{request}: for HTTP/1.1, unless a C{Connection} header lists
+        C{close} (twisted.web looks for it in the first header only, and
+        splits that on spaces, not commas: C{close, foo} kept it open).
+        """
+        if version != b"HTTP/1.1":
+            return False
+        values = request.requestHeaders.getRawHeaders(b"connection")
+        if values and b"close" in connectionTokens(values):
+            request.responseHeaders.setRawHeaders(b"connection", [b"close"])
+            return False
+        return True
 
     def allHeadersReceived(self) -> None:
         self._served = True
@@ -239,6 +391,8 @@ class ProxyHTTPChannel(HTTPChannel):
             renderError(request, refusal)
             self._closing = True
             return
+        if self.length != 0:
+            self._bodyStarted(request)
         request.gotLength(self.length)
         expect = request.requestHeaders.getRawHeaders(b"expect")
         if (
@@ -255,10 +409,12 @@ class ProxyHTTPChannel(HTTPChannel):
         guard = self.requestGuard
         if guard is None:
             HTTPChannel.dataReceived(self, data)
+            self._refuseBareLF()
             return
         if self._requestStart is None and not self._handlingRequest:
             self._requestStart = self._seconds()
         HTTPChannel.dataReceived(self, data)
+        self._refuseBareLF()
         # Most requests arrive whole in one read: no timer for those.
         if (
             self._requestStart is not None
@@ -266,6 +422,19 @@ class ProxyHTTPChannel(HTTPChannel):
             and not self._closing
         ):
             self._scheduleGuard(guard)
+
+    def _refuseBareLF(self) -> None:
+        """
+        Refuse a request line or header line ended by a bare LF, as soon as
+        it is in: twisted.web would wait for a CRLF that may never come.
+
+        Every complete line was taken out of the buffer at its CRLF, so any
+        LF left in the buffer is a bare one. (One inside a complete line is
+        refused by L{lineReceived}.)
+        """
+        buffer = self._buffer
+        if buffer and self.line_mode and not self._closing and b"\n" in buffer:
+            self._refuse(400)
 
     def lineReceived(self, line: bytes) -> None:
         if BAD_LINE.search(line) is None:
@@ -297,7 +466,8 @@ class ProxyHTTPChannel(HTTPChannel):
         request = self.requests[-1] if self.requests else None
         if request is not None and (request.startedWriting or request._streaming):
             # A response (or a backend request) is under way: only closing
-            # is left.
+            # is left (and the access log says why).
+            request.lostStatus = status
             self.forceClose()
             return
         serverHeader = getattr(self.factory, "serverHeader", None)
@@ -329,22 +499,40 @@ class ProxyHTTPChannel(HTTPChannel):
             address = IPv6Address if ":" in client else IPv4Address
             request.client = address(kind, client, 0)  # type: ignore[arg-type]
 
-    def _scheduleGuard(self, guard: tuple[float, float, float]) -> None:
+    def _scheduleGuard(self, guard: RequestGuard) -> None:
         """
         Time the request being received: its head must be in within the
-        header timeout, its body must not stall past the body timeout, and
-        the whole within the request timeout.
+        header timeout, its body must not stall past the body timeout nor
+        fall below the minimum rate, and the whole must be in within the
+        request timeout. One timer does it all, however the request
+        trickles in.
         """
         start = self._requestStart
         if start is None or self._closing:
             return
-        headerTimeout, bodyTimeout, requestTimeout = guard
         deadline = None
         if self.line_mode:
-            if headerTimeout:
-                deadline = start + headerTimeout
-        elif bodyTimeout:
-            deadline = self._lastActivity + bodyTimeout
+            if guard.headerTimeout:
+                deadline = start + guard.headerTimeout
+        else:
+            if guard.bodyTimeout:
+                deadline = self._lastActivity + guard.bodyTimeout
+            bodyStart = self._bodyStart
+            if (
+                guard.minBodyRate
+                and bodyStart is not None
+                and not self._bodyPaused
+                and self.requests
+            ):
+                slow = bodyRateDeadline(
+                    bodyStart,
+                    self.requests[-1].bodyReceived - self._bodyBase,
+                    guard.minBodyRate,
+                    guard.minBodyRateGrace,
+                )
+                if deadline is None or slow < deadline:
+                    deadline = slow
+        requestTimeout = guard.requestTimeout
         if requestTimeout and (deadline is None or start + requestTimeout < deadline):
             deadline = start + requestTimeout
         if deadline is None:
@@ -356,6 +544,69 @@ class ProxyHTTPChannel(HTTPChannel):
             return
         self._guardCall = self.callLater(delay, self._checkGuard)
 
+    def _bodyStarted(self, request: ProxyRequest) -> None:
+        """
+        The head of C{request} is in and its body follows: start the
+        clock of its rate, and make the chunked decoder a strict one.
+        """
+        decoder = self._transferDecoder
+        if type(decoder) is _ChunkedTransferDecoder:
+            strict = _StrictChunkedDecoder(
+                decoder.dataCallback, decoder.finishCallback, self._chunkTooLarge
+            )
+            strict.maxBody = request.maxBody
+            self._transferDecoder = strict
+        guard = self.requestGuard
+        if guard is None or not guard.minBodyRate:
+            return
+        self._bodyStart = self._seconds()
+        self._bodyBase = 0
+        self._bodyPaused = False
+        if self._guardCall is not None:
+            # Timing the head (which came in pieces): time the body now.
+            self._cancelGuard()
+
+    def _chunkTooLarge(self) -> None:
+        """
+        A chunk size takes the request body past its limit: refuse it now
+        (413), before any of that chunk arrives.
+        """
+        if self.requests:
+            self.requests[-1].refuseBody()
+        self._closing = True
+
+    def bodyProducer(self) -> IPushProducer:
+        """
+        The producer a streamed request body pauses while no backend takes
+        it: the connection's transport, with the body's rate clock stopped
+        while it is paused (the client is not slow, the backend is).
+        """
+        return _BodyReader(self)
+
+    def pauseBody(self) -> None:
+        """
+        Stop reading the request body (see L{bodyProducer}).
+        """
+        self._bodyPaused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()
+
+    def resumeBody(self) -> None:
+        """
+        Read the request body again; its rate is measured afresh, from now
+        (see L{bodyProducer}).
+        """
+        self._bodyPaused = False
+        if self._bodyStart is not None and self.requests:
+            self._bodyStart = self._seconds()
+            self._bodyBase = self.requests[-1].bodyReceived
+            guard = self.requestGuard
+            if guard is not None:
+                self._cancelGuard()
+                self._scheduleGuard(guard)
+        if self.transport is not None:
+            self.transport.resumeProducing()
+
     def _checkGuard(self) -> None:
         self._guardCall = None
         guard = self.requestGuard
@@ -364,6 +615,7 @@ class ProxyHTTPChannel(HTTPChannel):
 
     def allContentReceived(self) -> None:
         self._requestStart = None
+        self._bodyStart = None
         if self._closing or not self.requests:
             return
         HTTPChannel.allContentReceived(self)

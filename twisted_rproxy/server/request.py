@@ -20,7 +20,7 @@ from twisted.web.http import (
 )
 from twisted.web.server import Request
 
-from twisted_rproxy.pages import renderError
+from twisted_rproxy.pages import reasonPhrase, renderError
 from twisted_rproxy.pool import RequestBodyStream
 from twisted_rproxy.server.channel import (
     ProxyHTTPChannel,
@@ -76,6 +76,10 @@ class ProxyRequest(Request):
         L{None}.
     @ivar connectTarget: The target of an allowed C{CONNECT} request (its
         C{uri} is then C{b"/"}, for routing).
+    @ivar lostStatus: The status the access log gives the request if its
+        connection is lost before a response started: L{None} for 499
+        (the client left, as nginx logs it), or the status of the proxy's
+        own reason to close it.
     """
 
     # An HTTPChannel of ours or an H2Stream: attributes twisted.web's types
@@ -94,10 +98,21 @@ class ProxyRequest(Request):
     upstreamTime: float | None = None
     upstreamServer: str | None = None
     connectTarget: bytes | None = None
+    lostStatus: int | None = None
     _maxBody: int | None = None
     _received = 0
     _streaming = False
     _refusal: int | None = None
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        """
+        Set the response status; without C{message}, its registered reason
+        phrase (L{reasonPhrase}), where twisted.web would write C{Unknown
+        Status} for codes it does not know (429, 431, 451...).
+        """
+        Request.setResponseCode(
+            self, code, reasonPhrase(code) if message is None else message
+        )
 
     def headersReceived(self, length: int | None) -> int | None:
         """
@@ -124,6 +139,21 @@ class ProxyRequest(Request):
         self._streaming = not buffered and length != 0
         return None
 
+    @property
+    def maxBody(self) -> int | None:
+        """
+        The largest body accepted, once the headers are in (L{None}
+        before, or once the body was refused).
+        """
+        return self._maxBody
+
+    @property
+    def bodyReceived(self) -> int:
+        """
+        How many body bytes have arrived (without the chunked framing).
+        """
+        return self._received
+
     def gotLength(self, length: int | None) -> None:
         if self._maxBody is None:
             # Only HTTP/2 streams get here: ProxyHTTPChannel asks
@@ -134,7 +164,7 @@ class ProxyRequest(Request):
             Request.gotLength(self, length)
             return
         self.content = BytesIO()
-        self.bodyStream = RequestBodyStream(length, self.channel.transport)
+        self.bodyStream = RequestBodyStream(length, self.channel.bodyProducer())
         # Process now, with the body still to come: the proxy forwards it as
         # it arrives.
         self.args = {}
@@ -156,7 +186,7 @@ class ProxyRequest(Request):
         self._streaming = False
         if refusal is not None:
             # The stream can't answer before its constructor returns: the
-            # refusal is sent with the first body bytes (see _refuseBody), or
+            # refusal is sent with the first body bytes (see refuseBody), or
             # when the request ends.
             self._maxBody = 0
             self._refusal = refusal
@@ -166,7 +196,7 @@ class ProxyRequest(Request):
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
         if self._maxBody is not None and self._received > self._maxBody:
-            self._refuseBody()
+            self.refuseBody()
             return
         stream = self.bodyStream
         if stream is not None:
@@ -174,7 +204,12 @@ class ProxyRequest(Request):
         elif self.content is not None:
             self.content.write(data)
 
-    def _refuseBody(self) -> None:
+    def refuseBody(self) -> None:
+        """
+        Refuse the body, past its limit (413, or the refusal decided from
+        an HTTP/2 stream's headers): the connection (or stream) carries
+        nothing more of it.
+        """
         channel = self.channel
         if channel is None or self.finished:
             return
@@ -302,11 +337,19 @@ class ProxyRequest(Request):
         self.channel.writeSequence(head)
 
     def connectionLost(self, reason: Failure) -> None:
+        # Processed (by a filter, the cache or a backend) and not finished:
+        # the access log has a line for it still (Request.finish writes the
+        # others).
+        site = self.site if not self.finished else None
         Request.connectionLost(self, reason)
         callback = self.onConnectionLost
         if callback is not None:
             self.onConnectionLost = None
             callback(reason)
+        if site is not None:
+            if not self.startedWriting:
+                self.code = self.lostStatus or 499
+            site.log(self)
 
     def finish(self) -> None:
         self.onConnectionLost = None

@@ -46,7 +46,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
-from twisted_rproxy.pages import errorBody, renderError
+from twisted_rproxy.pages import errorBody, renderError, setStatus
 from twisted_rproxy.static.rules import (
     _ETAG_SUFFIX,
     _RAW_FORBIDDEN,
@@ -143,7 +143,7 @@ def _renderPage(
     """
     if body is None:
         body = errorBody(status)
-    request.setResponseCode(status)
+    setStatus(request, status)
     responseHeaders = request.responseHeaders
     for name, _ in list(responseHeaders.getAllRawHeaders()):
         if name.lower() not in (b"date", b"server", b"connection"):
