@@ -13,8 +13,7 @@ C{docs/filters.rst}. L{twisted_rproxy.testing} holds test doubles for filter
 authors and embedders.
 """
 
-__version__ = "0.1.0.dev0"
-
+from twisted_rproxy._version import __version__
 from twisted_rproxy.cache import CacheResource, MemoryStore
 from twisted_rproxy.config import (
     Config,

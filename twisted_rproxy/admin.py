@@ -32,14 +32,14 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from twisted_rproxy import __version__
+from twisted_rproxy._version import __version__
 from twisted_rproxy.config import AdminConfig
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.listening import DEFAULT_BACKLOG, adoptListener, withBacklog
 from twisted_rproxy.metrics import MISSING, Metrics, available
 
 if TYPE_CHECKING:
-    from twisted_rproxy.service import ProxyService
+    from twisted_rproxy.interfaces import IProxyStatus
 
 _log = Logger()
 
@@ -86,15 +86,16 @@ def _status(request: Any) -> tuple[int, str, str | None, str | None]:
 
 class Admin:
     """
-    The admin side of a L{ProxyService}: its listeners, metrics and the
-    recent errors it shows.
+    The admin side of a running proxy (an L{IProxyStatus}, such as a
+    L{twisted_rproxy.service.ProxyService}): its listeners, metrics and
+    the recent errors it shows.
 
     @ivar metrics: The L{Metrics}, or L{None} when they are off.
     @ivar recentErrors: The latest 5xx answers, newest last.
     """
 
     def __init__(
-        self, service: ProxyService, config: AdminConfig, reactor: IProxyReactor
+        self, service: IProxyStatus, config: AdminConfig, reactor: IProxyReactor
     ) -> None:
         self.service = service
         self.config = config
@@ -182,7 +183,7 @@ class Admin:
         ]
         bound = [
             f"{getattr(host, 'host', '')}:{getattr(host, 'port', '')}"
-            for host in (port.getHost() for port in service._ports)
+            for host in service.listeningAddresses()
         ]
         routes = [
             {

@@ -28,13 +28,13 @@ from collections.abc import Callable, Sequence
 from hashlib import blake2b
 from typing import TYPE_CHECKING
 
-from attrs import frozen
 from zope.interface import implementer
 
-from twisted_rproxy.interfaces import IBalancer
+from twisted_rproxy.config.hashing import BALANCERS, HashOn, parseHashOn
+from twisted_rproxy.interfaces import IBackendServer, IBalancer
 
 if TYPE_CHECKING:
-    from twisted_rproxy.pool import Backend, BackendRequest
+    from twisted_rproxy.messages import BackendRequest
 
 __all__ = [
     "BALANCERS",
@@ -49,13 +49,6 @@ __all__ = [
     "requestHashKey",
 ]
 
-_TOKEN = frozenset(
-    "!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-)
-
-#: The balancing methods a pool's C{balance} may name.
-BALANCERS = ("round-robin", "least-requests", "random-two", "hash")
-
 
 @implementer(IBalancer)
 class RoundRobinBalancer:
@@ -68,7 +61,9 @@ class RoundRobinBalancer:
     def __init__(self) -> None:
         self._current: dict[int, int] = {}
 
-    def pick(self, servers: list[Backend], request: object) -> Backend | None:
+    def pick(
+        self, servers: Sequence[IBackendServer], request: object
+    ) -> IBackendServer | None:
         if len(servers) == 1:
             only = servers[0]
             return only if only.available else None
@@ -106,7 +101,9 @@ class LeastRequestsBalancer:
     def __init__(self) -> None:
         self._turn = 0
 
-    def pick(self, servers: list[Backend], request: object) -> Backend | None:
+    def pick(
+        self, servers: Sequence[IBackendServer], request: object
+    ) -> IBackendServer | None:
         count = len(servers)
         if count == 1:
             only = servers[0]
@@ -143,7 +140,9 @@ class RandomTwoBalancer:
     def __init__(self, random: Callable[[], float] | None = None) -> None:
         self._random = random if random is not None else _defaultRandom()
 
-    def _draw(self, servers: Sequence[Backend], total: int, skip: object) -> Backend:
+    def _draw(
+        self, servers: Sequence[IBackendServer], total: int, skip: object
+    ) -> IBackendServer:
         point = self._random() * total
         for server in servers:
             if server is skip or not server.available:
@@ -157,7 +156,9 @@ class RandomTwoBalancer:
                 return server
         raise AssertionError("no server to draw")  # pragma: no cover
 
-    def pick(self, servers: list[Backend], request: object) -> Backend | None:
+    def pick(
+        self, servers: Sequence[IBackendServer], request: object
+    ) -> IBackendServer | None:
         total = 0
         candidates = 0
         last = None
@@ -209,13 +210,15 @@ class HashBalancer:
 
     def __init__(self, replicas: int = 160) -> None:
         self._replicas = replicas
-        self._servers: list[Backend] | None = None
-        self._rings: dict[tuple[int, ...], tuple[list[int], list[Backend]]] = {}
+        self._servers: Sequence[IBackendServer] | None = None
+        self._rings: dict[
+            tuple[int, ...], tuple[list[int], Sequence[IBackendServer]]
+        ] = {}
         self._points: list[int] = []
-        self._owners: list[Backend] = []
+        self._owners: Sequence[IBackendServer] = []
         self._fallback = RoundRobinBalancer()
 
-    def _ring(self, servers: list[Backend]) -> None:
+    def _ring(self, servers: Sequence[IBackendServer]) -> None:
         # The pool hands in the same list object until a server's health
         # changes (it never changes a list it handed in), so the ring is
         # found by identity; the few other lists (those of failover
@@ -240,7 +243,9 @@ class HashBalancer:
         self._servers = servers
         self._points, self._owners = ring
 
-    def pick(self, servers: list[Backend], request: BackendRequest) -> Backend | None:
+    def pick(
+        self, servers: Sequence[IBackendServer], request: BackendRequest
+    ) -> IBackendServer | None:
         key = request.hashKey if request is not None else None
         if key is None:
             return self._fallback.pick(servers, request)
@@ -261,42 +266,6 @@ class HashBalancer:
             if owner.available:
                 return owner
         return None
-
-
-@frozen
-class HashOn:
-    """
-    What a hashing pool hashes (C{[pools.NAME] hash_on}).
-
-    @ivar source: C{"client"} (the client's IP address), C{"header"} or
-        C{"cookie"}.
-    @ivar name: The lowercased header or cookie name, or C{b""} for
-        C{"client"}.
-    """
-
-    source: str
-    name: bytes = b""
-
-
-def parseHashOn(value: str) -> HashOn:
-    """
-    Parse a C{hash_on} value: C{"client"}, C{"header:NAME"} or
-    C{"cookie:NAME"}.
-
-    @raise ValueError: With the reason, when C{value} is none of these.
-    """
-    if value == "client":
-        return HashOn("client")
-    source, colon, name = value.partition(":")
-    if not colon or source not in ("header", "cookie"):
-        raise ValueError(
-            f'invalid value {value!r} (expected "client", "header:NAME" or '
-            '"cookie:NAME")'
-        )
-    name = name.strip()
-    if not name or not all(c in _TOKEN for c in name):
-        raise ValueError(f"invalid {source} name {name!r} in {value!r}")
-    return HashOn(source, name.lower().encode("ascii"))
 
 
 def requestHashKey(

@@ -35,9 +35,8 @@ from io import BytesIO
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
-from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime, ISSLTransport
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
@@ -47,6 +46,7 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
+from twisted_rproxy.config.routes import FilterOptionError, setFilterValidator
 from twisted_rproxy.interfaces import (
     IBodyTransform,
     IErrorFilter,
@@ -54,6 +54,7 @@ from twisted_rproxy.interfaces import (
     IRequestFilter,
     IResponseFilter,
 )
+from twisted_rproxy.messages import FilterResponse, RequestContext, ResponseHead
 from twisted_rproxy.pages import errorBody, reasonPhrase, renderError, setStatus
 
 if TYPE_CHECKING:
@@ -71,158 +72,6 @@ __all__ = [
 ]
 
 _log = Logger()
-
-
-class FilterOptionError(Exception):
-    """
-    A filter's option is wrong; raised by L{IFilterFactory.buildFilter}.
-
-    The configuration reports it as C{filters.NAME.OPTION: MESSAGE}.
-
-    @ivar option: The option's key, dotted for a nested one
-        (C{"response.set"}), or C{""} for the table as a whole.
-    @ivar message: What is wrong and, where useful, what is expected.
-    """
-
-    def __init__(self, option: str, message: str) -> None:
-        super().__init__(option, message)
-        self.option = option
-        self.message = message
-
-    def __str__(self) -> str:
-        return f"{self.option}: {self.message}" if self.option else self.message
-
-
-def _toBytes(value: str | bytes) -> bytes:
-    return value.encode("latin-1") if isinstance(value, str) else value
-
-
-_Text = str | bytes
-
-
-def _headerPairs(
-    headers: Mapping[_Text, _Text] | Sequence[tuple[_Text, _Text]],
-) -> tuple[tuple[bytes, bytes], ...]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return tuple((_toBytes(name), _toBytes(value)) for name, value in items)
-
-
-@frozen
-class FilterResponse:
-    """
-    A complete response with which a request or error hook answers.
-
-    @ivar code: The status code.
-    @ivar headers: C{(name, value)} pairs (or a mapping), L{str} or
-        L{bytes}; C{Content-Length} is added.
-    @ivar body: The body, as bytes (not sent for C{HEAD}).
-    """
-
-    code: int
-    headers: tuple[tuple[bytes, bytes], ...] = field(default=(), converter=_headerPairs)
-    body: bytes = b""
-
-    @classmethod
-    def redirect(cls, location: str | bytes, code: int = 302) -> FilterResponse:
-        """
-        A redirect to C{location}.
-        """
-        return cls(code, [(b"Location", _toBytes(location))])
-
-    @classmethod
-    def error(cls, code: int) -> FilterResponse:
-        """
-        The proxy's own error page for C{code} (4xx or 5xx).
-        """
-        return cls(
-            code,
-            [
-                (b"Content-Type", b"text/html; charset=utf-8"),
-                (b"Cache-Control", b"no-store"),
-            ],
-            errorBody(code),
-        )
-
-
-@define
-class ResponseHead:
-    """
-    The head of a response, as response hooks see and change it.
-
-    @ivar code: The status code. Change it and, unless C{phrase} is changed
-        too, the standard reason phrase follows.
-    @ivar phrase: The reason phrase, as bytes.
-    @ivar headers: Every response header (those a backend sent and those
-        the proxy set), to change in place.
-    """
-
-    code: int
-    phrase: bytes
-    headers: Headers
-
-
-@define(eq=False)
-class RequestContext:
-    """
-    What the hooks of one request share, passed to every hook: no globals,
-    no attributes stuck on the request.
-
-    @ivar request: The request.
-    @ivar reactor: The reactor, for timers and clients (treq) in hooks.
-    @ivar route: The L{twisted_rproxy.config.RouteConfig} of the route that
-        took the request (its C{path}, C{host}, C{pool} or C{static},
-        C{filters}), or L{None} for a chain mounted in an application's
-        own tree.
-    @ivar clientAddress: The client's IP address (C{""} if unknown).
-    @ivar started: When the chain received the request
-        (C{reactor.seconds()}).
-    @ivar timings: Named moments: C{"requestFiltered"} (the request hooks
-        are done), C{"responseStarted"} (the head is about to be written),
-        C{"finished"}; add your own with L{mark}.
-    @ivar data: Free for filters: a hook leaves values here for a later
-        hook of the same request, its own or another filter's.
-    """
-
-    request: IRequest
-    reactor: IReactorTime
-    route: object = None
-    clientAddress: str = ""
-    started: float = 0.0
-    timings: dict[str, float] = field(factory=dict)
-    data: dict[str, object] = field(factory=dict)
-
-    def mark(self, name: str) -> float:
-        """
-        Record the time of the moment C{name} in L{timings}; return it.
-        """
-        now = self.reactor.seconds()
-        self.timings[name] = now
-        return now
-
-    def elapsed(self) -> float:
-        """
-        Seconds since the chain received the request.
-        """
-        return self.reactor.seconds() - self.started
-
-    @property
-    def tlsPeer(self) -> object:
-        """
-        The client's TLS certificate (an C{OpenSSL.crypto.X509}), or
-        L{None} when the connection is not TLS or the client sent none.
-        """
-        channel = getattr(self.request, "channel", None)
-        transport = getattr(channel, "transport", None)
-        if transport is None:
-            # An HTTP/2 stream: the TLS transport is its connection's.
-            transport = getattr(getattr(channel, "_conn", None), "transport", None)
-        if not ISSLTransport.providedBy(transport):
-            return None
-        try:
-            return transport.getPeerCertificate()
-        except Exception:
-            # Not negotiated yet, or the connection is gone: no peer.
-            return None
 
 
 def filterFactories() -> dict[str, list[IFilterFactory]]:
@@ -720,3 +569,14 @@ def buildFilterChain(
         factory = findFilterFactory(filterConfig.plugin)
         built.append((name, factory.buildFilter(filterConfig.options)))
     return FilterChain(resource, built, reactor, route)
+
+
+def _validateFilter(plugin: str, options: dict[str, object]) -> None:
+    """
+    The configuration's check of a C{[filters.NAME]} table: the plugin is
+    installed, and it builds a filter from the options.
+    """
+    findFilterFactory(plugin).buildFilter(options)
+
+
+setFilterValidator(_validateFilter)

@@ -22,7 +22,6 @@ body limit, are refused as soon as they arrive.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 
 from twisted.web.http_headers import Headers
 
@@ -104,17 +103,6 @@ def checkHead(
     if not path.startswith(b"/"):
         path = b"/" + path
     return 0, path
-
-
-def connectionTokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
-    """
-    The lowercased header names listed in C{Connection} header values.
-    """
-    if not values:
-        return frozenset()
-    return frozenset(
-        token.strip(b" \t").lower() for value in values for token in value.split(b",")
-    )
 
 
 def bodyRateDeadline(start: float, received: int, rate: float, grace: float) -> float:

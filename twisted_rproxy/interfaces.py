@@ -7,7 +7,7 @@ them to plug their own pieces in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import (
@@ -19,12 +19,14 @@ from twisted.internet.interfaces import (
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    # Only for annotations: twisted_rproxy.pool imports this module.
     from twisted.web.iweb import IRequest
 
-    from twisted_rproxy.cache.store import CacheEntry
-    from twisted_rproxy.filters import RequestContext, ResponseHead
-    from twisted_rproxy.pool import Backend, BackendRequest
+    from twisted_rproxy.messages import (
+        BackendRequest,
+        CacheEntry,
+        RequestContext,
+        ResponseHead,
+    )
 
 
 class IProxyReactor(IReactorTCP, IReactorSSL, IReactorTime, IReactorCore):
@@ -40,7 +42,15 @@ class IBackendServer(Interface):
     One backend server as a balancer sees it.
     """
 
-    weight = Attribute("The server's relative weight, an L{int} >= 1.")
+    weight = Attribute(
+        "The server's balancing weight now, an L{int} >= 1 (below the "
+        "configured one, scaled, during a slow start)."
+    )
+    inFlight = Attribute("The requests on the server now, an L{int}.")
+    server = Attribute(
+        "The server's configuration (a L{twisted_rproxy.config.BackendServer}: "
+        "its C{url} and configured C{weight})."
+    )
     available = Attribute(
         "L{True} when the server can take one more request now (it is not "
         "at its connection limit)."
@@ -55,7 +65,9 @@ class IBalancer(Interface):
     no I/O and reads no clock.
     """
 
-    def pick(servers: list[Backend], request: BackendRequest) -> Backend | None:
+    def pick(
+        servers: Sequence[IBackendServer], request: BackendRequest
+    ) -> IBackendServer | None:
         """
         Choose a server for a request.
 
@@ -282,4 +294,28 @@ class ICacheStore(Interface):
     def keys() -> Iterator[bytes]:
         """
         An iterator over the primary keys stored.
+        """
+
+
+class IProxyStatus(Interface):
+    """
+    A running proxy as its admin page and metrics see it (a
+    L{twisted_rproxy.service.ProxyService} provides it): what they read,
+    and nothing they may change but the site's request observer.
+    """
+
+    config = Attribute("The running L{twisted_rproxy.config.Config}.")
+    pools = Attribute(
+        "The L{twisted_rproxy.pool.BackendPool}s by name (each has C{status()})."
+    )
+    cacheStores = Attribute("The cache stores (L{ICacheStore}) by cache name.")
+    site = Attribute(
+        "The L{twisted_rproxy.server.ProxySite}: its C{connections}, "
+        "C{draining} and C{requestObserver}."
+    )
+    reactor = Attribute("The L{IProxyReactor} the proxy runs on.")
+
+    def listeningAddresses() -> list[object]:
+        """
+        The addresses the proxy's listeners are bound to now.
         """

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from twisted_rproxy.service import ProxyService
+    from twisted_rproxy.interfaces import IProxyStatus
 
 #: What to install when prometheus_client is missing.
 MISSING = (
@@ -70,7 +70,7 @@ class Metrics:
     @ivar registry: The C{prometheus_client.CollectorRegistry}.
     """
 
-    def __init__(self, service: ProxyService) -> None:
+    def __init__(self, service: IProxyStatus) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.service = service
@@ -165,7 +165,7 @@ class _StateCollector:
     Metrics read from the proxy's state when scraped.
     """
 
-    def __init__(self, service: ProxyService) -> None:
+    def __init__(self, service: IProxyStatus) -> None:
         self.service = service
 
     def collect(self) -> Iterator[Any]:

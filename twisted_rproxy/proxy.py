@@ -23,7 +23,6 @@ from zope.interface import implementer
 
 from twisted_rproxy.balance import requestHashKey
 from twisted_rproxy.config import CLIENT_IP_HEADERS
-from twisted_rproxy.hardening import connectionTokens
 from twisted_rproxy.interfaces import IResponseReceiver
 from twisted_rproxy.pages import errorBody, reasonPhrase, renderError
 from twisted_rproxy.pool import (
@@ -33,6 +32,7 @@ from twisted_rproxy.pool import (
     PoolOverloaded,
     RequestBodyStream,
 )
+from twisted_rproxy.rules.headers import HOP_BY_HOP, connectionTokens
 from twisted_rproxy.server import ProxyHTTPChannel, ProxyRequest
 from twisted_rproxy.upgrade import Tunnel, upgradeRequested
 
@@ -42,21 +42,6 @@ _log = Logger()
 _READ_WHOLE = 1024 * 1024
 
 _Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-#: Headers that describe one connection, not the message (RFC 9110 section
-#: 7.6.1), and never cross the proxy in either direction; C{Expect} and the
-#: framing headers are the proxy's own business with each side.
-HOP_BY_HOP = frozenset(
-    [
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-)
 
 _REQUEST_SKIP = HOP_BY_HOP | {b"expect", b"content-length", b"host"}
 _REQUEST_SKIP_FORWARDED = _REQUEST_SKIP | {

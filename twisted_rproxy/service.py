@@ -17,10 +17,12 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.web.server import Site
+from zope.interface import implementer
 
+from twisted_rproxy.admin import Admin
 from twisted_rproxy.cache import buildStores
 from twisted_rproxy.config import Config
-from twisted_rproxy.interfaces import IProxyReactor
+from twisted_rproxy.interfaces import IProxyReactor, IProxyStatus
 from twisted_rproxy.listening import adoptListener, listeningDescription
 from twisted_rproxy.policies import listenerPolicy, policedFactory
 from twisted_rproxy.pool import BackendPool
@@ -31,6 +33,7 @@ from twisted_rproxy.tree import Router, buildResource
 _log = Logger()
 
 
+@implementer(IProxyStatus)
 class ProxyService(MultiService):
     """
     The proxy for one L{Config}.
@@ -84,10 +87,8 @@ class ProxyService(MultiService):
         #: L{twisted_rproxy.workers}), by endpoint description: the file
         #: descriptor and address family.
         self.inheritedListeners: dict[str, tuple[int, int]] = {}
-        self.admin: Any = None
+        self.admin: Admin | None = None
         if config.admin is not None:
-            from twisted_rproxy.admin import Admin
-
             self.admin = Admin(self, config.admin, reactor)
         self._listening: Deferred[list[IListeningPort]] | None = None
         self._retiring: list[Deferred[None]] = []
@@ -240,6 +241,12 @@ class ProxyService(MultiService):
     def _listenFailed(self, failure: Failure) -> Failure:
         _log.failure("Could not listen", failure)
         return failure
+
+    def listeningAddresses(self) -> list[object]:
+        """
+        The addresses the proxy's listeners are bound to now.
+        """
+        return [port.getHost() for port in self._ports]
 
     def whenListening(self) -> Deferred[list[IListeningPort]]:
         """

@@ -17,7 +17,7 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from twisted_rproxy import __version__
+from twisted_rproxy._version import __version__
 from twisted_rproxy.config import (
     COMMAND_LINE,
     Config,

@@ -9,69 +9,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator
 
-from attrs import define, field
 from zope.interface import implementer
 
-from twisted_rproxy.cache.policy import CacheControl, parseCacheControl
 from twisted_rproxy.interfaces import ICacheStore
+from twisted_rproxy.messages import ENTRY_OVERHEAD, CacheEntry
 
 __all__ = ["CacheEntry", "MemoryStore", "ENTRY_OVERHEAD"]
-
-#: Bytes counted for each entry beyond its head and body: the objects that
-#: hold it. An estimate, so that many tiny entries still count.
-ENTRY_OVERHEAD = 256
-
-
-@define(eq=False)
-class CacheEntry:
-    """
-    One stored response.
-
-    @ivar key: The primary cache key (see L{twisted_rproxy.cache.resource}).
-    @ivar variant: The secondary key: the normalized values of the request
-        headers named by C{Vary} (C{b""} without C{Vary}).
-    @ivar varyOn: The lowercased names listed in C{Vary}.
-    @ivar status: The status code.
-    @ivar reason: The reason phrase.
-    @ivar headers: The stored headers (C{Content-Length} always among
-        them), in order.
-    @ivar body: The whole body.
-    @ivar responseTime: When the response (or its last revalidation)
-        arrived.
-    @ivar initialAge: Its corrected initial age then (RFC 9111 section
-        4.2.3).
-    @ivar lifetime: Its freshness lifetime, in seconds.
-    @ivar cacheControl: Its parsed C{Cache-Control}.
-    """
-
-    key: bytes
-    variant: bytes
-    varyOn: tuple[bytes, ...]
-    status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    responseTime: float
-    initialAge: float
-    lifetime: float
-    cacheControl: CacheControl = field(factory=lambda: parseCacheControl([]))
-    size: int = field(init=False)
-
-    @size.default
-    def _size(self) -> int:
-        return self.computeSize()
-
-    def computeSize(self) -> int:
-        """
-        The bytes this entry is counted for.
-        """
-        return (
-            ENTRY_OVERHEAD
-            + len(self.key)
-            + len(self.variant)
-            + len(self.body)
-            + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        )
 
 
 @implementer(ICacheStore)

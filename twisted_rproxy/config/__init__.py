@@ -50,18 +50,22 @@ from twisted_rproxy.config.model import (
     RouteConfig,
     ServerConfig,
     TLSConfig,
+    _typeName,
 )
 from twisted_rproxy.config.pools import (
     _parsePools,
     _parseTLSList,
 )
 from twisted_rproxy.config.routes import (
+    FilterOptionError,
+    FilterValidator,
     _checkDistinctRoutes,
     _checkRouteCaches,
     _checkRouteFilters,
     _parseCaches,
     _parseFilters,
     _parseRoute,
+    setFilterValidator,
 )
 from twisted_rproxy.config.server import (
     ACCESS_LOG_FORMATS,
@@ -70,6 +74,7 @@ from twisted_rproxy.config.server import (
     _parseServer,
     parseWorkers,
 )
+from twisted_rproxy.config.units import parseDuration, parseSize
 from twisted_rproxy.config.values import (
     _checkDistinctServers,
     _checkPath,
@@ -78,14 +83,14 @@ from twisted_rproxy.config.values import (
     _resolveAccessLog,
     _resolveDirectory,
     _Table,
-    _typeName,
     backendServers,
-    parseDuration,
-    parseSize,
     validateEndpoint,
 )
 
 __all__ = [
+    "FilterOptionError",
+    "FilterValidator",
+    "setFilterValidator",
     "ACCESS_LOG_FORMATS",
     "AdminConfig",
     "BackendServer",
@@ -174,9 +179,7 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
         if tlsListeners:
             # One table of listener settings for every endpoint, [server]'s
             # and [[tls]]'s (they are distinct: _parseTLSList checks it).
-            server = evolve(
-                server, listeners={**server.listeners, **tlsListeners}
-            )
+            server = evolve(server, listeners={**server.listeners, **tlsListeners})
     return Config(
         source=source,
         server=server,

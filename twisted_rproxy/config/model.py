@@ -1,30 +1,54 @@
 """
-The configuration's classes: frozen attrs values, and L{ConfigError}.
+The configuration's classes: frozen attrs values (L{ConfigError} and the
+patterns values are checked against are in L{twisted_rproxy.config.base}).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
-from fractions import Fraction
 
 from attrs import field, frozen
 
-from twisted_rproxy.balance import BALANCERS
-
-COMMAND_LINE = "<command line>"
-"""
-The L{ConfigError.source} and L{Config.source} of a configuration built by
-L{configFromArguments}.
-"""
-
-
-NOT_SUPPORTED = "is not supported by this version of twisted_rproxy yet"
-"""
-The L{ConfigError.message} for a table or key that the configuration format
-reserves but this version does not implement yet.
-"""
-
+from twisted_rproxy.config.base import (
+    _BARE_KEY as _BARE_KEY,
+)
+from twisted_rproxy.config.base import (
+    _HEADER_VALUE as _HEADER_VALUE,
+)
+from twisted_rproxy.config.base import (
+    _HOST_HEADER_VALUE as _HOST_HEADER_VALUE,
+)
+from twisted_rproxy.config.base import (
+    _HOST_LABEL as _HOST_LABEL,
+)
+from twisted_rproxy.config.base import (
+    _HOST_NAME as _HOST_NAME,
+)
+from twisted_rproxy.config.base import (
+    _POOL_NAME as _POOL_NAME,
+)
+from twisted_rproxy.config.base import (
+    _TOKEN as _TOKEN,
+)
+from twisted_rproxy.config.base import (
+    _URL_PATH as _URL_PATH,
+)
+from twisted_rproxy.config.base import (
+    _VIA_PSEUDONYM as _VIA_PSEUDONYM,
+)
+from twisted_rproxy.config.base import (
+    COMMAND_LINE as COMMAND_LINE,
+)
+from twisted_rproxy.config.base import (
+    NOT_SUPPORTED as NOT_SUPPORTED,
+)
+from twisted_rproxy.config.base import (
+    ConfigError as ConfigError,
+)
+from twisted_rproxy.config.base import (
+    _typeName as _typeName,
+)
+from twisted_rproxy.config.hashing import BALANCERS, HashOn, parseHashOn
 
 _BALANCERS = BALANCERS
 
@@ -33,70 +57,6 @@ _DEFAULT_LISTEN = ("tcp:8080",)
 
 
 _DEFAULT_POOL = "default"
-
-
-_SIZE_UNITS: Mapping[str, int] = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "kib": 2**10,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 2**20,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 2**30,
-    "t": 10**12,
-    "tb": 10**12,
-    "tib": 2**40,
-}
-
-
-_SIZE_UNIT_NAMES = "B, K, KB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB"
-
-
-_DURATION_UNITS: Mapping[str, Fraction] = {
-    "": Fraction(1),
-    "ms": Fraction(1, 1000),
-    "s": Fraction(1),
-    "m": Fraction(60),
-    "h": Fraction(3600),
-    "d": Fraction(86400),
-}
-
-
-_DURATION_UNIT_NAMES = "ms, s, m, h, d"
-
-
-_NUMBER_AND_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*\Z")
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+\Z")
-
-
-_POOL_NAME = re.compile(r"[A-Za-z0-9_.-]+\Z")
-
-
-_HOST_LABEL = r"[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?"
-
-
-_HOST_NAME = re.compile(rf"{_HOST_LABEL}(?:\.{_HOST_LABEL})*\Z")
-
-
-_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
-
-
-_VIA_PSEUDONYM = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z:-]+\Z")
-
-
-_HEADER_VALUE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\Z")
-
-
-_HOST_HEADER_VALUE = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:\[\]-]+\Z")
-
-
-_URL_PATH = re.compile(r"/[\x21-\x7e]*\Z")
 
 
 CLIENT_IP_HEADERS = (
@@ -112,39 +72,6 @@ The request headers that other proxies and CDNs use to name the client
 (C{Forwarded} and C{X-Forwarded-For} have rules of their own): the default
 of L{ServerConfig.clientIPHeaders}.
 """
-
-
-class ConfigError(Exception):
-    """
-    One configuration mistake: the file, the key and what is wrong.
-
-    @ivar source: The configuration file's path as it was given, or
-        L{COMMAND_LINE}.
-    @ivar key: The dotted path of the offending key, such as
-        C{"pools.app.servers[1]"} or C{"routes[0].pool"}; C{""} when the
-        mistake concerns the whole file.
-    @ivar message: What is wrong and, where useful, what is expected.
-    """
-
-    def __init__(self, source: str, key: str, message: str) -> None:
-        """
-        @param source: See L{ConfigError.source}.
-        @param key: See L{ConfigError.key}.
-        @param message: See L{ConfigError.message}.
-        """
-        super().__init__(source, key, message)
-        self.source = source
-        self.key = key
-        self.message = message
-
-    def __str__(self) -> str:
-        """
-        @return: C{"SOURCE: KEY: MESSAGE"}, or C{"SOURCE: MESSAGE"} when
-            there is no key.
-        """
-        if self.key:
-            return f"{self.source}: {self.key}: {self.message}"
-        return f"{self.source}: {self.message}"
 
 
 @frozen
@@ -300,12 +227,21 @@ class PoolConfig:
     tlsServerName: str | None = None
     tlsClientCertificate: CertificateConfig | None = None
     hashOn: str | None = None
+    #: C{hashOn} parsed (for C{balance = "hash"}, C{"client"} by default),
+    #: or L{None} for other methods; derived, not given.
+    hashBy: HashOn | None = field(init=False, eq=False)
     health: HealthCheckConfig | None = None
     outlier: OutlierConfig | None = None
     panicThreshold: float = 50.0
     retryBudget: RetryBudgetConfig = RetryBudgetConfig()
     retryStatuses: tuple[int, ...] = (502, 503, 504)
     slowStart: float = 0.0
+
+    @hashBy.default
+    def _hashBy(self) -> HashOn | None:
+        if self.balance != "hash":
+            return None
+        return parseHashOn(self.hashOn or "client")
 
 
 @frozen

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from twisted_rproxy.balance import parseHashOn
+from twisted_rproxy.config.hashing import parseHashOn
 from twisted_rproxy.config.model import (
     _BALANCERS,
     _HOST_HEADER_VALUE,
@@ -24,18 +24,18 @@ from twisted_rproxy.config.model import (
     RetryBudgetConfig,
     ServerConfig,
     TLSConfig,
+    _typeName,
 )
 from twisted_rproxy.config.server import _listenEntries
+from twisted_rproxy.config.units import _parseDuration
 from twisted_rproxy.config.values import (
     _checkDistinctServers,
     _joinKey,
     _namedTables,
     _parseCertificateEntry,
-    _parseDuration,
     _parseServerEntry,
     _resolveFile,
     _Table,
-    _typeName,
 )
 
 _POOL_KEYS = (

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted_rproxy.config.model import (
@@ -19,6 +19,7 @@ from twisted_rproxy.config.model import (
     FilterConfig,
     PoolConfig,
     RouteConfig,
+    _typeName,
 )
 from twisted_rproxy.config.values import (
     _EXTENSION,
@@ -29,7 +30,6 @@ from twisted_rproxy.config.values import (
     _normalizeRouteHost,
     _resolveDirectory,
     _Table,
-    _typeName,
 )
 
 _STATIC_KEYS = (
@@ -124,8 +124,7 @@ def _parseRoute(
         if table.has("allow_trace"):
             raise table.error(
                 "allow_trace",
-                "applies to pool routes only (a static route answers TRACE "
-                "with 405)",
+                "applies to pool routes only (a static route answers TRACE with 405)",
             )
 
     staticOptions: dict[str, Any] = {}
@@ -207,14 +206,51 @@ def _parseStaticOptions(table: _Table) -> dict[str, Any]:
     }
 
 
+class FilterOptionError(Exception):
+    """
+    A filter's option is wrong; raised by L{IFilterFactory.buildFilter}.
+
+    The configuration reports it as C{filters.NAME.OPTION: MESSAGE}.
+
+    @ivar option: The option's key, dotted for a nested one
+        (C{"response.set"}), or C{""} for the table as a whole.
+    @ivar message: What is wrong and, where useful, what is expected.
+    """
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(option, message)
+        self.option = option
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.option}: {self.message}" if self.option else self.message
+
+
+#: Checks a filter's plugin name and options (see L{setFilterValidator}).
+FilterValidator = Callable[[str, dict[str, object]], None]
+
+_filterValidator: FilterValidator | None = None
+
+
+def setFilterValidator(validator: FilterValidator) -> None:
+    """
+    Install the check of C{[filters.NAME]} tables: given a plugin name and
+    its options, it raises L{LookupError} for an unknown plugin and
+    L{FilterOptionError} for a wrong option.
+
+    The configuration is data only and knows no plugins, so the filter
+    machinery (L{twisted_rproxy.filters}, which the package imports) installs
+    its check here as it is imported.
+    """
+    global _filterValidator
+    _filterValidator = validator
+
+
 def _parseFilter(name: str, value: object, source: str) -> FilterConfig:
     """
     Parse one C{[filters.NAME]} table: find its plugin and let the plugin
     validate the options (by building the filter once).
     """
-    # Here, not at the top: the filter machinery imports twisted.web.
-    from twisted_rproxy.filters import FilterOptionError, findFilterFactory
-
     key = _joinKey("filters", name)
     if not _POOL_NAME.match(name):
         raise ConfigError(
@@ -228,13 +264,14 @@ def _parseFilter(name: str, value: object, source: str) -> FilterConfig:
         raise table.error(
             "plugin", 'is required: the name of a filter plugin, like "headers"'
         )
+    options = {option: v for option, v in table.data.items() if option != "plugin"}
+    validate = _filterValidator
+    if validate is None:
+        return FilterConfig(name=name, plugin=plugin, options=options)
     try:
-        factory = findFilterFactory(plugin)
+        validate(plugin, options)
     except LookupError as e:
         raise table.error("plugin", str(e.args[0])) from None
-    options = {option: v for option, v in table.data.items() if option != "plugin"}
-    try:
-        factory.buildFilter(options)
     except FilterOptionError as e:
         # The plugin gives the option's path already dotted.
         optionKey = f"{key}.{e.option}" if e.option else key

@@ -18,13 +18,13 @@ from twisted_rproxy.config.model import (
     ConfigError,
     ListenerConfig,
     ServerConfig,
+    _typeName,
 )
 from twisted_rproxy.config.values import (
     _networks,
     _parseListen,
     _resolveAccessLog,
     _Table,
-    _typeName,
 )
 
 _SERVER_KEYS = (
@@ -101,9 +101,7 @@ def _listenEntries(
     elif isinstance(raw, list):
         keys = [f"{listKey}[{i}]" for i in range(len(raw))]
     else:
-        raise table.error(
-            "listen", f"expected a list of strings, got {_typeName(raw)}"
-        )
+        raise table.error("listen", f"expected a list of strings, got {_typeName(raw)}")
     endpoints: list[str] = []
     listeners: dict[str, ListenerConfig] = {}
     for item, key in zip(raw, keys, strict=True):
@@ -145,9 +143,7 @@ def _backlog(entry: _Table) -> int | None:
         return None
     backlog = entry.integer("backlog", 0, 1)
     if backlog > _MAX_BACKLOG:
-        raise entry.error(
-            "backlog", f"must be at most {_MAX_BACKLOG}, got {backlog}"
-        )
+        raise entry.error("backlog", f"must be at most {_MAX_BACKLOG}, got {backlog}")
     return backlog
 
 

@@ -1,6 +1,7 @@
 """
-Reading single values: sizes, durations, endpoints, backend URLs, paths,
-and L{_Table}, the typed accessors whose errors name the full key.
+Reading single values: endpoints, backend URLs, paths (sizes and durations
+are in L{twisted_rproxy.config.units}), and L{_Table}, the typed accessors
+whose errors name the full key.
 """
 
 from __future__ import annotations
@@ -8,11 +9,9 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
-from fractions import Fraction
 from typing import TypeVar, cast
 
 from twisted.internet.endpoints import serverFromString
@@ -20,28 +19,19 @@ from twisted.internet.testing import MemoryReactor
 
 from twisted_rproxy.config.model import (
     _BARE_KEY,
-    _DURATION_UNIT_NAMES,
-    _DURATION_UNITS,
     _HEADER_VALUE,
     _HOST_NAME,
-    _NUMBER_AND_UNIT,
-    _SIZE_UNIT_NAMES,
-    _SIZE_UNITS,
     _URL_PATH,
     NOT_SUPPORTED,
     BackendServer,
     CertificateConfig,
     ConfigError,
+    _typeName,
 )
-
-
-def _typeName(value: object) -> str:
-    """
-    Name the type of a parsed TOML value for an error message.
-    """
-    if isinstance(value, Mapping):
-        return "table"
-    return type(value).__name__
+from twisted_rproxy.config.units import (
+    _parseDuration,
+    _parseSize,
+)
 
 
 def _joinKey(prefix: str, name: str) -> str:
@@ -51,143 +41,6 @@ def _joinKey(prefix: str, name: str) -> str:
     """
     part = name if _BARE_KEY.match(name) else json.dumps(name)
     return f"{prefix}.{part}" if prefix else part
-
-
-def parseSize(value: str | int, source: str, key: str) -> int:
-    """
-    Parse a size in bytes.
-
-    An integer is a number of bytes.  A string is a number, optionally with
-    a decimal fraction, then optional spaces, then an optional unit, case
-    insensitive: C{B}; C{K}, C{KB} (1000), C{KiB} (1024); C{M}, C{MB}, C{MiB};
-    C{G}, C{GB}, C{GiB}; C{T}, C{TB}, C{TiB}.  So C{"64KiB"} is 65536,
-    C{"10MB"} and C{"10M"} are 10000000, C{"1.5 KiB"} is 1536.
-
-    @param value: The size as written.
-    @param source: The file named by the error, if any.
-    @param key: The key named by the error, if any.
-    @return: The size in bytes, at least 0.
-    @raise ConfigError: If C{value} is negative, not a whole number of
-        bytes, or not a size at all.
-    """
-    return _parseSize(value, source, key)
-
-
-def _numberWithUnit(
-    value: str,
-    source: str,
-    key: str,
-    what: str,
-    expected: str,
-    units: Mapping[str, int | float | Fraction],
-    unitNames: str,
-) -> Fraction:
-    """
-    The exact amount a string such as C{"64KiB"} or C{"250ms"} stands for:
-    a non-negative number and a unit of C{units} (case-insensitive).
-    """
-    if value.strip().startswith("-"):
-        raise ConfigError(source, key, f"must not be negative, got {value!r}")
-    match = _NUMBER_AND_UNIT.match(value)
-    if match is None:
-        raise ConfigError(
-            source, key, f"invalid {what} {value!r} (expected {expected})"
-        )
-    number, unit = match.groups()
-    multiplier = units.get(unit.lower())
-    if multiplier is None:
-        raise ConfigError(
-            source,
-            key,
-            f"unknown unit {unit!r} in {what} {value!r} "
-            f"(expected one of {unitNames})",
-        )
-    return Fraction(number) * Fraction(multiplier)
-
-
-def _parseSize(value: object, source: str, key: str) -> int:
-    """
-    L{parseSize} of any parsed TOML value, so that a wrong type gets the same
-    clear message.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ConfigError(
-            source,
-            key,
-            "expected a size (a number of bytes, or a string like "
-            f'"64KiB" or "10MB"), got {_typeName(value)}',
-        )
-    if isinstance(value, int):
-        if value < 0:
-            raise ConfigError(source, key, f"must not be negative, got {value}")
-        return value
-    # Fractions are exact where floats and Decimal's default context round.
-    size = _numberWithUnit(
-        value,
-        source,
-        key,
-        "size",
-        'a number of bytes, or a string like "64KiB" or "10MB"',
-        _SIZE_UNITS,
-        _SIZE_UNIT_NAMES,
-    )
-    if size.denominator != 1:
-        raise ConfigError(source, key, f"size {value!r} is not a whole number of bytes")
-    return size.numerator
-
-
-def parseDuration(value: str | int | float, source: str, key: str) -> float:
-    """
-    Parse a duration in seconds.
-
-    A number (integer or float) is a number of seconds.  A string is a
-    number, optionally with a decimal fraction, then optional spaces, then an
-    optional unit, case insensitive: C{ms}, C{s}, C{m} (minutes), C{h}, C{d}.
-    So C{"250ms"} is 0.25, C{"1.5s"} is 1.5, C{"2m"} is 120.
-
-    @param value: The duration as written.
-    @param source: The file named by the error, if any.
-    @param key: The key named by the error, if any.
-    @return: The duration in seconds, at least 0 and finite.
-    @raise ConfigError: If C{value} is negative, infinite, not a number or
-        not a duration at all.
-    """
-    return _parseDuration(value, source, key)
-
-
-def _parseDuration(value: object, source: str, key: str) -> float:
-    """
-    L{parseDuration} of any parsed TOML value, so that a wrong type gets the
-    same clear message.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(
-            source,
-            key,
-            "expected a duration (a number of seconds, or a string like "
-            f'"5s" or "250ms"), got {_typeName(value)}',
-        )
-    if isinstance(value, str):
-        exact: Fraction | int | float = _numberWithUnit(
-            value,
-            source,
-            key,
-            "duration",
-            'a number of seconds, or a string like "5s", "250ms", "2m" or "1h"',
-            _DURATION_UNITS,
-            _DURATION_UNIT_NAMES,
-        )
-    else:
-        if value < 0:
-            raise ConfigError(source, key, f"must not be negative, got {value}")
-        exact = value
-    try:
-        seconds = float(exact)
-    except OverflowError:
-        seconds = math.inf
-    if not math.isfinite(seconds):
-        raise ConfigError(source, key, f"duration {value!r} is not finite")
-    return seconds
 
 
 # Twisted leaves these two unannotated; typed views keep mypy --strict useful
@@ -473,9 +326,9 @@ def _parseBackendURL(url: str, source: str, key: str, weight: int = 1) -> Backen
     return BackendServer(url=url, scheme=scheme, host=host, port=port, weight=weight)
 
 
-def backendServers(urls: Sequence[str], source: str = "<code>") -> tuple[
-    BackendServer, ...
-]:
+def backendServers(
+    urls: Sequence[str], source: str = "<code>"
+) -> tuple[BackendServer, ...]:
     """
     The L{BackendServer}s of a pool, from their URLs: for embedders who
     build a L{PoolConfig} in code.

@@ -44,7 +44,7 @@ from zope.interface import implementer
 
 from twisted_rproxy.filters import FilterOptionError, RequestContext, ResponseHead
 from twisted_rproxy.interfaces import IBodyTransform, IFilterFactory, IResponseFilter
-from twisted_rproxy.static import parseAcceptEncoding
+from twisted_rproxy.rules.negotiation import parseAcceptEncoding
 
 _brotli: Any
 try:

@@ -29,7 +29,6 @@ from twisted_rproxy.hardening import (
     MAX_CHUNK_SIZE,
     bodyRateDeadline,
     checkHead,
-    connectionTokens,
     refusal,
 )
 from twisted_rproxy.pages import renderError
@@ -39,6 +38,7 @@ from twisted_rproxy.policies import (
     xForwardedFor,
 )
 from twisted_rproxy.pool import writeThrough
+from twisted_rproxy.rules.headers import connectionTokens
 
 if TYPE_CHECKING:
     from twisted_rproxy.server.request import (

@@ -1,33 +1,32 @@
 """
 The decisions of static file serving as plain functions of data: safe path
 segments, content types, entity tags, HTTP dates, ranges and content
-coding negotiation (also used by the cache and the compress filter).
+coding negotiation. The last four are general HTTP rules, in
+L{twisted_rproxy.rules}; they are importable from here too.
 """
 
 from __future__ import annotations
 
-import calendar
 import os
 import re
-import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-MAX_RANGES = 16
-"""
-The most byte ranges served in one response, after overlapping and adjacent
-ranges are coalesced.  A C{Range} header asking for more is ignored and the
-whole file is served (200), as Apache does: a legitimate client gets what it
-needs, and a request for thousands of tiny ranges costs no more than one for
-the whole file.
-"""
+from twisted_rproxy.rules.dates import parseHTTPDate
+from twisted_rproxy.rules.etags import etagMatches
+from twisted_rproxy.rules.negotiation import chooseEncoding, parseAcceptEncoding
+from twisted_rproxy.rules.ranges import MAX_RANGES, parseRange
 
-
-_MAX_RANGE_SPECS = 256
-"""
-A C{Range} header with more elements than this is ignored without being
-parsed further.
-"""
-
+__all__ = [
+    "MAX_RANGES",
+    "chooseEncoding",
+    "contentTypeFor",
+    "etagMatches",
+    "makeETag",
+    "parseAcceptEncoding",
+    "parseHTTPDate",
+    "parseRange",
+    "safeSegmentName",
+]
 
 _DEFAULT_TYPE = "application/octet-stream"
 
@@ -253,258 +252,3 @@ def makeETag(info: os.stat_result, suffix: str = "") -> bytes:
         info.st_size,
         suffix.encode("ascii"),
     )
-
-
-_ETAG = re.compile(rb'\s*(W/)?("[\x21\x23-\x7e\x80-\xff]*")\s*(?:,|$)')
-
-
-def etagMatches(header: bytes, etag: bytes, weak: bool) -> bool:
-    """
-    Whether an C{If-Match} or C{If-None-Match} value matches an entity tag.
-
-    @param header: The field value: C{*} or a list of entity tags (several
-        header lines joined with commas).
-    @param etag: The current strong tag, quoted.
-    @param weak: Use the weak comparison (C{If-None-Match}): C{W/"x"}
-        matches C{"x"}.  Otherwise the strong one (C{If-Match},
-        C{If-Range}): a weak tag matches nothing.
-    @return: Whether any member matches.
-    """
-    stripped = header.strip(b" \t")
-    if stripped == b"*":
-        return True
-    position = 0
-    while position < len(stripped):
-        if stripped[position : position + 1] in (b",", b" ", b"\t"):
-            position += 1
-            continue
-        match = _ETAG.match(stripped, position)
-        if match is None:
-            return False
-        isWeak, opaque = match.group(1), match.group(2)
-        if opaque == etag and (weak or not isWeak):
-            return True
-        position = match.end()
-    return False
-
-
-_MONTHS = {
-    name: number
-    for number, name in enumerate(
-        [b"jan", b"feb", b"mar", b"apr", b"may", b"jun"]
-        + [b"jul", b"aug", b"sep", b"oct", b"nov", b"dec"],
-        start=1,
-    )
-}
-
-
-_IMF_DATE = re.compile(
-    rb"[A-Za-z]{3}, (\d\d) ([A-Za-z]{3}) (\d{4}) (\d\d):(\d\d):(\d\d) GMT"
-)
-
-
-_RFC850_DATE = re.compile(
-    rb"[A-Za-z]{6,9}, (\d\d)-([A-Za-z]{3})-(\d\d) (\d\d):(\d\d):(\d\d) GMT"
-)
-
-
-_ASCTIME_DATE = re.compile(
-    rb"[A-Za-z]{3} ([A-Za-z]{3}) ([ \d]\d) (\d\d):(\d\d):(\d\d) (\d{4})"
-)
-
-
-def parseHTTPDate(value: bytes) -> int | None:
-    """
-    Seconds since the epoch of an HTTP-date in any of the three forms of
-    RFC 9110 section 5.6.7 (C{Sun, 06 Nov 1994 08:49:37 GMT}, the obsolete
-    RFC 850 and asctime forms).
-
-    @param value: The field value.
-    @return: The time, or L{None} if C{value} is not a valid HTTP-date.
-    """
-    value = value.strip(b" \t")
-    match = _IMF_DATE.fullmatch(value)
-    if match is not None:
-        day, month, year, hour, minute, second = match.groups()
-        fullYear = int(year)
-    else:
-        match = _RFC850_DATE.fullmatch(value)
-        if match is not None:
-            day, month, year, hour, minute, second = match.groups()
-            # RFC 9110: a two-digit year more than 50 years in the future
-            # is in the past century.
-            fullYear = 2000 + int(year)
-            if fullYear > time.gmtime().tm_year + 50:
-                fullYear -= 100
-        else:
-            match = _ASCTIME_DATE.fullmatch(value)
-            if match is None:
-                return None
-            month, day, hour, minute, second, year = match.groups()
-            fullYear = int(year)
-    monthNumber = _MONTHS.get(month.lower())
-    if monthNumber is None:
-        return None
-    fields = (int(day), int(hour), int(minute), int(second))
-    if not (1 <= fields[0] <= 31 and fields[1] < 24 and fields[2] < 60):
-        return None
-    if fields[3] > 60:
-        return None
-    return calendar.timegm((fullYear, monthNumber, *fields, 0, 0, 0))
-
-
-_RANGE_SPEC = re.compile(rb"[ \t]*(\d*)[ \t]*-[ \t]*(\d*)[ \t]*")
-
-
-_HUGE = 2**63
-
-
-def _position(digits: bytes) -> int:
-    """
-    The value of a run of ASCII digits; more than 18 of them count as a
-    position past any file (Python refuses to convert very long ones).
-    """
-    return int(digits) if len(digits) <= 18 else _HUGE
-
-
-def parseRange(header: bytes, size: int) -> list[tuple[int, int]] | None:
-    """
-    The byte ranges a C{Range} header asks of a representation of C{size}
-    bytes (RFC 9110 section 14).
-
-    Ranges are clamped to the representation (C{bytes=500-} and
-    C{bytes=0-99999} on a 1000-byte file are C{(500, 999)} and
-    C{(0, 999)}), suffix ranges count from its end (C{bytes=-500}), those
-    that start at or past its end are dropped, and what is left is sorted
-    and coalesced where ranges overlap or touch.
-
-    @param header: The field value, such as C{b"bytes=0-499, -500"}.
-    @param size: The length of the representation, in bytes.
-    @return: L{None} when the header must be ignored (and the whole
-        representation served): another unit than C{bytes}, invalid
-        syntax, a range whose last position is before its first, more
-        than L{MAX_RANGES} ranges after coalescing.  An empty list when no
-        range is satisfiable (416).  Otherwise the ranges as C{(first,
-        last)} byte positions, both inclusive as in C{Content-Range}.
-    """
-    unit, equals, rest = header.partition(b"=")
-    if not equals or unit.strip(b" \t").lower() != b"bytes":
-        return None
-    elements = rest.split(b",")
-    if len(elements) > _MAX_RANGE_SPECS:
-        return None
-    ranges: list[tuple[int, int]] = []
-    specs = 0
-    for element in elements:
-        if not element.strip(b" \t"):
-            # RFC 9110 section 5.6.1: empty list elements are allowed.
-            continue
-        specs += 1
-        match = _RANGE_SPEC.fullmatch(element)
-        if match is None:
-            return None
-        first, last = match.groups()
-        if not first:
-            if not last:
-                return None
-            suffix = _position(last)
-            if suffix > 0 and size > 0:
-                ranges.append((max(0, size - suffix), size - 1))
-            continue
-        start = _position(first)
-        end = _position(last) if last else _HUGE
-        if end < start:
-            return None
-        if start < size:
-            ranges.append((start, min(end, size - 1)))
-    if not specs:
-        return None
-    ranges.sort()
-    merged: list[tuple[int, int]] = []
-    for start, end in ranges:
-        if merged and start <= merged[-1][1] + 1:
-            if end > merged[-1][1]:
-                merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    if len(merged) > MAX_RANGES:
-        return None
-    return merged
-
-
-_QVALUE = re.compile(rb"(?:0(?:\.\d{0,3})?|1(?:\.0{0,3})?)")
-
-
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-
-
-def parseAcceptEncoding(header: bytes) -> dict[str, float]:
-    """
-    The content codings of an C{Accept-Encoding} value with their
-    q-values (RFC 9110 section 12.5.3).
-
-    Codings are lowercased, C{x-gzip} is taken for C{gzip}; a member with
-    an invalid coding or q-value is skipped; when a coding appears twice,
-    the first counts.
-
-    @param header: The field value (several header lines joined with
-        commas), such as C{b"gzip;q=0.5, br, *;q=0"}.
-    @return: Each coding (C{"*"} included) with its q-value, from 0 to 1.
-    """
-    result: dict[str, float] = {}
-    for member in header.split(b","):
-        coding, *parameters = member.split(b";")
-        coding = coding.strip(b" \t").lower()
-        if not coding:
-            continue
-        if _TOKEN.fullmatch(coding) is None:
-            continue
-        quality = 1.0
-        valid = True
-        for parameter in parameters:
-            name, _, value = parameter.partition(b"=")
-            if name.strip(b" \t").lower() != b"q":
-                continue
-            value = value.strip(b" \t")
-            if _QVALUE.fullmatch(value) is None:
-                valid = False
-                break
-            quality = float(value)
-        if not valid:
-            continue
-        codingName = coding.decode("ascii")
-        if codingName == "x-gzip":
-            codingName = "gzip"
-        result.setdefault(codingName, quality)
-    return result
-
-
-def chooseEncoding(header: bytes | None, available: Collection[str]) -> str | None:
-    """
-    The content coding to serve, among those a file has a precompressed
-    sibling for.
-
-    The acceptable codings are those with a q-value above 0, given by name
-    or else by C{*}; the one with the highest q-value wins, C{br} before
-    C{gzip} on a tie.  Without an acceptable one the file is served as it
-    is, even when the client refuses C{identity} (RFC 9110 section 12.5.3
-    allows it, and a 406 helps nobody).
-
-    @param header: The C{Accept-Encoding} value, L{None} without one (no
-        coding is then chosen: clients that can decode say so).
-    @param available: The codings (C{"br"}, C{"gzip"}) there are siblings
-        for.
-    @return: The coding, or L{None} for the file itself.
-    """
-    if header is None or not available:
-        return None
-    accepted = parseAcceptEncoding(header)
-    best: str | None = None
-    bestQuality = 0.0
-    for coding, _ in _SIBLINGS:
-        if coding not in available:
-            continue
-        quality = accepted.get(coding, accepted.get("*", 0.0))
-        if quality > bestQuality:
-            best, bestQuality = coding, quality
-    return best

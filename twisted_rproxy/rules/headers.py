@@ -1,0 +1,35 @@
+"""
+Header rules of HTTP/1.1 connections (RFC 9110 section 7.6.1): which
+headers describe one connection rather than the message, and the names a
+C{Connection} header lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+#: Headers that describe one connection, not the message (RFC 9110 section
+#: 7.6.1), and never cross the proxy in either direction; C{Expect} and the
+#: framing headers are the proxy's own business with each side.
+HOP_BY_HOP = frozenset(
+    [
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+)
+
+
+def connectionTokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
+    """
+    The lowercased header names listed in C{Connection} header values.
+    """
+    if not values:
+        return frozenset()
+    return frozenset(
+        token.strip(b" \t").lower() for value in values for token in value.split(b",")
+    )
