@@ -787,3 +787,130 @@ class RoundRobinTests(SynchronousTestCase):
         h.submit()
         h.submit()
         self.assertEqual([c[1] for c in h.reactor.tcpClients], [8001, 8002])
+
+
+SERVER_ERROR = b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\ngone"
+
+
+class RetryDecisionTests(SynchronousTestCase):
+    """
+    The connection reports what happened to its exchange; the
+    L{twisted_rproxy.pool.Backend} decides whether the request is retried.
+    """
+
+    def test_serverErrorRetriedElsewhere(self) -> None:
+        """
+        A 503 to a GET goes to the other server; the first connection
+        drops the rest of the 503 and stays usable.
+        """
+        h = Harness(self, server(8001), server(8002))
+        recorder = h.submit()
+        protocol, _ = h.accept(0)
+        protocol.dataReceived(SERVER_ERROR[:20])
+        protocol.dataReceived(SERVER_ERROR[20:])
+        self.assertIsNone(recorder.status)
+        self.assertEqual(h.attempts, 2)
+        self.assertEqual(h.reactor.tcpClients[1][1], 8002)
+        self.assertEqual(len(h.pool.servers[0].idle), 1)
+        other, _ = h.accept(1)
+        other.dataReceived(OK)
+        self.assertEqual((recorder.status, recorder.body), (200, b"hello"))
+        self.assertEqual(h.pool.retryCount, 1)
+
+    def test_serverErrorNotRetried(self) -> None:
+        """
+        A 503 to a POST, or a status not in C{retryStatuses}, goes to the
+        client, and counts as a failure of the server.
+        """
+        for request, response in [
+            (get(b"/", b"POST", b"x"), SERVER_ERROR),
+            (get(), SERVER_ERROR.replace(b"503", b"500")),
+        ]:
+            h = Harness(self, server(8001), server(8002))
+            recorder = h.submit(request)
+            protocol, _ = h.accept(0)
+            protocol.dataReceived(response)
+            self.assertIn(recorder.status, (500, 503))
+            self.assertTrue(recorder.finished)
+            self.assertEqual(h.attempts, 1)
+            self.assertEqual(h.pool.servers[0].failures, 1)
+
+    def test_serverErrorWithoutRetryLeft(self) -> None:
+        """
+        With C{retries = 0}, a 503 goes to the client.
+        """
+        h = Harness(self, server(8001), server(8002), retries=0)
+        recorder = h.submit()
+        protocol, _ = h.accept(0)
+        protocol.dataReceived(SERVER_ERROR)
+        self.assertEqual(recorder.status, 503)
+        self.assertEqual(h.attempts, 1)
+
+    def test_malformedHeadRetriedElsewhere(self) -> None:
+        """
+        A malformed head, before anything reached the client, sends a GET
+        to the other server.
+        """
+        h = Harness(self, server(8001), server(8002))
+        recorder = h.submit()
+        protocol, transport = h.accept(0)
+        protocol.dataReceived(b"HTTP/1.1 2000 Nope\r\n\r\n")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(h.attempts, 2)
+        other, _ = h.accept(1)
+        other.dataReceived(OK)
+        self.assertTrue(recorder.finished)
+        self.assertIsNone(recorder.failure)
+
+    def test_malformedBodyNotRetried(self) -> None:
+        """
+        A malformed chunked body, after the head reached the client,
+        fails the exchange.
+        """
+        h = Harness(self, server(8001), server(8002))
+        recorder = h.submit()
+        protocol, _ = h.accept(0)
+        protocol.dataReceived(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        )
+        self.assertEqual(recorder.status, 200)
+        self.assertIsInstance(recorder.failure, BackendProtocolError)
+        self.assertEqual(h.attempts, 1)
+
+    def test_staleConnectionNotRetriedWhenClosed(self) -> None:
+        """
+        A kept-alive connection closed as it is reused, once the pool is
+        shut down: the request fails rather than dialling again.
+        """
+        h = Harness(self)
+        h.submit()
+        protocol, _ = h.accept()
+        protocol.dataReceived(OK)
+        recorder = h.submit()
+        h.pool.close()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsInstance(recorder.failure, BackendUnavailable)
+        self.assertEqual(h.attempts, 1)
+
+    def test_staleConnectionRetriesOnce(self) -> None:
+        """
+        A stale connection uses up a retry: with none left, the request
+        fails.
+        """
+        h = Harness(self, retries=0)
+        h.submit()
+        protocol, _ = h.accept()
+        protocol.dataReceived(OK)
+        recorder = h.submit()
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertIsInstance(recorder.failure, BackendUnavailable)
+        self.assertEqual(h.attempts, 1)
+
+    def test_hostFromBackendIPv6(self) -> None:
+        """
+        An IPv6 server's authority is in brackets in the C{Host}.
+        """
+        h = Harness(self, server(8123, host="::1"))
+        h.submit(BackendRequest(b"GET", b"/", [], b"", 0, None, hostFromBackend=True))
+        _, transport = h.accept()
+        self.assertIn(b"\r\nHost: [::1]:8123\r\n", transport.value())

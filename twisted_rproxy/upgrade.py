@@ -17,7 +17,7 @@ rules apply to tunnels as to the route's other requests.
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
@@ -28,14 +28,19 @@ from twisted.python.failure import Failure
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.pages import reasonPhrase, renderError
 from twisted_rproxy.pool import BackendPool
+from twisted_rproxy.rules.http1 import (
+    MAX_RESPONSE_HEAD,
+    ResponseHead,
+    ResponseParser,
+    formatAuthority,
+    formatRequestHead,
+)
 
 _log = Logger()
 
-#: The largest backend response head accepted on a tunnel.
-MAX_HEAD = 65536
-
-_STATUS = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([^\r\n]*))?")
-_HEADER = re.compile(rb"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*\r\n")
+#: The largest backend response head accepted on a tunnel: the same as on a
+#: pooled connection.
+MAX_HEAD = MAX_RESPONSE_HEAD
 
 
 def upgradeRequested(method: bytes, headers: Any) -> bytes | None:
@@ -69,31 +74,52 @@ def tunnelHead(
     @param upgrade: The C{Upgrade} value to ask for, or L{None} for a
         C{CONNECT}.
     """
-    lines = [method, b" ", target, b" HTTP/1.1\r\n"]
-    for name, value in headers:
-        lines += (name, b": ", value, b"\r\n")
     if upgrade is not None:
-        lines += (b"Connection: Upgrade\r\nUpgrade: ", upgrade, b"\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
+        headers = [*headers, (b"Connection", b"Upgrade"), (b"Upgrade", upgrade)]
+    return formatRequestHead(method, target, headers)
+
+
+class _FirstHead:
+    """
+    Keeps the head a L{ResponseParser} reports (the last one), for
+    L{parseResponseHead}.
+    """
+
+    head: ResponseHead | None = None
+
+    def interimHead(self, head: ResponseHead) -> None:
+        self.head = head
+
+    def responseHead(self, head: ResponseHead) -> Callable[[bytes], None]:
+        self.head = head
+        return self.bodyData
+
+    def bodyData(self, data: bytes) -> None:
+        pass
+
+    def responseEnd(self, keepAlive: bool) -> None:
+        pass
+
+    def protocolError(self, reason: str) -> None:
+        pass
 
 
 def parseResponseHead(
     head: bytes,
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]]] | None:
     """
-    Parse a backend response head (up to and with its final blank line).
+    Parse a backend response head (up to and with its final blank line),
+    by the rules of L{ResponseParser}.
 
     @return: The status, reason and headers, or L{None} if it is malformed.
     """
-    match = _STATUS.match(head)
-    if match is None:
+    first = _FirstHead()
+    parser = ResponseParser(first, allowSwitch=True)
+    parser.expect(b"GET")
+    parser.feed(head)
+    if first.head is None:
         return None
-    lineEnd = head.find(b"\r\n") + 2
-    headers = _HEADER.findall(head, lineEnd, len(head) - 2)
-    if len(headers) != head.count(b"\r\n", lineEnd) - 1:
-        return None
-    return int(match.group(1)), match.group(2) or b"", headers
+    return first.head.status, first.head.reason, first.head.headers
 
 
 class _Side(Protocol):
@@ -171,7 +197,7 @@ class Tunnel:
         self.site = request.channel.site
         self._backend: _BackendSide | None = None
         self._client: Any = None
-        self._buffer = b""
+        self._parser = ResponseParser(self, allowSwitch=True)
         self._open = False
         self._responseOnly = False
         self._remaining: int | None = None
@@ -207,8 +233,10 @@ class Tunnel:
         headers = self.headers
         if self.hostFromBackend:
             server = self._server
-            headers = [(b"Host", f"{server.host}:{server.port}".encode())] + headers
+            host = formatAuthority(server.host, server.port, server.scheme)
+            headers = [(b"Host", host), *headers]
         method = b"CONNECT" if self.upgrade is None else self.request.method
+        self._parser.expect(method)
         assert backend.transport is not None
         backend.transport.write(tunnelHead(method, self.target, headers, self.upgrade))
 
@@ -226,28 +254,37 @@ class Tunnel:
         if self._open:
             self._toClient(data)
             return
-        self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
-        if end > MAX_HEAD or (end < 0 and len(self._buffer) > MAX_HEAD):
-            # However the bytes arrive: all at once or in pieces.
-            self._badResponse()
-            return
-        if end < 0:
-            return
-        head, rest = self._buffer[: end + 4], self._buffer[end + 4 :]
-        self._buffer = b""
-        parsed = parseResponseHead(head)
-        if parsed is None:
-            self._badResponse()
-            return
-        status, reason, headers = parsed
-        if 100 <= status < 200 and status != 101:
-            # An interim response: the real one follows.
-            self._buffer = rest
-            if rest:
-                self.fromBackend(b"")
-            return
-        self._responseHead(status, reason, headers, rest)
+        self._parser.feed(data)
+
+    # What the parser reports of the backend's answer (ResponseEvents): the
+    # final head only, as the parser is detached there.
+
+    def interimHead(self, head: ResponseHead) -> None:
+        """
+        A 1xx other than 101: the real answer follows.
+        """
+
+    def responseHead(self, head: ResponseHead) -> Callable[[bytes], None]:
+        """
+        The backend's answer: a switch opens the tunnel, anything else goes
+        to the client as it is (the parser is detached: the body is not
+        parsed).
+        """
+        rest = self._parser.detach()
+        self._responseHead(head, rest)
+        return self._toClient
+
+    def responseEnd(self, keepAlive: bool) -> None:
+        """
+        Never called: the parser is detached at the final head.
+        """
+
+    def protocolError(self, reason: str) -> None:
+        """
+        The backend's answer is malformed: the client gets 502.
+        """
+        _log.info("Tunnel: malformed response from the backend: {why}", why=reason)
+        self._badResponse()
 
     def _badResponse(self) -> None:
         self._done = True
@@ -258,13 +295,8 @@ class Tunnel:
         if not self.request.finished and self.request.channel is not None:
             renderError(self.request, 502)
 
-    def _responseHead(
-        self,
-        status: int,
-        reason: bytes,
-        headers: list[tuple[bytes, bytes]],
-        rest: bytes,
-    ) -> None:
+    def _responseHead(self, head: ResponseHead, rest: bytes) -> None:
+        status, reason, headers = head.status, head.reason, head.headers
         request = self.request
         request.onConnectionLost = None
         started = request.upstreamStarted
@@ -287,11 +319,10 @@ class Tunnel:
             b"proxy-connection",
             b"upgrade",
         }
+        if not switched:
+            self._remaining = head.contentLength
         for name, value in headers:
-            lower = name.lower()
-            if lower == b"content-length" and not switched:
-                self._remaining = int(value) if value.isdigit() else None
-            if lower in hidden:
+            if name.lower() in hidden:
                 continue
             lines += (name, b": ", value, b"\r\n")
         if switched and self.upgrade is not None:

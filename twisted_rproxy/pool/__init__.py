@@ -18,8 +18,8 @@ here the servers and the pool.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 from attrs import frozen
 from twisted.internet import error as ierror
@@ -30,10 +30,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_rproxy.balance import HashOn, balancerFor, parseHashOn
-
 # Re-exported: it lived here before twisted_rproxy.balance.
 from twisted_rproxy.balance import RoundRobinBalancer as RoundRobinBalancer
+from twisted_rproxy.balance import balancerFor
 from twisted_rproxy.health import (
     WEIGHT_SCALE,
     HealthChecker,
@@ -61,6 +60,7 @@ from twisted_rproxy.pool.request import (
     RequestBodyStream,
     _Exchange,
 )
+from twisted_rproxy.rules.http1 import formatAuthority
 from twisted_rproxy.tls import backendConnectionCreators
 
 if TYPE_CHECKING:
@@ -300,6 +300,73 @@ class Backend:
         self._closing.discard(connection)
         self.pool._connectionGone()
 
+    # What a connection reports about its exchange: the pool decides
+    # whether the request is tried again.
+
+    def serverError(self, exchange: _Exchange, status: int) -> bool:
+        """
+        This server answered C{exchange} with a 5xx: count the failure, and
+        retry the request on another server when it may be (an idempotent
+        request, a status in the pool's C{retryStatuses}, a retry left, the
+        retry budget).
+
+        @return: Whether the request went to another server; the
+            connection then reads and drops the rest of the response (so
+            that it stays usable), and C{exchange} is no longer its.
+        """
+        self.noteFailure()
+        pool = self.pool
+        if status not in pool.config.retryStatuses or not exchange.request.replayable:
+            return False
+        target = pool._retryTarget(exchange)
+        if target is None:
+            return False
+        # Let go of the old connection before the new one takes it.
+        exchange.connection = None
+        target.assign(exchange)
+        return True
+
+    def responseFailed(
+        self, exchange: _Exchange, reason: BackendError, beforeResponse: bool
+    ) -> None:
+        """
+        C{exchange} failed on this server with C{reason}, and its
+        connection is closed: count the failure, and retry the request on
+        another server if nothing of the response was passed on yet and it
+        may be sent again; else it fails.
+
+        @param beforeResponse: Whether the failure came before the final
+            response head.
+        """
+        self.noteFailure()
+        if (
+            beforeResponse
+            and not exchange.done
+            and exchange.request.replayable
+            and self.pool._retryElsewhere(exchange)
+        ):
+            return
+        exchange.fail(reason)
+
+    def staleConnection(self, exchange: _Exchange) -> bool:
+        """
+        The kept-alive connection that carried C{exchange} was closed by
+        this server as it was reused, before any byte of an answer (a race
+        with its idle timeout, not a failure): send the request again, on
+        a fresh connection to this server, if it may be.
+
+        @return: Whether it was.
+        """
+        if (
+            not exchange.request.replayable
+            or exchange.retriesLeft <= 0
+            or self.pool._closed
+        ):
+            return False
+        exchange.retriesLeft -= 1
+        self.assign(exchange, fresh=True)
+        return True
+
     def checkConsistency(self) -> None:
         """
         Check that every connection is in one state only, and that the
@@ -347,13 +414,7 @@ class _ConnectionFactory(ClientFactory):
 
 
 def _hostPort(server: BackendServer) -> bytes:
-    host = server.host
-    if ":" in host:
-        host = f"[{host}]"
-    default = 443 if server.scheme == "https" else 80
-    if server.port == default:
-        return host.encode("idna") if not host.startswith("[") else host.encode()
-    return f"{host}:{server.port}".encode()
+    return formatAuthority(server.host, server.port, server.scheme)
 
 
 @frozen
@@ -465,9 +526,7 @@ class BackendPool:
         )
         #: What a hashing pool hashes: the proxy computes each request's
         #: C{hashKey} only when this is not L{None}.
-        self.hashOn: HashOn | None = (
-            parseHashOn(config.hashOn or "client") if config.balance == "hash" else None
-        )
+        self.hashOn = config.hashBy
         self.servers = [Backend(self, server) for server in config.servers]
         # The servers that take new requests; a new list whenever health
         # changes, never changed in place (balancers may cache by identity).
@@ -522,11 +581,17 @@ class BackendPool:
         if not eligible:
             exchange.fail(NoHealthyServers("no healthy server"))
             return
-        server = self._balancer.pick(eligible, exchange.request)
+        server = self._pick(eligible, exchange.request)
         if server is None:
             self._enqueue(exchange)
         else:
             server.assign(exchange)
+
+    def _pick(
+        self, servers: Sequence[Backend], request: BackendRequest
+    ) -> Backend | None:
+        # A balancer answers with one of the servers it is given.
+        return cast("Backend | None", self._balancer.pick(servers, request))
 
     def connectTunnel(self, factory: ClientFactory) -> BackendServer | None:
         """
@@ -643,7 +708,7 @@ class BackendPool:
     def _dispatchPending(self) -> None:
         pending = self._pending
         while pending:
-            server = self._balancer.pick(self._eligible, pending[0].request)
+            server = self._pick(self._eligible, pending[0].request)
             if server is None:
                 return
             exchange = pending.popleft()
@@ -693,7 +758,7 @@ class BackendPool:
         others = [s for s in self._eligible if s not in tried]
         if not others:
             return None
-        server = self._balancer.pick(others, exchange.request)
+        server = self._pick(others, exchange.request)
         if server is None:
             return None
         if not self._budget.allow(self._clock.seconds(), self.requestCount):
