@@ -11,8 +11,8 @@ from attrs import evolve
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 
+from tests.fixtures import LoopbackTestCase, asyncTest, backendServer, sleep
 from tests.loopback import RecordedRequest, RecordingBackend, Reply
-from tests.test_integration import LoopbackTestCase, asyncTest, backendServer, sleep
 from twisted_rproxy.config import (
     CacheConfig,
     Config,

@@ -5,7 +5,7 @@ bare LFs and chunk sizes refused at once, the minimum request body rate, and
 the access log line of a request whose client left.
 
 The unit tests run a whole L{ProxyService} on a memory reactor (see
-L{tests.test_server.Proxy}); the loopback tests run it on 127.0.0.1 in
+L{tests.memory.Proxy}); the loopback tests run it on 127.0.0.1 in
 front of a L{RecordingBackend}.
 """
 
@@ -21,9 +21,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 
+from tests.fixtures import LoopbackTestCase, asyncTest, backendServer, sleep
 from tests.loopback import RecordedRequest, Reply, parseResponses
-from tests.test_integration import LoopbackTestCase, asyncTest, backendServer, sleep
-from tests.test_server import Proxy
+from tests.memory import Proxy
 from twisted_rproxy.config import Config, PoolConfig, RouteConfig, ServerConfig
 from twisted_rproxy.hardening import MAX_CHUNK_SIZE, bodyRateDeadline
 from twisted_rproxy.server.channel import (

@@ -17,6 +17,7 @@ from typing import Any
 import brotli
 from twisted.internet import reactor
 
+from tests.fixtures import LoopbackTestCase, asyncTest, backendServer, sleep
 from tests.loopback import (
     ParsedResponse,
     RecordedRequest,
@@ -24,7 +25,6 @@ from tests.loopback import (
     finalCount,
     parseResponses,
 )
-from tests.test_integration import LoopbackTestCase, asyncTest, backendServer, sleep
 from twisted_rproxy.config import (
     Config,
     FilterConfig,

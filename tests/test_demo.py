@@ -12,7 +12,7 @@ from twisted.internet import reactor
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
-from tests.test_integration import LoopbackTestCase, asyncTest
+from tests.fixtures import LoopbackTestCase, asyncTest
 from twisted_rproxy import demo, tap
 from twisted_rproxy.demo import demoConfig, demoStaticDirectory, startDemoBackends
 from twisted_rproxy.service import ProxyService

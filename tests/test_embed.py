@@ -12,7 +12,7 @@ from types import ModuleType
 from twisted.internet import reactor
 from twisted.web.server import Site
 
-from tests.test_integration import REPO, LoopbackTestCase, asyncTest
+from tests.fixtures import REPO, LoopbackTestCase, asyncTest
 from twisted_rproxy import BackendPool, PoolConfig, backendServers
 
 

@@ -12,14 +12,14 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.trial.unittest import SynchronousTestCase
 
-from tests.loopback import LOCALHOST, RecordedRequest, RecordingBackend, Reply
-from tests.test_integration import (
+from tests.fixtures import (
     LoopbackTestCase,
     asyncTest,
     backendServer,
     sleep,
     url,
 )
+from tests.loopback import LOCALHOST, RecordedRequest, RecordingBackend, Reply
 from twisted_rproxy import tap
 from twisted_rproxy.config import (
     Config,

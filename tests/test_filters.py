@@ -22,14 +22,14 @@ from twisted.web.static import Data
 from zope.interface import implementer
 
 import twisted_rproxy.plugins
-from tests.loopback import RecordedRequest, Reply
-from tests.test_integration import (
+from tests.fixtures import (
     REPO,
     LoopbackTestCase,
     asyncTest,
     backendServer,
     freePort,
 )
+from tests.loopback import RecordedRequest, Reply
 from twisted_rproxy.config import (
     ConfigError,
     FilterConfig,

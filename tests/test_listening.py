@@ -16,8 +16,8 @@ import trustme
 from twisted.internet import reactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
+from tests.fixtures import LoopbackTestCase, asyncTest, sleep
 from tests.loopback import LOCALHOST
-from tests.test_integration import LoopbackTestCase, asyncTest, sleep
 from twisted_rproxy.config import (
     ConfigError,
     ListenerConfig,

@@ -20,8 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.loopback import RecordedRequest, Reply, connectRaw
-from tests.test_integration import (
+from tests.fixtures import (
     TWISTD,
     LoopbackTestCase,
     TwistdProcess,
@@ -31,6 +30,7 @@ from tests.test_integration import (
     sleep,
     twistdEnvironment,
 )
+from tests.loopback import RecordedRequest, Reply, connectRaw
 from twisted_rproxy.admin import checkPassword, hashPassword
 from twisted_rproxy.config import (
     AdminConfig,

@@ -13,8 +13,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
+from tests.fixtures import LoopbackTestCase, asyncTest, backendServer
 from tests.loopback import finalCount, parseResponses
-from tests.test_integration import LoopbackTestCase, asyncTest, backendServer
 from twisted_rproxy.config import (
     Config,
     FilterConfig,

@@ -17,8 +17,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 
+from tests.fixtures import LoopbackTestCase, asyncTest
 from tests.loopback import finalCount, parseResponses
-from tests.test_integration import LoopbackTestCase, asyncTest
 from twisted_rproxy.config import ListenerConfig, ServerConfig
 from twisted_rproxy.filters import (
     FilterOptionError,
@@ -381,7 +381,7 @@ class RateLimitLoopbackTests(LoopbackTestCase):
         With a burst of 2, the third request at once is answered 429 and
         never reaches the backend.
         """
-        from tests.test_integration import backendServer
+        from tests.fixtures import backendServer
         from twisted_rproxy.config import Config, FilterConfig, PoolConfig, RouteConfig
         from twisted_rproxy.service import ProxyService
 

@@ -11,8 +11,8 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
+from tests.fixtures import LoopbackTestCase, asyncTest, sleep
 from tests.loopback import LOCALHOST, RecordedRequest, Reply
-from tests.test_integration import LoopbackTestCase, asyncTest, sleep
 
 #: A response head of about 117 KB, over the 64 KiB limit.
 HUGE_HEADERS = b"".join(b"X-Filler-%d: %s\r\n" % (i, b"x" * 100) for i in range(1000))

@@ -7,74 +7,14 @@ reactor: raw client bytes in, backend bytes out, and back.
 from __future__ import annotations
 
 import os
-from typing import Any
 
-from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
-from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from twisted_rproxy.config import (
-    BackendServer,
-    Config,
-    PoolConfig,
-    RouteConfig,
-    ServerConfig,
-)
+from tests.memory import Proxy, backend
+from twisted_rproxy.config import PoolConfig, RouteConfig
 from twisted_rproxy.server import httpDate
-from twisted_rproxy.service import ProxyService
-
-
-def backend(port: int) -> BackendServer:
-    return BackendServer(
-        url=f"http://127.0.0.1:{port}", scheme="http", host="127.0.0.1", port=port
-    )
-
-
-class Proxy:
-    """
-    A L{ProxyService} on a memory reactor, its clients and its backend
-    connections.
-    """
-
-    def __init__(
-        self,
-        routes: tuple[RouteConfig, ...] = (RouteConfig(path="/", pool="app"),),
-        pools: dict[str, PoolConfig] | None = None,
-        **server: Any,
-    ) -> None:
-        self.reactor = MemoryReactorClock()
-        pools = pools or {"app": PoolConfig(name="app", servers=(backend(8001),))}
-        config = Config(
-            source="test",
-            server=ServerConfig(listen=("tcp:0",), **server),
-            pools=pools,
-            routes=routes,
-        )
-        self.service = ProxyService(config, self.reactor)  # type: ignore[arg-type]
-        self.backends: list[tuple[Any, StringTransport]] = []
-
-    def client(self) -> tuple[Any, StringTransport]:
-        protocol = self.service.site.buildProtocol(
-            IPv4Address("TCP", "192.0.2.7", 5555)
-        )
-        transport = StringTransport(
-            hostAddress=IPv4Address("TCP", "192.0.2.1", 80),
-            peerAddress=IPv4Address("TCP", "192.0.2.7", 5555),
-        )
-        protocol.makeConnection(transport)
-        return protocol, transport
-
-    def acceptBackend(self, index: int = -1) -> tuple[Any, StringTransport]:
-        _, _, factory, _, _ = self.reactor.tcpClients[index]
-        protocol = factory.buildProtocol(None)
-        assert protocol is not None
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        self.backends.append((protocol, transport))
-        return protocol, transport
-
 
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: secret-backend/1.0\r\nX-Powered-By: PHP\r\n"

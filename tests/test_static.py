@@ -28,8 +28,8 @@ from twisted.web.http import datetimeToString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
+from tests.fixtures import asyncTest
 from tests.loopback import LOCALHOST, ParsedResponse, parseResponses, waitForQuiet
-from tests.test_integration import asyncTest
 from twisted_rproxy.config import ServerConfig
 from twisted_rproxy.server import ProxySite
 from twisted_rproxy.static import (

@@ -41,6 +41,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 from zope.interface import implementer
 
+from tests.fixtures import LoopbackTestCase, asyncTest
 from tests.loopback import (
     LOCALHOST,
     RecordedRequest,
@@ -49,7 +50,6 @@ from tests.loopback import (
     finalCount,
     parseResponses,
 )
-from tests.test_integration import LoopbackTestCase, asyncTest
 from twisted_rproxy import tap
 from twisted_rproxy.config import (
     BackendServer,

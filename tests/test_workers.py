@@ -14,8 +14,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionRefusedError
 
-from tests.loopback import RecordedRequest, Reply, connectRaw
-from tests.test_integration import (
+from tests.fixtures import (
     TWISTD,
     LoopbackTestCase,
     TwistdProcess,
@@ -24,6 +23,7 @@ from tests.test_integration import (
     sleep,
     twistdEnvironment,
 )
+from tests.loopback import RecordedRequest, Reply, connectRaw
 
 
 class SupervisorStopTests(LoopbackTestCase):

@@ -56,7 +56,8 @@ from twisted_rproxy.cache.store import CacheEntry
 from twisted_rproxy.config import CacheConfig
 from twisted_rproxy.interfaces import ICacheStore
 from twisted_rproxy.pages import reasonPhrase, renderError
-from twisted_rproxy.static import parseHTTPDate, parseRange
+from twisted_rproxy.rules.dates import parseHTTPDate
+from twisted_rproxy.rules.ranges import parseRange
 
 __all__ = ["CacheResource", "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
 
@@ -187,6 +188,7 @@ class _Capture:
         if cache.statusHeader and not self.background:
             request.responseHeaders.setRawHeaders(STATUS_HEADER, [MISS])
         cache.stats[MISS] += 1
+        request.cacheStatus = "miss"
 
     def write(self, data: bytes) -> None:
         if not self.headDone:
@@ -663,6 +665,7 @@ class CacheResource(Resource):
         Send a request to the child without storing its response.
         """
         self.stats[label] += 1
+        request.cacheStatus = label.decode("ascii").lower()
         if self.statusHeader:
             request.responseHeaders.setRawHeaders(STATUS_HEADER, [label])
         self._renderChild(request)
@@ -789,6 +792,8 @@ class CacheResource(Resource):
         if getattr(request, "_disconnected", False):
             return
         self.stats[label] += 1
+        # For the metrics (rproxy_cache_requests_total).
+        request.cacheStatus = label.decode("ascii").lower()
         status = entry.status
         reason = entry.reason
         headers = entry.headers
