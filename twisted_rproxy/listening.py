@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 
 from twisted_rproxy.config import ServerConfig
@@ -133,3 +134,27 @@ def adoptListener(
     finally:
         os.close(fileDescriptor)
     return port
+
+
+def releaseListener(port: IListeningPort) -> Deferred[None] | None:
+    """
+    Stop C{port} and close this process's descriptor of its socket without
+    shutting the socket down, so that other processes holding it (the
+    workers) go on accepting until they stop listening themselves; the
+    socket closes, and new connections are refused, when the last of them
+    does.
+
+    A plain C{stopListening} shuts a port it opened down (C{shutdown(2)}):
+    every process that then polls the socket meets C{EINVAL} in its
+    C{accept}, which twisted.web logs as an unhandled error.
+
+    This clears the private C{_shouldShutdown} of Twisted's TCP port (the
+    one Twisted internal this module touches; tests/test_listening.py fails,
+    naming the Twisted version, if it goes away).
+
+    @return: What C{stopListening} returns (a L{Deferred} or L{None}).
+    """
+    if hasattr(port, "_shouldShutdown"):
+        port._shouldShutdown = False
+    stopped: Deferred[None] | None = port.stopListening()
+    return stopped

@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 
 from twisted_rproxy.config import Config
 from twisted_rproxy.interfaces import IProxyReactor
-from twisted_rproxy.listening import listeningDescription
+from twisted_rproxy.listening import listeningDescription, releaseListener
 
 _log = Logger()
 
@@ -251,17 +251,18 @@ class WorkerSupervisor(Service):
         (SIGTERM: each stops accepting too, then drains its requests),
         killing those still running after the drain timeout and a margin.
 
-        The supervisor's ports opened the sockets, so stopping them shuts
-        the sockets down in every process that holds them (a worker's
-        adopted port only closes its own descriptor): new connections are
-        refused at once, as by a single process that stops, instead of
-        waiting until the drain ends in a queue nobody accepts from.
+        The supervisor closes its descriptors at once and each worker stops
+        listening as its graceful stop begins, so the sockets close and new
+        connections are refused at once, as by a single process that
+        stops, instead of waiting until the drain ends in a queue nobody
+        accepts from. (The sockets are closed, not shut down: a worker
+        still polling one would meet EINVAL in accept.)
         """
         Service.stopService(self)
         self._stopping = True
         ports, self._ports = self._ports, []
         self._fds = {}
-        stopped = [port.stopListening() for port in ports]
+        stopped = [releaseListener(port) for port in ports]
         ended = [worker.ended for worker in self.workers.values()]
         self.signalWorkers(signal.SIGTERM)
         kill = self.reactor.callLater(
