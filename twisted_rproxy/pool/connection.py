@@ -1,6 +1,10 @@
 """
 L{BackendConnection}: our own small, strict HTTP/1.1 client protocol, one
 exchange at a time over a kept-alive connection; and L{writeThrough}.
+
+The wire rules are L{twisted_rproxy.rules.http1}'s (the response parser and
+the request-head writer); the retry decisions are the L{Backend}'s. What is
+here is the I/O: the transport, the read timeout, backpressure.
 """
 
 from __future__ import annotations
