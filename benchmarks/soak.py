@@ -1042,14 +1042,13 @@ def checkRequirements(args: argparse.Namespace) -> None:
 
 
 @dataclass
-class Session:
+class Session(run._Session):
     """
-    What to clean up at the end: aborters, a pending backend restart, the
-    process groups started, and the work directory.
+    What to clean up at the end: aborters and a pending backend restart,
+    then, as for C{run.py}, the process groups started and the work
+    directory.
     """
 
-    procs: run.Processes = field(default_factory=run.Processes)
-    workdir: Path | None = None
     backend: BackendServer | None = None
     aborters: Aborters | None = None
 
@@ -1063,9 +1062,7 @@ class Session:
             self.aborters.stop(timeout=5.0)
         if self.backend is not None:
             self.backend.close()
-        self.procs.stopAll()
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        super().close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -113,54 +113,30 @@ class BackendConnection(Protocol):
         host = self.backend.hostPort if request.hostFromBackend else None
         stream = request.bodyStream
         body = request.body
+        chunked = False
         if stream is not None:
-            if stream.length is None:
-                transport.write(
-                    formatRequestHead(
-                        request.method,
-                        request.target,
-                        request.headers,
-                        host,
-                        chunked=True,
-                    )
-                )
+            length = stream.length
+            chunked = length is None
+        elif isinstance(body, bytes):
+            sized = bool(body) or request.method in (b"POST", b"PUT", b"PATCH")
+            length = len(body) if sized else None
+        else:
+            length = request.bodyLength
+        head = formatRequestHead(
+            request.method, request.target, request.headers, host, length, chunked
+        )
+        if stream is not None:
+            transport.write(head)
+            if chunked:
                 stream.startStreaming(self._writeChunk, self._finishChunked)
             else:
-                transport.write(
-                    formatRequestHead(
-                        request.method,
-                        request.target,
-                        request.headers,
-                        host,
-                        stream.length,
-                    )
-                )
                 stream.startStreaming(transport.write, _noop)
             transport.registerProducer(stream, True)
         elif isinstance(body, bytes):
-            if body or request.method in (b"POST", b"PUT", b"PATCH"):
-                head = formatRequestHead(
-                    request.method, request.target, request.headers, host, len(body)
-                )
-                writeThrough(transport, head + body)
-            else:
-                writeThrough(
-                    transport,
-                    formatRequestHead(
-                        request.method, request.target, request.headers, host
-                    ),
-                )
+            writeThrough(transport, head + body if body else head)
         else:
             assert body is not None
-            transport.write(
-                formatRequestHead(
-                    request.method,
-                    request.target,
-                    request.headers,
-                    host,
-                    request.bodyLength,
-                )
-            )
+            transport.write(head)
             body.seek(0)
             FileSender().beginFileTransfer(body, transport)
         self.exchanges += 1
