@@ -16,11 +16,10 @@ from twisted.internet.interfaces import (
     IReactorTCP,
     IReactorTime,
 )
+from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
-    from twisted.web.iweb import IRequest
-
     from twisted_rproxy.messages import (
         BackendRequest,
         CacheEntry,
@@ -319,3 +318,68 @@ class IProxyStatus(Interface):
         """
         The addresses the proxy's listeners are bound to now.
         """
+
+
+class IProxyRequest(IRequest):
+    """
+    What travels with a request between the server, the router, the filters,
+    the cache and the proxy, beyond twisted.web's L{IRequest}: the one
+    contract for it. L{twisted_rproxy.server.ProxyRequest} provides it.
+
+    A resource of the package handed a request that does not provide it (a
+    plain twisted.web request, where the proxy is embedded in another
+    L{Site<twisted.web.server.Site>}) keeps to twisted.web's own interface:
+    headers go through C{responseHeaders}, loss is learnt from
+    C{notifyFinish}.
+    """
+
+    route = Attribute(
+        "The route (config.routes.RouteConfig) that takes the request, once "
+        "the router found it, else None."
+    )
+    passedHeaders = Attribute(
+        "Response headers passed on from a backend as they are (already "
+        "rewritten), a list of (name, value) pairs written after those of "
+        "responseHeaders; None when there are none. Whoever reads or changes "
+        "the response head folds them into responseHeaders first."
+    )
+    onConnectionLost = Attribute(
+        "Called with the Failure if the client connection is lost before "
+        "the response is finished; None. Set by whoever waits on a backend "
+        "for the request."
+    )
+    onBackendError = Attribute(
+        "Called as onBackendError(error, fallback) in place of the proxy's "
+        "error page when the backend fails before a response started "
+        "(error: a messages.BackendError; fallback: a no-argument callable "
+        "that writes the page). Set by the route's error filters; None."
+    )
+    bodyStream = Attribute(
+        "For a streamed body, the messages.RequestBodyStream the proxy "
+        "forwards from; None when the body is buffered in content."
+    )
+    connectTarget = Attribute(
+        "The authority of an allowed CONNECT request (its uri is then b'/', "
+        "for routing), else None."
+    )
+    peerHost = Attribute(
+        "The connection's peer address, when trusted proxies in front named "
+        "another client (which getClientAddress then returns); else None."
+    )
+    startedAt = Attribute("Reactor time when the request's head was in.")
+    upstreamStarted = Attribute(
+        "Reactor time when the request was handed to a pool, or None."
+    )
+    upstreamTime = Attribute(
+        "Seconds from upstreamStarted to the backend's response head, or None."
+    )
+    upstreamServer = Attribute("URL of the backend server that answered, or None.")
+    cacheStatus = Attribute(
+        "What a cache made of the request ('hit', 'miss', 'stale', "
+        "'revalidated', ...), or None when no cache saw it."
+    )
+    lostStatus = Attribute(
+        "The status the access log gives the request if its connection is "
+        "lost before a response started: None for 499 (the client left), or "
+        "the status of the proxy's own reason to close it."
+    )
