@@ -360,10 +360,10 @@ class PanicTests(SynchronousTestCase):
         """
         h = Harness(self, server(8001), server(8002), panicThreshold=50)
         h.pool.servers[0].up = False
-        h.pool._healthChanged()
+        h.pool.healthChanged()
         self.assertFalse(h.pool.panic)
         h.pool.servers[1].up = False
-        h.pool._healthChanged()
+        h.pool.healthChanged()
         self.assertTrue(h.pool.status().panic)
         h.submit()
         h.submit()
@@ -375,7 +375,7 @@ class PanicTests(SynchronousTestCase):
         """
         h = Harness(self, server(8001), panicThreshold=0)
         h.pool.servers[0].up = False
-        h.pool._healthChanged()
+        h.pool.healthChanged()
         recorder = h.submit()
         self.assertIsInstance(recorder.failure, NoHealthyServers)
         self.assertEqual(recorder.failure.status, 503)  # type: ignore[union-attr]

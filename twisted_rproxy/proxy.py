@@ -292,7 +292,7 @@ class _ProxyExchange:
             request.passedHeaders = passed
             started = request.upstreamStarted
             if started is not None:
-                now = connection.backend.pool._clock.seconds()
+                now = connection.backend.pool.clock.seconds()
                 request.upstreamTime = now - started
             request.upstreamServer = connection.backend.server.url
         else:
@@ -397,7 +397,7 @@ class ProxyResource(Resource):
         self.websocket = websocket
         self.tunnelIdleTimeout = tunnelIdleTimeout
         self.allowTrace = allowTrace
-        self._seconds = pool._clock.seconds
+        self._seconds = pool.clock.seconds
 
     def render(self, request: IRequest) -> object:
         """
@@ -513,7 +513,7 @@ class ProxyResource(Resource):
             return False
         policy = self.policy
         tunnel = Tunnel(
-            self.pool._clock,
+            self.pool.clock,
             request,
             self.pool,
             connect if connect is not None else target,

@@ -1,6 +1,6 @@
 """
 L{BackendConnection}: our own small, strict HTTP/1.1 client protocol, one
-exchange at a time over a kept-alive connection; and L{writeThrough}.
+exchange at a time over a kept-alive connection.
 
 The wire rules are L{twisted_rproxy.rules.http1}'s (the response parser and
 the request-head writer); the retry decisions are the L{Backend}'s. What is
@@ -11,25 +11,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import error as ierror
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
-from twisted.internet.tcp import Client as _TCPClient
-from twisted.internet.tcp import Server as _TCPServer
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from twisted_rproxy._twisted import writeThrough
 from twisted_rproxy.interfaces import IResponseReceiver
-from twisted_rproxy.pool.request import (
+from twisted_rproxy.messages import (
     BackendError,
     BackendProtocolError,
     BackendTimeout,
     BackendUnavailable,
-    _Exchange,
 )
+from twisted_rproxy.pool.request import ExchangeQueue, _Exchange
 
 # Re-exported: it lived here before twisted_rproxy.rules.http1.
 from twisted_rproxy.rules.http1 import MAX_RESPONSE_HEAD as MAX_RESPONSE_HEAD
@@ -41,9 +41,82 @@ from twisted_rproxy.rules.http1 import (
 from twisted_rproxy.tls import describeTLSFailure
 
 if TYPE_CHECKING:
-    from twisted_rproxy.pool import Backend, _ConnectionFactory
+    from twisted_rproxy.config import BackendServer
 
 _log = Logger()
+
+
+class ConnectionOwner(TypingProtocol):
+    """
+    What a L{BackendConnection} needs of the backend server it belongs to
+    (L{twisted_rproxy.pool.Backend} provides it): where to report what
+    happened to its exchange. The server and its pool decide what follows
+    (reuse, close, retry).
+    """
+
+    errorStreak: int
+
+    @property
+    def server(self) -> BackendServer:
+        """
+        The server's configuration (its URL, for the log).
+        """
+
+    @property
+    def pool(self) -> ExchangeQueue:
+        """
+        The server's pool: its settings and clock.
+        """
+
+    @property
+    def hostPort(self) -> bytes:
+        """
+        The server's authority, for a C{Host} header.
+        """
+
+    def connected(
+        self, attempt: object, connection: BackendConnection, exchange: _Exchange
+    ) -> None:
+        """
+        The connection of C{attempt}, made for C{exchange}, is up.
+        """
+
+    def release(self, connection: BackendConnection) -> None:
+        """
+        C{connection} finished its exchange and may carry another.
+        """
+
+    def retire(self, connection: BackendConnection) -> None:
+        """
+        C{connection} carries nothing more and is being closed.
+        """
+
+    def lost(self, connection: BackendConnection) -> None:
+        """
+        C{connection} is closed.
+        """
+
+    def serverError(self, exchange: _Exchange, status: int) -> bool:
+        """
+        The server answered C{exchange} with a 5xx.
+
+        @return: Whether the request went to another server.
+        """
+
+    def responseFailed(
+        self, exchange: _Exchange, reason: BackendError, beforeResponse: bool
+    ) -> None:
+        """
+        C{exchange} failed with C{reason}; the connection is closed.
+        """
+
+    def staleConnection(self, exchange: _Exchange) -> bool:
+        """
+        The kept-alive connection was closed by the server as it was
+        reused, before any answer.
+
+        @return: Whether the request was sent again.
+        """
 
 
 @implementer(IPushProducer)
@@ -69,14 +142,14 @@ class BackendConnection(Protocol):
     transport: Any
 
     def __init__(
-        self, backend: Backend, firstExchange: _Exchange, attempt: _ConnectionFactory
+        self, backend: ConnectionOwner, firstExchange: _Exchange, attempt: object
     ) -> None:
         self.backend = backend
         self._first: _Exchange | None = firstExchange
         self._attempt = attempt
         self._exchange: _Exchange | None = None
         self._parser = ResponseParser(self)
-        self._clock = backend.pool._clock
+        self._clock = backend.pool.clock
         self._gotBytes = False
         self._paused = False
         self._closing = False
@@ -366,7 +439,6 @@ class BackendConnection(Protocol):
         backend.responseFailed(exchange, failure, beforeResponse)
 
 
-_PLAIN_TCP = (_TCPClient, _TCPServer)
 
 
 @implementer(IResponseReceiver)
@@ -399,33 +471,3 @@ _DISCARD = _Discard()
 
 def _noop() -> None:
     pass
-
-
-def writeThrough(transport: Any, data: bytes) -> None:
-    """
-    Write C{data} to a plain TCP transport at once when nothing is queued
-    before it, and leave only what the socket did not take to the
-    transport.
-
-    A Twisted transport queues every write until the reactor's next turn,
-    which costs a turn and two C{epoll_ctl} calls; a request head, or a
-    small response, almost always fits in the socket buffer at once. Other
-    transports (TLS, memory) get an ordinary C{write}.
-    """
-    if (
-        type(transport) in _PLAIN_TCP
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-        and not transport.disconnecting
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            # Let the transport meet the error the ordinary way.
-            sent = 0
-        if sent == len(data):
-            return
-        data = data[sent:]
-    transport.write(data)

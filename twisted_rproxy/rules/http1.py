@@ -143,6 +143,15 @@ _F_NONE = Framing.NONE
 _F_SWITCH = Framing.SWITCH
 
 
+def parseStatusLine(line: bytes) -> int | None:
+    """
+    The status code of an HTTP/1.x status line (without its CRLF), or
+    L{None} if C{line} is not one.
+    """
+    match = _STATUS.fullmatch(line)
+    return None if match is None else int(match.group(2))
+
+
 def _ignoreBody(data: bytes) -> None:
     pass
 
