@@ -171,6 +171,30 @@ class RetirePathTests(SynchronousTestCase):
         self.assertTrue(recorder.finished)
         assertAtRest(self, h.pool)
 
+    def test_staleConnectionRetriedAtTheLimit(self) -> None:
+        """
+        When a stale reused connection's request goes again on a fresh
+        connection, that connection takes the dead one's slot: a request
+        queued behind it waits, and the server stays within its limit.
+        (Hypothesis's state machine found the slot given to the queued
+        request first, and the retry dialled over the limit.)
+        """
+        h = Harness(self, maxConnections=1, retries=1)
+        protocol, transport, recorder = reusedConnection(h)
+        queued = h.submit()
+        self.assertEqual(h.pool.pendingCount, 1)
+        lose(protocol)
+        h.pool.checkConsistency()
+        backend = h.pool.servers[0]
+        self.assertEqual((backend.connecting, h.pool.pendingCount), (1, 1))
+        fresh, _ = h.accept()
+        fresh.dataReceived(OK)
+        self.assertTrue(recorder.finished)
+        fresh.dataReceived(OK)
+        self.assertTrue(queued.finished)
+        settle(h)
+        assertAtRest(self, h.pool)
+
     def test_readTimeout(self) -> None:
         """
         A reused connection whose backend stops answering frees its slot

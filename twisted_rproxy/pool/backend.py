@@ -337,23 +337,33 @@ class Backend:
             return
         exchange.fail(reason)
 
-    def staleConnection(self, exchange: _Exchange) -> bool:
+    def staleConnection(
+        self, exchange: _Exchange, connection: BackendConnection
+    ) -> bool:
         """
-        The kept-alive connection that carried C{exchange} was closed by
+        The kept-alive C{connection} that carried C{exchange} was closed by
         this server as it was reused, before any byte of an answer (a race
         with its idle timeout, not a failure): send the request again, on
         a fresh connection to this server, if it may be.
 
-        @return: Whether it was.
+        The fresh attempt takes the closed connection's slot at once: a
+        queued request must not take it in between, or the server would
+        be over its connection limit.
+
+        @return: Whether it was; C{connection} is then forgotten. If not,
+            it is still to be reported L{lost}.
         """
         if (
             not exchange.request.replayable
             or exchange.retriesLeft <= 0
             or self.pool.closed
+            or connection not in self._busy
         ):
             return False
         exchange.retriesLeft -= 1
+        self._busy.remove(connection)
         self.assign(exchange, fresh=True)
+        self.pool.connectionGone()
         return True
 
     def checkConsistency(self) -> None:

@@ -110,12 +110,16 @@ class ConnectionOwner(TypingProtocol):
         C{exchange} failed with C{reason}; the connection is closed.
         """
 
-    def staleConnection(self, exchange: _Exchange) -> bool:
+    def staleConnection(
+        self, exchange: _Exchange, connection: BackendConnection
+    ) -> bool:
         """
-        The kept-alive connection was closed by the server as it was
+        The kept-alive C{connection} was closed by the server as it was
         reused, before any answer.
 
-        @return: Whether the request was sent again.
+        @return: Whether the request was sent again (C{connection} is then
+            forgotten, its slot taken by the new attempt); if not, the
+            connection reports its loss as usual.
         """
 
 
@@ -412,19 +416,21 @@ class BackendConnection(Protocol):
             backend.lost(self)
             return
         exchange.connection = None
+        if (
+            not ended
+            and not self._gotBytes
+            and self.exchanges > 1
+            and backend.staleConnection(exchange, self)
+        ):
+            # A kept-alive connection that the backend closed as we reused
+            # it: the request went again on a fresh one, which took this
+            # one's slot.
+            return
         backend.lost(self)
         if ended:
             # The normal end of a body delimited by the connection's close.
             exchange.done = True
             exchange.receiver.responseFinished()
-            return
-        if (
-            not self._gotBytes
-            and self.exchanges > 1
-            and backend.staleConnection(exchange)
-        ):
-            # A kept-alive connection that the backend closed as we reused
-            # it: the request went again on a fresh one.
             return
         tlsFailure = describeTLSFailure(reason) if self.exchanges == 1 else None
         if tlsFailure is not None and beforeResponse and not self._gotBytes:
