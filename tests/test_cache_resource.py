@@ -312,6 +312,59 @@ class ServedFromStoreTests(SynchronousTestCase):
         whole = _only(proxy.get(_get(extra=b'Range: bytes=2-5\r\nIf-Range: "v0"\r\n')))
         self.assertEqual((whole.status, whole.body), (200, _BODY))
 
+    def test_ifRangeMatchGetsRange(self) -> None:
+        """
+        A C{Range} with an C{If-Range} naming the stored strong C{ETag}
+        gets the range; a list of tags, or two C{Range} lines, the whole
+        response (as static files answer them).
+        """
+        proxy = CachingProxy()
+        proxy.fetch(_get(), _response())
+        part = _only(proxy.get(_get(extra=b'Range: bytes=2-5\r\nIf-Range: "v1"\r\n')))
+        self.assertEqual((part.status, part.body), (206, b"2345"))
+        for extra in [
+            b'Range: bytes=2-5\r\nIf-Range: "v1", "v2"\r\n',
+            b"Range: bytes=2-5\r\nRange: bytes=6-7\r\n",
+        ]:
+            whole = _only(proxy.get(_get(extra=extra)))
+            self.assertEqual((whole.status, whole.body), (200, _BODY), extra)
+
+    def test_multipleRangesFromStore(self) -> None:
+        """
+        Several ranges of a stored response get a 206 with a
+        C{multipart/byteranges} body, each part with the stored type and
+        its C{Content-Range}.
+        """
+        proxy = CachingProxy()
+        proxy.fetch(_get(), _response(extra=b"Content-Type: text/plain\r\n"))
+        got = _only(proxy.get(_get(extra=b"Range: bytes=0-1, 5-6\r\n")))
+        self.assertEqual(got.status, 206)
+        [contentType] = got.header(b"content-type")
+        prefix = b"multipart/byteranges; boundary="
+        self.assertTrue(contentType.startswith(prefix), contentType)
+        boundary = contentType[len(prefix) :]
+        self.assertEqual(
+            got.body,
+            b"--%s\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-1/10\r\n"
+            b"\r\n01\r\n--%s\r\nContent-Type: text/plain\r\n"
+            b"Content-Range: bytes 5-6/10\r\n\r\n56\r\n--%s--\r\n"
+            % (boundary, boundary, boundary),
+        )
+        self.assertEqual(got.header(b"content-length"), [b"%d" % (len(got.body),)])
+        self.assertEqual(got.header(b"content-range"), [])
+
+    def test_headIgnoresRange(self) -> None:
+        """
+        A HEAD with a C{Range} gets the head of the whole stored response
+        (RFC 9110 section 14.2: ranges apply to GET only).
+        """
+        proxy = CachingProxy()
+        proxy.fetch(_get(), _response())
+        head = b"HEAD /a HTTP/1.1\r\nHost: example.test\r\nRange: bytes=2-5\r\n\r\n"
+        [got] = responsesOf(proxy.get(head), [b"HEAD"])
+        self.assertEqual((got.status, got.body), (200, b""))
+        self.assertEqual(got.header(b"content-length"), [b"10"])
+
     def test_rangeOfUnstoredGoesToBackend(self) -> None:
         """
         A C{Range} request for something not stored goes to the backend as

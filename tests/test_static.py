@@ -31,6 +31,12 @@ from twisted.web.server import Site
 from tests.fixtures import asyncTest
 from tests.loopback import LOCALHOST, ParsedResponse, parseResponses, waitForQuiet
 from twisted_rproxy.config import ServerConfig
+from twisted_rproxy.rules.ranges import (
+    assemble,
+    ifRangeMatches,
+    partialContent,
+    requestedRanges,
+)
 from twisted_rproxy.server import ProxySite
 from twisted_rproxy.static import (
     CHUNK_SIZE,
@@ -237,6 +243,91 @@ class ParseRangeTests(SynchronousTestCase):
             self.assertLessEqual(len(result), MAX_RANGES)
             for first, last in result:
                 self.assertTrue(0 <= first <= last < size)
+
+
+class RangeServingTests(SynchronousTestCase):
+    """
+    Tests for the range serving that static files and the cache share:
+    L{requestedRanges}, L{partialContent}, L{assemble}.
+    """
+
+    ETAG = b'"e1"'
+    MODIFIED = 1_000_000
+
+    def requested(
+        self, ranges: list[bytes] | None, ifRange: list[bytes] | None = None
+    ) -> list[tuple[int, int]] | None:
+        return requestedRanges(ranges, ifRange, 100, self.ETAG, self.MODIFIED)
+
+    def test_noRange(self) -> None:
+        """
+        Without a C{Range}, or with two C{Range} lines, the whole
+        representation is served.
+        """
+        self.assertIsNone(self.requested(None))
+        self.assertIsNone(self.requested([]))
+        self.assertIsNone(self.requested([b"bytes=0-1", b"bytes=3-4"]))
+
+    def test_ifRange(self) -> None:
+        """
+        C{If-Range} lets the range apply for the strong tag or the exact
+        modification date only: not for a weak tag, another tag, a list,
+        C{*}, another date or garbage.
+        """
+        self.assertEqual(self.requested([b"bytes=0-1"], [self.ETAG]), [(0, 1)])
+        date = datetimeToString(self.MODIFIED)
+        self.assertEqual(self.requested([b"bytes=0-1"], [date]), [(0, 1)])
+        for condition in [
+            b"W/" + self.ETAG,
+            b'"other"',
+            self.ETAG + b', "other"',
+            b"*",
+            datetimeToString(self.MODIFIED + 1),
+            b"garbage",
+        ]:
+            self.assertIsNone(self.requested([b"bytes=0-1"], [condition]), condition)
+        self.assertIsNone(self.requested([b"bytes=0-1"], [self.ETAG, b'"other"']))
+
+    def test_ifRangeWithoutValidators(self) -> None:
+        """
+        A representation without an entity tag or a modification time
+        matches no C{If-Range}.
+        """
+        self.assertFalse(ifRangeMatches(b'"e1"', None, None))
+        self.assertFalse(ifRangeMatches(datetimeToString(0), None, None))
+        self.assertFalse(ifRangeMatches(b'"e1"', b'W/"e1"', None))
+
+    def test_single(self) -> None:
+        """
+        One range is served with its C{Content-Range}.
+        """
+        partial = partialContent([(10, 19)], 100, b"text/plain")
+        self.assertEqual(partial.headers, [(b"Content-Range", b"bytes 10-19/100")])
+        self.assertEqual((partial.pieces, partial.length), ([(10, 10)], 10))
+        self.assertEqual(assemble(partial.pieces, pattern(100)), pattern(100)[10:20])
+
+    def test_multipart(self) -> None:
+        """
+        Several ranges are a C{multipart/byteranges} body whose length is
+        counted right; without a type, the parts have no C{Content-Type}.
+        """
+        data = pattern(100)
+        partial = partialContent([(0, 1), (5, 6)], 100, b"text/plain", b"B")
+        self.assertEqual(
+            partial.headers, [(b"Content-Type", b"multipart/byteranges; boundary=B")]
+        )
+        body = assemble(partial.pieces, data)
+        self.assertEqual(
+            body,
+            b"--B\r\nContent-Type: text/plain\r\nContent-Range: bytes 0-1/100\r\n"
+            b"\r\n" + data[0:2] + b"\r\n--B\r\nContent-Type: text/plain\r\n"
+            b"Content-Range: bytes 5-6/100\r\n\r\n" + data[5:7] + b"\r\n--B--\r\n",
+        )
+        self.assertEqual(partial.length, len(body))
+        untyped = partialContent([(0, 1), (5, 6)], 100, None, b"B")
+        untypedBody = assemble(untyped.pieces, data)
+        self.assertNotIn(b"Content-Type", untypedBody)
+        self.assertEqual(untyped.length, len(untypedBody))
 
 
 # Accept-Encoding

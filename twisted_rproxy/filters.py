@@ -20,11 +20,12 @@ A hook that raises answers 500 (or, once the head is out, closes the
 connection), logged with the filter's name; the other requests go on.
 
 Routes without filters get no L{FilterChain} at all, so they pay nothing.
-The response hooks are run by L{_FilteredResponse}, which a chain installs
-on each request of its route as the request's own C{write} and C{finish}:
-every writer of the response goes through it, and the proxy's fast
-head-writing path (L{twisted_rproxy.server.ProxyRequest.passedHeaders}) is
-folded back into C{responseHeaders} first so that hooks see every header.
+The response hooks are run by L{_FilteredResponse}, a
+L{twisted_rproxy.intercept.ResponseInterceptor} that a chain installs on
+each request of its route: every writer of the response goes through it,
+and the proxy's fast head-writing path
+(L{twisted_rproxy.server.ProxyRequest.passedHeaders}) is folded back into
+C{responseHeaders} first so that hooks see every header.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
+from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.config.routes import FilterOptionError, setFilterValidator
+from twisted_rproxy.intercept import ResponseInterceptor, foldPassedHeaders
 from twisted_rproxy.interfaces import (
     IBodyTransform,
     IErrorFilter,
@@ -155,24 +158,14 @@ _REPLACED = "replaced"
 _ABORTED = "aborted"
 
 
-class _FilteredResponse:
+class _FilteredResponse(ResponseInterceptor):
     """
-    The response side of one request of a L{FilterChain}: installed as the
-    request's C{write} and C{finish}, it runs the response hooks once before
-    the head is written, and the body transforms on each write and at the
-    end.
+    The response side of one request of a L{FilterChain}: an interceptor
+    that runs the response hooks once before the head is written, and the
+    body transforms on each write and at the end.
     """
 
-    __slots__ = (
-        "request",
-        "context",
-        "hooks",
-        "transforms",
-        "headDone",
-        "failed",
-        "classWrite",
-        "classFinish",
-    )
+    __slots__ = ("context", "hooks", "transforms", "failed")
 
     def __init__(
         self,
@@ -180,37 +173,19 @@ class _FilteredResponse:
         context: RequestContext,
         hooks: Sequence[tuple[str, Callable[..., Any]]],
     ) -> None:
-        self.request = request
         self.context = context
         self.hooks = hooks
         self.transforms: list[tuple[str, IBodyTransform]] = []
-        self.headDone = False
         self.failed = ""
-        cls = type(request)
-        self.classWrite: Callable[[bytes], None] = cls.write.__get__(request)
-        self.classFinish: Callable[[], None] = cls.finish.__get__(request)
-        request.write = self.write
-        request.finish = self.finish
+        ResponseInterceptor.__init__(self, request)
 
-    def _head(self) -> None:
-        self.headDone = True
+    def head(self) -> None:
         request = self.request
         context = self.context
         context.mark("responseStarted")
+        # So that hooks see and change every header.
+        foldPassedHeaders(request)
         headers = request.responseHeaders
-        passed = getattr(request, "passedHeaders", None)
-        if passed is not None:
-            # The proxy would write these itself, bypassing responseHeaders:
-            # fold them in, so that hooks see and change every header.
-            request.passedHeaders = None
-            # A backend response has the content type it has: twisted.web
-            # must not add its default one on the way out.
-            request.defaultContentType = None
-            for name, value in passed:
-                if name[0] in b"Dd" and name.lower() == b"date":
-                    headers.setRawHeaders(name, [value])
-                else:
-                    headers.addRawHeader(name, value)
         code, phrase = request.code, request.code_message
         head = ResponseHead(code, phrase, headers)
         for name, hook in self.hooks:
@@ -256,7 +231,7 @@ class _FilteredResponse:
                 b"cache-control": [b"no-store"],
             }
         )
-        self.classWrite(body if request.method != b"HEAD" else b"")
+        self.downWrite(body if request.method != b"HEAD" else b"")
 
     def _transform(self, data: bytes) -> bytes | None:
         for name, transform in self.transforms:
@@ -269,9 +244,7 @@ class _FilteredResponse:
                 return None
         return data
 
-    def write(self, data: bytes) -> None:
-        if not self.headDone:
-            self._head()
+    def body(self, data: bytes) -> None:
         if self.failed:
             return
         if self.transforms and data:
@@ -282,14 +255,12 @@ class _FilteredResponse:
                 return
             # (An empty first piece still writes the head.)
             data = transformed
-        self.classWrite(data)
+        self.downWrite(data)
 
-    def finish(self) -> None:
-        if not self.headDone:
-            self._head()
+    def end(self) -> None:
         if self.failed:
             if self.failed == _REPLACED:
-                self.classFinish()
+                self.downFinish()
             # Aborted: the response is never finished as if whole.
             return
         if self.transforms:
@@ -305,9 +276,9 @@ class _FilteredResponse:
                     _abort(self.request)
                     return
             if rest:
-                self.classWrite(rest)
+                self.downWrite(rest)
         self.context.mark("finished")
-        self.classFinish()
+        self.downFinish()
 
 
 class FilterChain(Resource):
@@ -430,7 +401,7 @@ class FilterChain(Resource):
         request.notifyFinish().addErrback(clientGone)
 
         def resumed(result: object) -> None:
-            if gone or getattr(request, "_disconnected", False):
+            if gone or requestGone(request):
                 return
             if result is not None:
                 self._answer(request, name, result, "request")
@@ -438,7 +409,7 @@ class FilterChain(Resource):
             self._runRequestHooks(request, context, index + 1, uri)
 
         def failed(failure: Failure) -> None:
-            if gone or getattr(request, "_disconnected", False):
+            if gone or requestGone(request):
                 return
             self._failed(failure, request, name, "request")
 
@@ -467,7 +438,7 @@ class FilterChain(Resource):
 
     def _failed(self, failure: Failure, request: Any, name: str, hook: str) -> None:
         _logFailure(failure, name, hook, request)
-        if getattr(request, "_disconnected", False) or request.finished:
+        if requestGone(request) or request.finished:
             return
         if request.startedWriting:
             _abort(request)
@@ -529,7 +500,7 @@ class FilterChain(Resource):
             fallback()
 
         def answered(result: object, index: int, name: str) -> None:
-            if getattr(request, "_disconnected", False):
+            if requestGone(request):
                 return
             if result is not None:
                 self._answer(request, name, result, "error")
@@ -537,7 +508,7 @@ class FilterChain(Resource):
                 run(index + 1)
 
         def failedLater(failure: Failure, name: str) -> None:
-            if not getattr(request, "_disconnected", False):
+            if not requestGone(request):
                 self._failed(failure, request, name, "error")
 
         run(0)

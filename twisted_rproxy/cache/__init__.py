@@ -6,21 +6,19 @@ An RFC 9111 shared HTTP cache for the resource tree.
   - L{twisted_rproxy.cache.store}: L{CacheEntry} and the in-memory
     L{MemoryStore} (an L{twisted_rproxy.interfaces.ICacheStore});
   - L{twisted_rproxy.cache.resource}: L{CacheResource}, which wraps any
-    resource (usually a route's proxy).
+    resource (usually a route's proxy), with its parts: C{keys} (keys,
+    variants, purging), C{flight} (request coalescing), C{capture} (the
+    capture of a miss), C{background} (the request of a background
+    revalidation), C{serving} (answering from a stored response: 304, 206,
+    416) and C{status} (the C{X-Cache} values).
 
 See C{docs/caching.rst}.
 """
 
 from collections.abc import Mapping
 
-from twisted_rproxy.cache.resource import (
-    BYPASS,
-    HIT,
-    MISS,
-    REVALIDATED,
-    STALE,
-    CacheResource,
-)
+from twisted_rproxy.cache.resource import CacheResource
+from twisted_rproxy.cache.status import BYPASS, HIT, MISS, REVALIDATED, STALE
 from twisted_rproxy.cache.store import CacheEntry, MemoryStore
 from twisted_rproxy.config import CacheConfig
 from twisted_rproxy.interfaces import ICacheStore

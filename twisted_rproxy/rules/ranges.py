@@ -1,11 +1,36 @@
 """
 Byte ranges (RFC 9110 section 14): the ranges a C{Range} header asks of a
-representation, checked and coalesced.
+representation, checked and coalesced (L{parseRange}); whether C{If-Range}
+lets them apply (L{ifRangeMatches}); which a request gets
+(L{requestedRanges}); and the head fields and body of the 206 that serves
+them, one range or a C{multipart/byteranges} body (L{partialContent}).
+
+Static files and the cache both serve ranges with these: the first streams
+the pieces of the body from a file, the second slices a stored body
+(L{assemble}).
 """
 
 from __future__ import annotations
 
 import re
+import secrets
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from twisted_rproxy.rules.dates import parseHTTPDate
+from twisted_rproxy.rules.etags import etagMatches
+
+__all__ = [
+    "MAX_RANGES",
+    "PartialContent",
+    "Piece",
+    "assemble",
+    "ifRangeMatches",
+    "parseRange",
+    "partialContent",
+    "requestedRanges",
+    "unsatisfiedRange",
+]
 
 MAX_RANGES = 16
 """
@@ -101,3 +126,148 @@ def parseRange(header: bytes, size: int) -> list[tuple[int, int]] | None:
     if len(merged) > MAX_RANGES:
         return None
     return merged
+
+
+def ifRangeMatches(
+    condition: bytes, etag: bytes | None, lastModified: int | None
+) -> bool:
+    """
+    Whether an C{If-Range} value lets the C{Range} of its request apply
+    (RFC 9110 section 13.1.5).
+
+    An entity tag (starting with a double quote or C{W/}) matches only the
+    representation's own strong tag, by the strong comparison: a weak tag
+    never matches, nor does a list of tags. Anything else is taken as an
+    HTTP-date, which matches only the exact C{Last-Modified} time.
+
+    @param condition: The field value (several lines joined with commas).
+    @param etag: The representation's entity tag, quoted (C{W/} if weak),
+        or L{None} without one.
+    @param lastModified: Its modification time in seconds since the epoch,
+        or L{None} without one.
+    """
+    condition = condition.strip(b" \t")
+    if condition.startswith((b'"', b"W/")):
+        return (
+            b"," not in condition
+            and etag is not None
+            and etagMatches(condition, etag.strip(b" \t"), weak=False)
+        )
+    return lastModified is not None and parseHTTPDate(condition) == lastModified
+
+
+def requestedRanges(
+    rangeValues: Sequence[bytes] | None,
+    ifRangeValues: Sequence[bytes] | None,
+    size: int,
+    etag: bytes | None,
+    lastModified: int | None,
+) -> list[tuple[int, int]] | None:
+    """
+    The ranges a request gets of a representation, as L{parseRange} returns
+    them: L{None} (the whole representation, 200) without a C{Range}, with
+    more than one C{Range} line, or when its C{If-Range} does not match
+    (L{ifRangeMatches}); an empty list when none is satisfiable (416).
+
+    @param rangeValues: The request's C{Range} lines.
+    @param ifRangeValues: Its C{If-Range} lines.
+    @param size: The representation's length in bytes.
+    @param etag: Its entity tag (see L{ifRangeMatches}).
+    @param lastModified: Its modification time (see L{ifRangeMatches}).
+    """
+    if not rangeValues or len(rangeValues) > 1:
+        return None
+    if ifRangeValues and not ifRangeMatches(
+        b", ".join(ifRangeValues), etag, lastModified
+    ):
+        return None
+    return parseRange(rangeValues[0], size)
+
+
+Piece = bytes | tuple[int, int]
+"""
+A piece of a body: literal bytes (the parts' heads of a multipart body), or
+C{(offset, length)} of the representation.
+"""
+
+
+class PartialContent(NamedTuple):
+    """
+    What a 206 serving byte ranges is made of.
+
+    @ivar headers: The head fields it sets, in place of the
+        representation's C{Content-Length} (and, for several ranges, its
+        C{Content-Type}): C{Content-Range} for one range, a
+        C{multipart/byteranges} C{Content-Type} for several.
+    @ivar pieces: The body, in order.
+    @ivar length: The body's length, its C{Content-Length}.
+    """
+
+    headers: list[tuple[bytes, bytes]]
+    pieces: list[Piece]
+    length: int
+
+
+def partialContent(
+    ranges: Sequence[tuple[int, int]],
+    size: int,
+    contentType: bytes | None,
+    boundary: bytes | None = None,
+) -> PartialContent:
+    """
+    The 206 that serves C{ranges} of a representation (RFC 9110 section
+    14.6): one range as it is, several as a C{multipart/byteranges} body
+    whose parts carry the representation's C{Content-Type} and their
+    C{Content-Range}.
+
+    @param ranges: At least one range, as L{parseRange} returns them.
+    @param size: The representation's length.
+    @param contentType: Its C{Content-Type}, or L{None} without one.
+    @param boundary: The multipart boundary; a random one when L{None}.
+    """
+    if len(ranges) == 1:
+        first, last = ranges[0]
+        return PartialContent(
+            [(b"Content-Range", b"bytes %d-%d/%d" % (first, last, size))],
+            [(first, last - first + 1)],
+            last - first + 1,
+        )
+    if boundary is None:
+        boundary = secrets.token_hex(16).encode("ascii")
+    typeLine = b"Content-Type: %s\r\n" % (contentType,) if contentType else b""
+    pieces: list[Piece] = []
+    length = 0
+    for number, (first, last) in enumerate(ranges):
+        partHead = (
+            b"%s--%s\r\n" % (b"\r\n" if number else b"", boundary)
+            + typeLine
+            + b"Content-Range: bytes %d-%d/%d\r\n\r\n" % (first, last, size)
+        )
+        pieces += [partHead, (first, last - first + 1)]
+        length += len(partHead) + last - first + 1
+    closing = b"\r\n--%s--\r\n" % (boundary,)
+    pieces.append(closing)
+    length += len(closing)
+    return PartialContent(
+        [(b"Content-Type", b"multipart/byteranges; boundary=" + boundary)],
+        pieces,
+        length,
+    )
+
+
+def unsatisfiedRange(size: int) -> tuple[bytes, bytes]:
+    """
+    The C{Content-Range} field of a 416 about a representation of C{size}
+    bytes (RFC 9110 section 14.4).
+    """
+    return (b"Content-Range", b"bytes */%d" % (size,))
+
+
+def assemble(pieces: Sequence[Piece], content: bytes) -> bytes:
+    """
+    A body of L{partialContent} pieces, cut from the whole C{content}.
+    """
+    return b"".join(
+        piece if isinstance(piece, bytes) else content[piece[0] : piece[0] + piece[1]]
+        for piece in pieces
+    )

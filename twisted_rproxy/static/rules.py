@@ -1,8 +1,9 @@
 """
 The decisions of static file serving as plain functions of data: safe path
 segments, content types, entity tags, HTTP dates, ranges and content
-coding negotiation. The last four are general HTTP rules, in
-L{twisted_rproxy.rules}; they are importable from here too.
+coding negotiation, the preconditions of a request, a file's C{Expires}.
+Dates, entity tag matching, ranges and negotiation are general HTTP rules,
+in L{twisted_rproxy.rules}; they are importable from here too.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
+
+from twisted.web.http import datetimeToString
 
 from twisted_rproxy.rules.dates import parseHTTPDate
 from twisted_rproxy.rules.etags import etagMatches
@@ -252,3 +255,58 @@ def makeETag(info: os.stat_result, suffix: str = "") -> bytes:
         info.st_size,
         suffix.encode("ascii"),
     )
+
+
+_MAX_AGE = re.compile(r"(?:^|[,\s])max-age\s*=\s*\"?(\d+)", re.IGNORECASE)
+
+
+_NO_EXPIRES = re.compile(r"\b(?:no-store|no-cache|private)\b", re.IGNORECASE)
+
+
+def _expiresFor(cacheControl: str, now: float) -> bytes | None:
+    """
+    The C{Expires} value matching a C{Cache-Control} value's C{max-age}, for
+    HTTP/1.0 caches; L{None} when it has none or forbids shared caching.
+    """
+    if _NO_EXPIRES.search(cacheControl):
+        return None
+    match = _MAX_AGE.search(cacheControl)
+    if match is None or len(match.group(1)) > 10:
+        return None
+    result: bytes = datetimeToString(int(now) + int(match.group(1)))
+    return result
+
+
+def preconditionFailed(
+    ifMatch: bytes | None,
+    ifUnmodifiedSince: bytes | None,
+    ifNoneMatch: bytes | None,
+    ifModifiedSince: bytes | None,
+    etag: bytes,
+    modified: int,
+) -> int | None:
+    """
+    Evaluate the preconditions of a request on a file, in the order of RFC
+    9110 section 13.2.2.
+
+    @param ifMatch: The request's C{If-Match} (lines joined), or L{None};
+        and so on for the next three.
+    @param etag: The file's strong entity tag.
+    @param modified: Its modification time, in seconds.
+    @return: 412 or 304 if one fails, L{None} to go on.
+    """
+    if ifMatch is not None:
+        if not etagMatches(ifMatch, etag, weak=False):
+            return 412
+    elif ifUnmodifiedSince is not None:
+        since = parseHTTPDate(ifUnmodifiedSince)
+        if since is not None and modified > since:
+            return 412
+    if ifNoneMatch is not None:
+        if etagMatches(ifNoneMatch, etag, weak=True):
+            return 304
+    elif ifModifiedSince is not None:
+        since = parseHTTPDate(ifModifiedSince)
+        if since is not None and modified <= since:
+            return 304
+    return None

@@ -1,0 +1,195 @@
+"""
+What a request is stored under: the primary key the configuration's
+C{key} parts make of it (L{CacheKeys}), the stored variant its varying
+headers select (L{selectEntry}, RFC 9111 section 4.1); and removing what
+is stored under a URL: C{PURGE} requests (L{renderPurge}) and the
+invalidation after an unsafe request (L{invalidate}, RFC 9111 section 4.4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from twisted_rproxy.cache.policy import invalidationTargets, secondaryKey
+from twisted_rproxy.interfaces import ICacheStore
+from twisted_rproxy.messages import CacheEntry
+from twisted_rproxy.pages import renderError
+
+__all__ = ["CacheKeys", "Pairs", "invalidate", "renderPurge", "requestPairs"]
+
+#: Header fields as (name, value) pairs, a value per line.
+Pairs = list[tuple[bytes, bytes]]
+
+_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def requestPairs(request: IRequest) -> Pairs:
+    """
+    A request's header fields, names lowercased.
+    """
+    return [
+        (name.lower(), value)
+        for name, values in request.requestHeaders.getAllRawHeaders()
+        for value in values
+    ]
+
+
+def selectEntry(entries: Sequence[CacheEntry], request: IRequest) -> CacheEntry | None:
+    """
+    The stored response that a request selects (RFC 9111 section 4.1):
+    the most recent of those whose varying headers match.
+    """
+    chosen: CacheEntry | None = None
+    pairs: Pairs | None = None
+    for entry in entries:
+        if entry.varyOn:
+            if pairs is None:
+                pairs = requestPairs(request)
+            if secondaryKey(entry.varyOn, pairs) != entry.variant:
+                continue
+        if chosen is None or entry.responseTime > chosen.responseTime:
+            chosen = entry
+    return chosen
+
+
+class CacheKeys:
+    """
+    The primary keys of a cache, made of the parts its configuration
+    names (C{method}, C{scheme}, C{host}, C{path}, C{query},
+    C{header:NAME}).
+    """
+
+    __slots__ = ("_method", "_scheme", "_host", "_path", "_query", "_headers")
+
+    def __init__(self, parts: Sequence[str]) -> None:
+        """
+        @param parts: The configuration's C{key}.
+        """
+        names = set(parts)
+        self._method = "method" in names
+        self._scheme = "scheme" in names
+        self._host = "host" in names
+        self._path = "path" in names
+        self._query = "query" in names
+        self._headers = [
+            part[7:].lower().encode("ascii")
+            for part in parts
+            if part.lower().startswith("header:")
+        ]
+
+    def urlKey(self, scheme: bytes, host: bytes, target: bytes) -> bytes:
+        """
+        The part of a key that names a URL (no method, no headers).
+        """
+        path, _, query = target.partition(b"?")
+        key = b""
+        if self._scheme:
+            key += scheme + b"://"
+        if self._host:
+            key += host
+        if self._path:
+            key += path
+        if self._query and query:
+            key += b"?" + query
+        return key
+
+    @staticmethod
+    def scheme(request: IRequest) -> bytes:
+        """
+        The scheme a request came with.
+        """
+        return b"https" if request.isSecure() else b"http"
+
+    @staticmethod
+    def host(request: IRequest) -> bytes:
+        """
+        The host a request names, lowercased; empty without one.
+        """
+        values = request.requestHeaders.getRawHeaders(b"host")
+        return values[0].lower() if values else b""
+
+    def keyFor(self, request: IRequest) -> bytes:
+        """
+        The primary cache key of a request (a C{HEAD} is looked up as the
+        C{GET} of the same target).
+        """
+        key = self.urlKey(self.scheme(request), self.host(request), request.uri)
+        if self._method:
+            key = b"GET " + key
+        if self._headers:
+            getRawHeaders = request.requestHeaders.getRawHeaders
+            for name in self._headers:
+                key += b"\n" + name + b"=" + b",".join(getRawHeaders(name) or ())
+        return key
+
+    def purge(self, store: ICacheStore, target: bytes | str, prefix: bool) -> int:
+        """
+        Remove stored responses from C{store}.
+
+        @param target: A URL as the key names it, or a whole key.
+        @param prefix: Remove every key whose URL starts with C{target}.
+        @return: How many responses were removed.
+        """
+        if isinstance(target, str):
+            target = target.encode("utf-8")
+        if not target.startswith(b"GET ") and self._method:
+            target = b"GET " + target
+        if prefix:
+            return store.purge(target)
+        count = store.remove(target)
+        if self._headers:
+            count += store.purge(target + b"\n")
+        return count
+
+
+def renderPurge(
+    request: Any, keys: CacheKeys, store: ICacheStore, allowed: Sequence[_Network]
+) -> None:
+    """
+    Answer a C{PURGE} request: remove what is stored under its target (a
+    final C{*} makes it a prefix) if its client is in one of the C{allowed}
+    networks, and say how many in a JSON body; 403 otherwise.
+    """
+    client = request.getClientAddress()
+    address = getattr(client, "host", "")
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        ip = None
+    if ip is None or not any(ip in network for network in allowed):
+        renderError(request, 403)
+        return
+    target = request.uri
+    prefix = target.endswith(b"*")
+    if prefix:
+        target = target[:-1]
+    url = keys.urlKey(keys.scheme(request), keys.host(request), target)
+    count = keys.purge(store, url, prefix)
+    body = json.dumps({"purged": count}).encode("ascii") + b"\n"
+    request.setResponseCode(200)
+    headers = request.responseHeaders
+    headers.setRawHeaders(b"content-type", [b"application/json"])
+    headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
+    headers.setRawHeaders(b"cache-control", [b"no-store"])
+    request.write(body)
+    request.finish()
+
+
+def invalidate(
+    keys: CacheKeys, store: ICacheStore, request: Any, status: int, headers: Pairs
+) -> None:
+    """
+    Remove what the response to an unsafe request made stale (RFC 9111
+    section 4.4): its target's, and its C{Location} and
+    C{Content-Location} if they are on the same host.
+    """
+    scheme, host = keys.scheme(request), keys.host(request)
+    for target in invalidationTargets(
+        request.method, status, scheme, host, request.uri, headers
+    ):
+        keys.purge(store, keys.urlKey(scheme, host, target), False)
