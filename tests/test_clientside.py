@@ -19,18 +19,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.http import _ChunkedTransferDecoder, _MalformedChunkedDataError
 
 from tests.fixtures import LoopbackTestCase, asyncTest, backendServer, sleep
 from tests.loopback import RecordedRequest, Reply, parseResponses
 from tests.memory import Proxy
+from twisted_rproxy._twisted import MalformedChunkedDataError
 from twisted_rproxy.config import Config, PoolConfig, RouteConfig, ServerConfig
 from twisted_rproxy.hardening import MAX_CHUNK_SIZE, bodyRateDeadline
-from twisted_rproxy.server.channel import (
-    ProxyHTTPChannel,
-    RequestGuard,
-    _StrictChunkedDecoder,
-)
+from twisted_rproxy.server.channel import RequestGuard
+from twisted_rproxy.server.chunked import StrictChunkedDecoder
 from twisted_rproxy.service import ProxyService
 
 _RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -135,39 +132,18 @@ class PersistenceTests(SynchronousTestCase):
 
 class StrictChunkedDecoderTests(SynchronousTestCase):
     """
-    L{_StrictChunkedDecoder} refuses bare LFs and oversized chunk sizes as
+    L{StrictChunkedDecoder} refuses bare LFs and oversized chunk sizes as
     soon as they arrive.
     """
 
     def decoder(self, maxBody: int | None = None) -> tuple[Any, list[bytes], list[int]]:
         received: list[bytes] = []
         tooLarge: list[int] = []
-        decoder = _StrictChunkedDecoder(
+        decoder = StrictChunkedDecoder(
             received.append, received.append, lambda: tooLarge.append(1)
         )
         decoder.maxBody = maxBody
         return decoder, received, tooLarge
-
-    def test_twistedInternals(self) -> None:
-        """
-        What the decoder and the channel rely on in twisted.web's private
-        parser is still there (a failure here means Twisted changed it).
-        """
-        for name in (
-            "_dataReceived_CHUNK_LENGTH",
-            "_dataReceived_CRLF",
-            "_dataReceived_TRAILER",
-            "dataReceived",
-        ):
-            self.assertTrue(callable(getattr(_ChunkedTransferDecoder, name)), name)
-        decoder = _ChunkedTransferDecoder(lambda data: None, lambda rest: None)
-        self.assertEqual(decoder.state, "CHUNK_LENGTH")
-        self.assertIsInstance(decoder._buffer, bytearray)
-        self.assertTrue(issubclass(_MalformedChunkedDataError, Exception))
-        channel = ProxyHTTPChannel()
-        for name in ("_transferDecoder", "_dataBuffer", "_handlingRequest"):
-            self.assertTrue(hasattr(channel, name), name)
-        self.assertEqual((channel._buffer, channel.line_mode), (b"", 1))
 
     def test_validBody(self) -> None:
         """
@@ -187,7 +163,7 @@ class StrictChunkedDecoderTests(SynchronousTestCase):
         """
         for data in (b"5\n", b"5;x\n", b"\n", b"5\r\nhello\n", b"0\r\nX-T: 1\n"):
             decoder, _, _ = self.decoder()
-            self.assertRaises(_MalformedChunkedDataError, decoder.dataReceived, data)
+            self.assertRaises(MalformedChunkedDataError, decoder.dataReceived, data)
 
     def test_overflow(self) -> None:
         """
@@ -195,7 +171,7 @@ class StrictChunkedDecoderTests(SynchronousTestCase):
         """
         decoder, _, _ = self.decoder()
         size = b"%x\r\n" % (MAX_CHUNK_SIZE + 1,)
-        self.assertRaises(_MalformedChunkedDataError, decoder.dataReceived, size)
+        self.assertRaises(MalformedChunkedDataError, decoder.dataReceived, size)
         decoder, _, tooLarge = self.decoder()
         decoder.dataReceived(b"%x\r\n" % (MAX_CHUNK_SIZE,))
         self.assertEqual(tooLarge, [])
@@ -208,7 +184,7 @@ class StrictChunkedDecoderTests(SynchronousTestCase):
         decoder, received, tooLarge = self.decoder(maxBody=10)
         decoder.dataReceived(b"6\r\nabcdef\r\n")
         self.assertEqual(tooLarge, [])
-        self.assertRaises(_MalformedChunkedDataError, decoder.dataReceived, b"5\r\n")
+        self.assertRaises(MalformedChunkedDataError, decoder.dataReceived, b"5\r\n")
         self.assertEqual((received, tooLarge), ([b"abcdef"], [1]))
 
 

@@ -7,11 +7,15 @@ and newest supported releases be run again: tox -e tests-oldest,tests-newest).
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from twisted.internet import abstract, tcp
 from twisted.internet.error import ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web import http
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
 
@@ -43,6 +47,256 @@ class RequestTests(SynchronousTestCase):
 
 
 # --- twisted.web.http.HTTPChannel -----------------------------------------
+
+
+class _Channel(_twisted.HTTPChannelBase):
+    """
+    A channel that records what the fence tells of it as a request arrives.
+    """
+
+    def __init__(self) -> None:
+        _twisted.HTTPChannelBase.__init__(self)
+        self.requestFactory = http.Request
+        # No idle timer on the global reactor.
+        self.timeOut = None
+        self.seen: list[object] = []
+        self.badRequests: list[tuple[bool, bool, bool]] = []
+        self.decoders: list[object] = []
+        self.target: bytes | None = None
+
+    def allHeadersReceived(self) -> None:
+        self.seen.append(self.requestLine())
+        self.seen.append(self.awaitingRequestLine())
+        if self.target is not None:
+            self.setRequestTarget(self.target)
+        self.decoders.append(
+            self.replaceChunkedDecoder(lambda data, end: _Decoder(data, end))
+        )
+        _twisted.HTTPChannelBase.allHeadersReceived(self)
+
+    def respondToBadRequest(self) -> None:
+        self.badRequests.append(
+            (self.awaitingRequestLine(), self.headTooLarge(), self.tooManyHeaders())
+        )
+        _twisted.HTTPChannelBase.respondToBadRequest(self)
+
+
+class _Decoder(_twisted.ChunkedDecoder):
+    """
+    A decoder that records the chunk sizes and refuses those past 100.
+    """
+
+    def __init__(self, data: Any, end: Any) -> None:
+        _twisted.ChunkedDecoder.__init__(self, data, end)
+        self.sizes: list[int] = []
+
+    def checkChunkSize(self, length: int) -> None:
+        self.sizes.append(length)
+        if length > 100:
+            raise _twisted.MalformedChunkedDataError("too large")
+
+
+def _connected(channel: http.HTTPChannel) -> StringTransport:
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return transport
+
+
+class HTTPChannelTests(SynchronousTestCase):
+    """
+    What L{_twisted.HTTPChannelBase} reads and changes of twisted.web's
+    L{http.HTTPChannel}.
+    """
+
+    def test_requestLine(self) -> None:
+        """
+        The request line is known once the head is in; the target can be
+        changed before the request is received.
+        """
+        channel = _Channel()
+        channel.target = b"/changed"
+        _connected(channel)
+        self.assertTrue(channel.awaitingRequestLine(), _changed("__first_line"))
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        self.assertEqual(
+            channel.seen,
+            [(b"GET", b"/x", b"HTTP/1.1"), False],
+            _changed("HTTPChannel._command/_path/_version/__first_line"),
+        )
+        self.assertEqual(
+            channel.requests[0].uri, b"/changed", _changed("HTTPChannel._path")
+        )
+
+    def test_handlingAndBuffered(self) -> None:
+        """
+        Once a request is received whole, the channel handles it, and holds
+        what the client sends next; the line being received is readable.
+        """
+        channel = _Channel()
+        _connected(channel)
+        message = _changed("HTTPChannel._handlingRequest/_dataBuffer")
+        self.assertFalse(channel.handlingRequest, message)
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nnext bytes")
+        self.assertTrue(channel.handlingRequest, message)
+        self.assertEqual(channel.takeBufferedData(), b"next bytes", message)
+        self.assertEqual(channel.takeBufferedData(), b"", message)
+        channel.handlingRequest = False
+        self.assertFalse(channel.handlingRequest, message)
+        other = _Channel()
+        _connected(other)
+        other.dataReceived(b"GET /par")
+        self.assertEqual(
+            other.bufferedLine(), b"GET /par", _changed("LineReceiver._buffer")
+        )
+
+    def test_send100Continue(self) -> None:
+        """
+        The interim response is written to the transport.
+        """
+        channel = _Channel()
+        transport = _connected(channel)
+        channel.send100Continue()
+        self.assertEqual(
+            transport.value(),
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            _changed("HTTPChannel._send100Continue"),
+        )
+
+    def test_badRequest(self) -> None:
+        """
+        twisted.web's answer to a malformed request goes through
+        C{respondToBadRequest}, which knows which limit was passed.
+        """
+        message = _changed("HTTPChannel._respondToBadRequestAndDisconnect")
+        channel = _Channel()
+        transport = _connected(channel)
+        channel.dataReceived(b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n")
+        self.assertEqual(channel.badRequests, [(False, False, False)], message)
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), message)
+        sizes = _Channel()
+        sizes.totalHeadersSize = 20
+        _connected(sizes)
+        sizes.dataReceived(b"GET /" + b"x" * 30 + b" HTTP/1.1\r\n")
+        self.assertEqual(
+            sizes.badRequests,
+            [(True, True, False)],
+            _changed("HTTPChannel._receivedHeaderSize/__first_line"),
+        )
+        count = _Channel()
+        count.maxHeaders = 1
+        _connected(count)
+        count.dataReceived(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n")
+        self.assertEqual(
+            count.badRequests,
+            [(False, False, True)],
+            _changed("HTTPChannel._receivedHeaderCount"),
+        )
+
+    def test_replaceChunkedDecoder(self) -> None:
+        """
+        A chunked body is decoded by the decoder put in its place, which
+        sees each chunk size; a body with a length keeps twisted.web's.
+        """
+        message = _changed("HTTPChannel._transferDecoder/_ChunkedTransferDecoder")
+        channel = _Channel()
+        _connected(channel)
+        channel.dataReceived(
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n"
+        )
+        [decoder] = channel.decoders
+        self.assertIsInstance(decoder, _Decoder, message)
+        self.assertEqual(getattr(decoder, "sizes", None), [3, 0], message)
+        self.assertEqual(channel.requests[0].content.read(), b"abc", message)
+        plain = _Channel()
+        _connected(plain)
+        plain.dataReceived(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n")
+        self.assertEqual(plain.decoders, [None], message)
+
+
+class ChunkedDecoderTests(SynchronousTestCase):
+    """
+    What L{_twisted.ChunkedDecoder} overrides of twisted.web's private
+    chunked decoder.
+    """
+
+    def test_internals(self) -> None:
+        """
+        The states the decoder overrides and the buffer it reads are still
+        twisted.web's.
+        """
+        for name in (
+            "_dataReceived_CHUNK_LENGTH",
+            "_dataReceived_CRLF",
+            "_dataReceived_TRAILER",
+            "dataReceived",
+        ):
+            self.assertTrue(
+                callable(getattr(http._ChunkedTransferDecoder, name, None)),
+                _changed(f"_ChunkedTransferDecoder.{name}"),
+            )
+        decoder = http._ChunkedTransferDecoder(lambda data: None, lambda rest: None)
+        message = _changed("_ChunkedTransferDecoder.state/_buffer")
+        self.assertEqual(decoder.state, "CHUNK_LENGTH", message)
+        self.assertIsInstance(decoder._buffer, bytearray, message)
+        self.assertTrue(
+            issubclass(_twisted.MalformedChunkedDataError, Exception), message
+        )
+
+    def test_decodes(self) -> None:
+        """
+        A body in pieces, with an extension and a trailer, is decoded; each
+        chunk size is checked once, before the chunk.
+        """
+        received: list[bytes] = []
+        decoder = _Decoder(received.append, received.append)
+        for piece in (b"0003;a=b\r", b"\nabc\r\n", b"2\r\nde\r\n0\r\nX-T: 1\r\n\r\n"):
+            decoder.dataReceived(piece)
+        message = _changed("_ChunkedTransferDecoder")
+        self.assertEqual(received, [b"abc", b"de", b""], message)
+        self.assertEqual(decoder.sizes, [3, 2, 0], message)
+        self.assertEqual(decoder.state, "FINISHED", message)
+
+    def test_refuses(self) -> None:
+        """
+        A bare LF in each state, and a size C{checkChunkSize} refuses, raise
+        L{_twisted.MalformedChunkedDataError} as soon as they arrive.
+        """
+        for data in (b"5\n", b"\n", b"5\r\nhello\n", b"0\r\nX-T: 1\n", b"65\r\n"):
+            decoder = _Decoder(lambda data: None, lambda rest: None)
+            self.assertRaises(
+                _twisted.MalformedChunkedDataError,
+                decoder.dataReceived,
+                data,
+            )
+
+
+class _TLSTransport(StringTransport):
+    negotiatedProtocol = b"h2"
+
+
+class HTTPChannelSwitcherTests(SynchronousTestCase):
+    """
+    What L{_twisted.HTTPChannelSwitcher} reads of twisted.web's
+    C{_GenericHTTPChannelProtocol}.
+    """
+
+    def test_channel(self) -> None:
+        """
+        The wrapper's channel is the one it was built with, and twisted.web's
+        HTTP/2 connection once TLS negotiated C{h2}.
+        """
+        message = _changed("_GenericHTTPChannelProtocol._channel")
+        channel = http.HTTPChannel()
+        channel.timeOut = None
+        switcher = _twisted.HTTPChannelSwitcher(channel)
+        self.assertIs(switcher.channel, channel, message)
+        if not http.H2_ENABLED:
+            return
+        switcher.makeConnection(_TLSTransport())
+        switcher.dataReceived(b"")
+        self.assertEqual(type(switcher.channel).__name__, "H2Connection", message)
+        switcher.connectionLost(Failure(ConnectionLost()))
 
 
 # --- twisted.internet.tcp: writeThrough -----------------------------------
@@ -90,4 +344,276 @@ class WriteThroughTests(SynchronousTestCase):
 # --- TLS --------------------------------------------------------------------
 
 
+def _opensslChanged(what: str) -> str:
+    return (
+        f"pyOpenSSL {_twisted.OPENSSL_VERSION} changed {what}: update "
+        "twisted_rproxy._twisted"
+    )
+
+
+def _certificate() -> tuple[Any, Any]:
+    """
+    A certificate for example.com and its key, as cryptography objects.
+    """
+    import trustme
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = trustme.CA().issue_cert("example.com")
+    certificate = x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes())
+    key = serialization.load_pem_private_key(
+        leaf.private_key_pem.bytes(), password=None
+    )
+    return certificate, key
+
+
+def _handshake(server: Any, client: Any) -> bool:
+    """
+    Whether a TLS handshake between pyOpenSSL contexts C{server} and
+    C{client} succeeds, in memory.
+    """
+    from OpenSSL import SSL
+
+    serverSide = SSL.Connection(server, None)
+    serverSide.set_accept_state()
+    clientSide = SSL.Connection(client, None)
+    clientSide.set_connect_state()
+    done: set[Any] = set()
+    for _ in range(20):
+        for side in (clientSide, serverSide):
+            try:
+                side.do_handshake()
+            except SSL.WantReadError:
+                pass
+            except SSL.Error:
+                return False
+            else:
+                done.add(side)
+        if len(done) == 2:
+            return True
+        for source, sink in ((clientSide, serverSide), (serverSide, clientSide)):
+            try:
+                sink.bio_write(source.bio_read(65536))
+            except SSL.WantReadError:
+                pass
+    return False
+
+
+class OpenSSLTests(SynchronousTestCase):
+    """
+    What the fence does with pyOpenSSL's binding, and what Twisted's
+    C{CertificateOptions} does with cryptography objects.
+    """
+
+    def _serverContext(self, groups: bytes) -> Any:
+        from OpenSSL import SSL
+
+        certificate, key = _certificate()
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        context.use_certificate(certificate)
+        context.use_privatekey(key)
+        self.assertTrue(
+            _twisted.setKeyExchangeGroups(context, groups),
+            _opensslChanged("OpenSSL._util.lib.SSL_CTX_set1_curves_list"),
+        )
+        return context
+
+    def test_keyExchangeGroups(self) -> None:
+        """
+        A server restricted to some groups refuses a client offering only
+        others, and accepts one offering one of them.
+        """
+        from OpenSSL import SSL
+
+        message = _opensslChanged("Context._context/SSL_CTX_set1_curves_list")
+        server = self._serverContext(b"X25519")
+        other = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self.assertTrue(_twisted.setKeyExchangeGroups(other, b"secp384r1"), message)
+        self.assertFalse(_handshake(server, other), message)
+        server = self._serverContext(b"X25519")
+        same = SSL.Context(SSL.TLS_CLIENT_METHOD)
+        self.assertTrue(_twisted.setKeyExchangeGroups(same, b"X25519"), message)
+        self.assertTrue(_handshake(server, same), message)
+
+    def test_unknownGroup(self) -> None:
+        """
+        A list OpenSSL refuses is reported.
+        """
+        from OpenSSL import SSL
+
+        context = SSL.Context(SSL.TLS_SERVER_METHOD)
+        self.assertFalse(
+            _twisted.setKeyExchangeGroups(context, b"no-such-group"),
+            _opensslChanged("SSL_CTX_set1_curves_list's result"),
+        )
+
+    def test_certificateOptions(self) -> None:
+        """
+        C{CertificateOptions} serves a cryptography certificate and key,
+        without pyOpenSSL's deprecation of its own X509 and PKey.
+        """
+        from OpenSSL import SSL
+        from twisted.internet.ssl import CertificateOptions
+
+        certificate, key = _certificate()
+        message = _changed("what CertificateOptions does with privateKey/certificate")
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "error", message="Passing pyOpenSSL", category=DeprecationWarning
+            )
+            options = CertificateOptions(
+                **_twisted.certificateOptions(certificate, key)
+            )
+            context = options.getContext()
+        served = SSL.Connection(context, None).get_certificate()
+        assert served is not None, message
+        self.assertEqual(served.to_cryptography(), certificate, message)
+
+
 # --- other ------------------------------------------------------------------
+
+
+class ConnectionTransportTests(SynchronousTestCase):
+    """
+    Where L{_twisted.connectionTransport} finds a request's transport.
+    """
+
+    def test_http1(self) -> None:
+        """
+        An HTTP/1.1 request's transport is its channel's.
+        """
+        channel = DummyChannel()
+        request = Request(channel)
+        self.assertIs(_twisted.connectionTransport(request), channel.transport)
+
+    def test_http2(self) -> None:
+        """
+        An HTTP/2 request's transport is its stream's connection's.
+        """
+        from twisted.web import http
+        from twisted.web._http2 import H2Connection, H2Stream
+
+        connection = H2Connection()
+        transport = StringTransport()
+        connection.transport = transport
+        requests: list[http.Request] = []
+
+        def requestFactory(channel: object, queued: bool) -> http.Request:
+            request = http.Request(channel, queued)
+            requests.append(request)
+            return request
+
+        H2Stream(
+            1,
+            connection,
+            [(b":method", b"GET"), (b":path", b"/")],
+            requestFactory,
+            None,
+            None,
+        )
+        self.assertIs(
+            _twisted.connectionTransport(requests[0]),
+            transport,
+            _changed("H2Stream.transport/_conn"),
+        )
+
+    def test_noChannel(self) -> None:
+        """
+        Something without a channel has no transport.
+        """
+        self.assertIsNone(_twisted.connectionTransport(object()))
+
+
+class ProxyHeaderWrapperTests(SynchronousTestCase):
+    """
+    What L{_twisted.ProxyHeaderWrapper} reads of Twisted's PROXY protocol
+    wrapper.
+    """
+
+    def _wrapper(self) -> tuple[Any, StringTransport, list[bytes]]:
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.protocol import Factory, Protocol
+        from twisted.protocols.policies import WrappingFactory
+
+        received: list[bytes] = []
+
+        class Receiver(Protocol):
+            def dataReceived(self, data: bytes) -> None:
+                received.append(data)
+
+        factory = WrappingFactory(Factory.forProtocol(Receiver))
+        wrapper = _twisted.ProxyHeaderWrapper(factory, Receiver())
+        transport = StringTransport(
+            peerAddress=IPv4Address("TCP", "192.0.2.1", 4000)
+        )
+        wrapper.makeConnection(transport)
+        return wrapper, transport, received
+
+    def test_header(self) -> None:
+        """
+        Once the header is read, the peer is the one it names and what
+        follows it reaches the wrapped protocol.
+        """
+        message = _changed("HAProxyProtocolWrapper (haproxy._wrapper, _proxyInfo)")
+        wrapper, transport, received = self._wrapper()
+        self.assertFalse(wrapper.proxyHeaderReceived, message)
+        wrapper.dataReceived(b"PROXY TCP4 198.51.100.7 192.0.2.9 5000 80\r\n")
+        self.assertTrue(wrapper.proxyHeaderReceived, message)
+        self.assertEqual(wrapper.getPeer().host, "198.51.100.7", message)
+        wrapper.dataReceived(b"GET / HTTP/1.1\r\n")
+        self.assertEqual(received, [b"GET / HTTP/1.1\r\n"], message)
+        self.assertFalse(transport.disconnecting, message)
+
+    def test_noHeader(self) -> None:
+        """
+        A connection that does not start with a header is closed.
+        """
+        wrapper, transport, received = self._wrapper()
+        wrapper.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        message = _changed("HAProxyProtocolWrapper without a header")
+        self.assertFalse(wrapper.proxyHeaderReceived, message)
+        self.assertTrue(transport.disconnecting, message)
+        self.assertEqual(received, [], message)
+
+
+class _Socket:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def shutdown(self, how: int) -> None:
+        self.calls.append("shutdown")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class CloseWithoutShutdownTests(SynchronousTestCase):
+    """
+    What L{_twisted.closeWithoutShutdown} changes of Twisted's TCP port:
+    C{_shouldShutdown}, read when it closes its socket.
+    """
+
+    def _close(self, port: tcp.Port) -> list[str]:
+        socket = _Socket()
+        port.socket = socket
+        port._closeSocket(True)
+        return socket.calls
+
+    def test_closeWithoutShutdown(self) -> None:
+        from twisted.internet.protocol import Factory
+
+        message = _changed("tcp.Port._shouldShutdown/_closeSocket")
+        self.assertEqual(
+            self._close(tcp.Port(0, Factory())), ["shutdown", "close"], message
+        )
+        port = tcp.Port(0, Factory())
+        _twisted.closeWithoutShutdown(port)
+        self.assertEqual(self._close(port), ["close"], message)
+
+    def test_otherPort(self) -> None:
+        """
+        A port without the attribute is left as it is.
+        """
+        port = object()
+        _twisted.closeWithoutShutdown(port)
+        self.assertFalse(hasattr(port, "_shouldShutdown"))

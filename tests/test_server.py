@@ -11,10 +11,13 @@ import os
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.test.requesthelper import DummyChannel
+from zope.interface.verify import verifyObject
 
 from tests.memory import Proxy, backend
 from twisted_rproxy.config import PoolConfig, RouteConfig
-from twisted_rproxy.server import httpDate
+from twisted_rproxy.interfaces import IProxyRequest, ITunnelChannel
+from twisted_rproxy.server import ProxyHTTPChannel, ProxyRequest, httpDate
 
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\nServer: secret-backend/1.0\r\nX-Powered-By: PHP\r\n"
@@ -579,3 +582,58 @@ class HTTPDateTests(SynchronousTestCase):
         """
         self.assertEqual(httpDate(784111777.5), b"Sun, 06 Nov 1994 08:49:37 GMT")
         self.assertEqual(httpDate(0), b"Thu, 01 Jan 1970 00:00:00 GMT")
+
+
+class ProxyRequestContractTests(SynchronousTestCase):
+    """
+    L{ProxyRequest} provides L{IProxyRequest}, with every attribute it
+    declares.
+    """
+
+    def test_onProxyChannel(self) -> None:
+        """
+        A request received on the proxy's channel, waiting on its backend,
+        provides the interface; what no module set yet is L{None}.
+        """
+        proxy = Proxy()
+        client, _ = proxy.client()
+        client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        channel = client.channel
+        self.assertIsInstance(channel, ProxyHTTPChannel)
+        self.assertTrue(verifyObject(ITunnelChannel, channel))
+        [request] = channel.requests
+        self.assertTrue(verifyObject(IProxyRequest, request))
+        self.assertIsNone(request.onBackendError)
+        self.assertIsNone(request.cacheStatus)
+
+    def test_onTestChannel(self) -> None:
+        """
+        A request built on twisted.web's test channel provides it too.
+        """
+        request = ProxyRequest(DummyChannel(), False)
+        self.assertTrue(verifyObject(IProxyRequest, request))
+
+
+class FormBodyTests(SynchronousTestCase):
+    """
+    A form in a POST body is the backend's: twisted.web does not parse it.
+    """
+
+    def test_malformedMultipartForwarded(self) -> None:
+        """
+        A buffered C{multipart/form-data} body that is not valid multipart
+        reaches the backend as it is (twisted.web 24.7 would answer 400),
+        and the request's C{args} hold only the query's.
+        """
+        proxy = Proxy()
+        client, _ = proxy.client()
+        body = b"not multipart at all"
+        client.dataReceived(
+            b"POST /form?a=1 HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=zzz\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        [request] = client.channel.requests
+        self.assertEqual(request.args, {b"a": [b"1"]})
+        _, transport = proxy.acceptBackend()
+        self.assertTrue(transport.value().endswith(b"\r\n\r\n" + body))

@@ -15,14 +15,35 @@ add a function here, with its test.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import OpenSSL
 import twisted
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+)
+from OpenSSL import SSL
+from twisted.internet.protocol import connectionDone
 from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.tcp import Server as _TCPServer
+from twisted.protocols.haproxy._wrapper import (
+    HAProxyProtocolWrapper as _HAProxyProtocolWrapper,
+)
+from twisted.python.failure import Failure
+from twisted.web.http import (
+    HTTPChannel,
+    _ChunkedTransferDecoder,
+    _GenericHTTPChannelProtocol,
+    _MalformedChunkedDataError,
+)
 
 #: The installed Twisted, for the fence tests' messages.
 TWISTED_VERSION: str = twisted.__version__
+
+#: The installed pyOpenSSL, for the fence tests' messages.
+OPENSSL_VERSION: str = OpenSSL.__version__
 
 
 # --- twisted.web.http.Request ---------------------------------------------
@@ -42,6 +63,188 @@ def requestGone(request: Any) -> bool:
 
 
 # --- twisted.web.http.HTTPChannel (server/channel.py) ---------------------
+
+#: What a chunked body's decoder raises for framing it refuses: the channel
+#: answers 400 and closes (twisted.web's C{_MalformedChunkedDataError}).
+MalformedChunkedDataError: type[Exception] = _MalformedChunkedDataError
+
+
+class ChunkedDecoder(_ChunkedTransferDecoder):
+    """
+    twisted.web's decoder of a chunked request body, refusing at once what
+    it would wait on: a chunk-size line, the CRLF ending a chunk, or a
+    trailer line ended by a bare LF (twisted.web waits for a CRLF that
+    never comes). Each chunk size goes to L{checkChunkSize} before any of
+    the chunk is read.
+
+    Its states are twisted.web's private C{_dataReceived_*} methods, and it
+    reads the line being received from C{_buffer}.
+    """
+
+    def checkChunkSize(self, length: int) -> None:
+        """
+        Check the size of the chunk about to be read (0 for the last).
+        Every size is accepted here.
+
+        @raise MalformedChunkedDataError: To refuse the body.
+        """
+
+    def _refuseBareLF(self) -> None:
+        # The line being read ends at the first CRLF (or is not complete):
+        # an LF before it is a bare one.
+        buffer = self._buffer
+        end = buffer.find(b"\r\n")
+        if buffer.find(b"\n", 0, len(buffer) if end < 0 else end) >= 0:
+            raise _MalformedChunkedDataError("Line ended by a bare LF")
+
+    def _dataReceived_CHUNK_LENGTH(self) -> bool:
+        self._refuseBareLF()
+        if not _ChunkedTransferDecoder._dataReceived_CHUNK_LENGTH(self):
+            return False
+        self.checkChunkSize(self.length)
+        return True
+
+    def _dataReceived_CRLF(self) -> bool:
+        if self._buffer[:1] == b"\n":
+            raise _MalformedChunkedDataError("Chunk ended by a bare LF")
+        return _ChunkedTransferDecoder._dataReceived_CRLF(self)
+
+    def _dataReceived_TRAILER(self) -> bool:
+        self._refuseBareLF()
+        return _ChunkedTransferDecoder._dataReceived_TRAILER(self)
+
+
+_Decoder = TypeVar("_Decoder", bound=ChunkedDecoder)
+
+
+class HTTPChannelBase(HTTPChannel):
+    """
+    twisted.web's L{HTTPChannel}, with what
+    L{twisted_rproxy.server.ProxyHTTPChannel} reads and changes of its
+    private parser state under public names.
+
+    twisted.web keeps the request line being received in C{_command},
+    C{_path} and C{_version}, the size of the head so far in
+    C{_receivedHeaderSize} and C{_receivedHeaderCount}, whether a request
+    line is awaited in C{_HTTPChannel__first_line}, pipelined data in
+    C{_dataBuffer}, the body's decoder in C{_transferDecoder}, and answers
+    a malformed request in C{_respondToBadRequestAndDisconnect}.
+    """
+
+    def requestLine(self) -> tuple[bytes, bytes, bytes]:
+        """
+        The method, target and version of the request whose head is being
+        received (from its request line to C{allContentReceived}).
+        """
+        return self._command, self._path, self._version
+
+    def setRequestTarget(self, target: bytes) -> None:
+        """
+        Make C{target} the target the request is received with.
+        """
+        self._path = target
+
+    def awaitingRequestLine(self) -> bool:
+        """
+        Whether the line being received is a request line (no request head
+        is under way).
+        """
+        return bool(getattr(self, "_HTTPChannel__first_line", 0))
+
+    def headTooLarge(self) -> bool:
+        """
+        Whether the head received so far is past C{totalHeadersSize}.
+        """
+        size: int = self._receivedHeaderSize
+        return size > self.totalHeadersSize
+
+    def tooManyHeaders(self) -> bool:
+        """
+        Whether the head received so far has more than C{maxHeaders}
+        headers.
+        """
+        count: int = self._receivedHeaderCount
+        return count > self.maxHeaders
+
+    @property
+    def handlingRequest(self) -> bool:
+        """
+        Whether a request was received whole and its response is not done:
+        twisted.web holds what the client sends next until it is.
+        """
+        return bool(self._handlingRequest)
+
+    @handlingRequest.setter
+    def handlingRequest(self, value: bool) -> None:
+        self._handlingRequest = value
+
+    def bufferedLine(self) -> bytes:
+        """
+        The start of a line received and not yet ended by a CRLF (the line
+        receiver's buffer).
+        """
+        buffer: bytes = self._buffer
+        return buffer
+
+    def takeBufferedData(self) -> bytes:
+        """
+        Take what the client sent after the request being handled, which
+        twisted.web read and holds until the response is done.
+        """
+        data = b"".join(getattr(self, "_dataBuffer", []))
+        self._dataBuffer = []
+        return data
+
+    def send100Continue(self) -> None:
+        """
+        Send the client an interim C{100 Continue} response.
+        """
+        HTTPChannel._send100Continue(self)
+
+    def respondToBadRequest(self) -> None:
+        """
+        Answer a request twisted.web found malformed (its request line, a
+        header, its length...): its 400 and close, unless a subclass
+        answers otherwise.
+        """
+        HTTPChannel._respondToBadRequestAndDisconnect(self)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.respondToBadRequest()
+
+    def replaceChunkedDecoder(
+        self,
+        make: Callable[[Callable[[bytes], None], Callable[[bytes], None]], _Decoder],
+    ) -> _Decoder | None:
+        """
+        If the body about to be read is chunked (twisted.web chose its own
+        decoder for it), decode it with C{make(dataCallback,
+        finishCallback)} instead.
+
+        @return: The new decoder, or L{None} if the body is not chunked.
+        """
+        decoder = self._transferDecoder
+        if type(decoder) is not _ChunkedTransferDecoder:
+            return None
+        replacement = make(decoder.dataCallback, decoder.finishCallback)
+        self._transferDecoder = replacement
+        return replacement
+
+
+class HTTPChannelSwitcher(_GenericHTTPChannelProtocol):
+    """
+    twisted.web's wrapper of a server connection's channel, which replaces
+    the HTTP/1.1 channel with an HTTP/2 one when TLS negotiated C{h2}
+    (C{Site.buildProtocol} builds one around an L{HTTPChannel}).
+    """
+
+    @property
+    def channel(self) -> Any:
+        """
+        The channel the connection speaks through now: the HTTP/1.1 one it
+        was built with, or twisted.web's C{H2Connection}.
+        """
+        return self._channel
 
 
 # --- twisted.internet.tcp: writing without a reactor turn -------------------
@@ -86,4 +289,99 @@ def writeThrough(transport: Any, data: bytes) -> None:
 # --- TLS: OpenSSL and twisted.internet._sslverify (tls) --------------------
 
 
+def setKeyExchangeGroups(context: SSL.Context, groups: bytes) -> bool:
+    """
+    Restrict the key exchange groups C{context} offers and accepts to
+    C{groups}, an OpenSSL list such as C{b"X25519:prime256v1"}.
+
+    pyOpenSSL has no public way to (C{Context.set_tmp_ecdh} names one
+    curve and leaves the other groups on); its own binding of OpenSSL's
+    C{SSL_CTX_set1_curves_list} (C{OpenSSL._util.lib}, from cryptography
+    47) does it, on the context's C{_context}.
+
+    @return: Whether OpenSSL took the list; C{False} also when pyOpenSSL's
+        binding is not where it was.
+    """
+    try:
+        from OpenSSL._util import lib
+
+        setCurves = lib.SSL_CTX_set1_curves_list
+        raw = context._context
+    except (ImportError, AttributeError):  # pragma: no cover
+        return False
+    return bool(setCurves(raw, groups))
+
+
+def certificateOptions(
+    certificate: x509.Certificate, key: CertificateIssuerPrivateKeyTypes
+) -> dict[str, Any]:
+    """
+    The keyword arguments giving Twisted's C{CertificateOptions} a
+    certificate and its private key as cryptography objects (directly, or
+    through C{optionsForClientTLS}'s C{extraCertificateOptions}).
+
+    Twisted documents them as pyOpenSSL's C{X509} and C{PKey}, which
+    pyOpenSSL deprecates where C{CertificateOptions} hands them on as they
+    are: C{Context.use_certificate} and C{use_privatekey}, which take
+    cryptography objects (pyOpenSSL 24.3 and later).
+    """
+    return {"certificate": certificate, "privateKey": key}
+
+
 # --- other -----------------------------------------------------------------
+
+
+def connectionTransport(request: object) -> object | None:
+    """
+    The transport of the connection C{request} came on (the TLS one, for a
+    request over TLS), or L{None}.
+
+    An HTTP/1.1 request's channel has it as C{transport}. An HTTP/2
+    request's channel is twisted.web's C{H2Stream}, whose C{transport} is
+    L{None}: its C{H2Connection} (C{_conn}) has it, and no public name
+    leads there.
+    """
+    channel = getattr(request, "channel", None)
+    transport: object | None = getattr(channel, "transport", None)
+    if transport is None:
+        transport = getattr(getattr(channel, "_conn", None), "transport", None)
+    return transport
+
+
+class ProxyHeaderWrapper(_HAProxyProtocolWrapper):
+    """
+    Twisted's wrapper of a connection that starts with a PROXY protocol
+    header (v1 or v2): once the header is read, C{getPeer} and C{getHost}
+    give the addresses it names, and what follows goes to the wrapped
+    protocol.
+
+    Twisted makes it public only inside C{haproxy.proxyEndpoint}, which
+    does not tell when the header was read; the class is
+    C{twisted.protocols.haproxy._wrapper.HAProxyProtocolWrapper}, and it
+    keeps the header in C{_proxyInfo}.
+    """
+
+    @property
+    def proxyHeaderReceived(self) -> bool:
+        """
+        Whether the header was read (so that C{getPeer} is the client's).
+        """
+        return self._proxyInfo is not None
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Typed, for the subclasses' calls (Twisted's is not annotated).
+        _HAProxyProtocolWrapper.connectionLost(self, reason)
+
+
+def closeWithoutShutdown(port: Any) -> None:
+    """
+    Make C{port}, a listening TCP port, close its socket without shutting
+    it down first (C{shutdown(2)}), so that other processes holding the
+    same socket go on accepting on it.
+
+    Twisted's C{tcp.Port} shuts its socket down before closing it unless
+    its private C{_shouldShutdown} is false (as Twisted makes it for an
+    adopted socket). A port of another kind is left as it is.
+    """
+    if hasattr(port, "_shouldShutdown"):
+        port._shouldShutdown = False

@@ -1,166 +1,75 @@
 """
 L{ProxyHTTPChannel}: the HTTP/1.1 channel that lets its request refuse or
-stream the body once the headers are in, with the request limits, timeouts
-and checks; and the wrapper that hands TLS connections to HTTP/2.
+stream the body once the headers are in, with the checks of the request
+head and the proxy's answers to what it refuses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from typing import Protocol as TypingProtocol
 
-from attrs import frozen
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import (
-    HTTPChannel,
-    _ChunkedTransferDecoder,
-    _GenericHTTPChannelProtocol,
-    _MalformedChunkedDataError,
-)
+from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from twisted_rproxy.hardening import (
-    BAD_LINE,
-    MAX_CHUNK_SIZE,
-    bodyRateDeadline,
-    checkHead,
-    refusal,
-)
+from twisted_rproxy._twisted import writeThrough
+from twisted_rproxy.hardening import BAD_LINE, checkHead, refusal
+from twisted_rproxy.interfaces import ITunnelChannel
 from twisted_rproxy.pages import renderError
 from twisted_rproxy.policies import (
     forwardedFor,
     realClient,
     xForwardedFor,
 )
-from twisted_rproxy.pool import writeThrough
 from twisted_rproxy.rules.headers import connectionTokens
+from twisted_rproxy.server.chunked import StrictChunkedDecoder
+from twisted_rproxy.server.timeouts import RequestGuard, TimedHTTPChannel
 
-if TYPE_CHECKING:
-    from twisted_rproxy.server.request import (
-        ProxyRequest,
-    )
-
-
-_log = Logger()
+__all__ = ["ChannelRequest", "ProxyHTTPChannel", "RequestGuard"]
 
 
-@frozen
-class RequestGuard:
+class ChannelRequest(TypingProtocol):
     """
-    The time limits of receiving a request; 0 for none.
-
-    @ivar headerTimeout: Seconds from a request's first byte to the end of
-        its head.
-    @ivar bodyTimeout: Seconds its body may go without a byte arriving.
-    @ivar requestTimeout: Seconds from its first byte to the end of its
-        body.
-    @ivar minBodyRate: The slowest average rate, in bytes per second, of
-        its body once C{minBodyRateGrace} has passed.
-    @ivar minBodyRateGrace: Seconds the body has before its rate counts.
+    What L{ProxyHTTPChannel} asks of its requests, beyond twisted.web's
+    (L{twisted_rproxy.server.ProxyRequest} provides it; the site hands the
+    channel its request factory).
     """
 
-    headerTimeout: float = 0.0
-    bodyTimeout: float = 0.0
-    requestTimeout: float = 0.0
-    minBodyRate: float = 0.0
-    minBodyRateGrace: float = 0.0
+    requestHeaders: Headers
+    client: object
+    peerHost: str | None
+    startedWriting: int
+    #: Whether the body is forwarded as it arrives (processing started).
+    streaming: bool
+    lostStatus: int | None
 
-    def __bool__(self) -> bool:
-        return bool(
-            self.headerTimeout
-            or self.bodyTimeout
-            or self.requestTimeout
-            or self.minBodyRate
-        )
+    @property
+    def maxBody(self) -> int | None:
+        """
+        The largest body accepted, once the headers are in.
+        """
 
+    @property
+    def bodyReceived(self) -> int:
+        """
+        How many body bytes have arrived.
+        """
 
-class _StrictChunkedDecoder(_ChunkedTransferDecoder):
-    """
-    twisted.web's decoder of chunked request bodies, refusing at once what
-    it would wait on: a chunk-size or trailer line ended by a bare LF
-    (twisted.web waits for a CRLF that never comes), a chunk size past
-    L{MAX_CHUNK_SIZE} (an overflow in the backends' parsers), and one that
-    takes the body past C{maxBody} (C{tooLarge} is called first).
+    def headersReceived(self, length: int | None) -> int | None:
+        """
+        Decide how to take the body: L{None} to go on, or the status to
+        refuse the request with.
+        """
 
-    This, the subclass of a private class of twisted.web, and
-    L{ProxyHTTPChannel} are the one place that reaches into twisted.web's
-    HTTP/1.1 parser (tests/test_clientside.py checks what they rely on).
-
-    @ivar maxBody: The largest body accepted, once the request knows it.
-    """
-
-    maxBody: int | None = None
-    _declared = 0
-
-    def __init__(
-        self,
-        dataCallback: Callable[[bytes], None],
-        finishCallback: Callable[[bytes], None],
-        tooLarge: Callable[[], None],
-    ) -> None:
-        _ChunkedTransferDecoder.__init__(self, dataCallback, finishCallback)
-        self._tooLarge = tooLarge
-
-    def _refuseBareLF(self) -> None:
-        # The line being read ends at the first CRLF (or is not complete):
-        # an LF before it is a bare one.
-        buffer = self._buffer
-        end = buffer.find(b"\r\n")
-        if buffer.find(b"\n", 0, len(buffer) if end < 0 else end) >= 0:
-            raise _MalformedChunkedDataError("Line ended by a bare LF")
-
-    def _dataReceived_CHUNK_LENGTH(self) -> bool:
-        self._refuseBareLF()
-        if not _ChunkedTransferDecoder._dataReceived_CHUNK_LENGTH(self):
-            return False
-        length: int = self.length
-        if length > MAX_CHUNK_SIZE:
-            raise _MalformedChunkedDataError("Chunk size overflows")
-        self._declared += length
-        maxBody = self.maxBody
-        if maxBody is not None and self._declared > maxBody:
-            self._tooLarge()
-            raise _MalformedChunkedDataError("Chunk size past the body limit")
-        return True
-
-    def _dataReceived_CRLF(self) -> bool:
-        if self._buffer[:1] == b"\n":
-            raise _MalformedChunkedDataError("Chunk ended by a bare LF")
-        return _ChunkedTransferDecoder._dataReceived_CRLF(self)
-
-    def _dataReceived_TRAILER(self) -> bool:
-        self._refuseBareLF()
-        return _ChunkedTransferDecoder._dataReceived_TRAILER(self)
-
-
-@implementer(IPushProducer)
-class _BodyReader:
-    """
-    The client connection as the producer of a streamed request body:
-    pausing it (while no backend takes the body) also stops the clock of
-    the body's rate.
-    """
-
-    __slots__ = ("channel",)
-
-    def __init__(self, channel: ProxyHTTPChannel) -> None:
-        self.channel = channel
-
-    def pauseProducing(self) -> None:
-        self.channel.pauseBody()
-
-    def resumeProducing(self) -> None:
-        self.channel.resumeBody()
-
-    def stopProducing(self) -> None:
-        transport = self.channel.transport
-        if transport is not None:
-            transport.stopProducing()
+    def refuseBody(self) -> None:
+        """
+        Refuse the body, past its limit.
+        """
 
 
 def _closeAfterThis(request: Request, version: bytes) -> bool:
@@ -172,54 +81,28 @@ def _closeAfterThis(request: Request, version: bytes) -> bool:
     return False
 
 
-class ProxyHTTPChannel(HTTPChannel):
+@implementer(ITunnelChannel)
+class ProxyHTTPChannel(TimedHTTPChannel):
     """
     An HTTP/1.1 channel that lets its request refuse or stream the body
-    once the headers are in (see L{ProxyRequest.headersReceived}).
+    once the headers are in (see L{ProxyRequest.headersReceived}), and
+    hands the connection to a tunnel (L{ITunnelChannel}).
     """
-
-    # A TCP or TLS transport; ITransport does not declare abortConnection.
-    transport: Any
-    _closing = False
 
     #: The longest request line accepted (414 past it).
     maxRequestLine = 8192
     #: The trusted proxies' networks, when any: their forwarding headers
     #: name the client (see L{twisted_rproxy.policies.realClient}).
     trustedProxies: tuple[Any, ...] = ()
-    #: The time limits of receiving a request, or L{None} for none.
-    requestGuard: RequestGuard | None = None
-    # When the request being received started, or None between requests.
-    _requestStart: float | None = None
-    # When the rate of the body being received is measured from (its start,
-    # or the end of a pause), and how much of it had arrived then; None
-    # while no body is being received.
-    _bodyStart: float | None = None
-    _bodyBase = 0
-    _bodyPaused = False
-    _guardCall: Any = None
     _host: object = None
+    _peer: object = None
     _secure: bool | None = None
-
-    # The idle timeout. twisted.web's channel cancels its timer when a
-    # request arrives and makes a new one when it is done: two heap
-    # operations per request. Here one timer is kept, and checks the time of
-    # the last activity when it fires.
-    _idleCall: Any = None
-    _idlePeriod: float | None = None
-    _lastActivity = 0.0
 
     #: The protocol that took the connection over (an upgraded tunnel), or
     #: L{None} while it speaks HTTP.
     tunnel: Protocol | None = None
 
     _served = False
-    _connectedAt = 0.0
-
-    def connectionMade(self) -> None:
-        self._seconds = self.factory.reactor.seconds
-        self._connectedAt = self._seconds()
-        HTTPChannel.connectionMade(self)
 
     def isIdle(self) -> bool:
         """
@@ -232,7 +115,7 @@ class ProxyHTTPChannel(HTTPChannel):
         """
         if self.requests or self.tunnel is not None:
             return False
-        return self._served or self._seconds() - self._connectedAt > 2.0
+        return self._served or self.seconds() - self.connectedAt > 2.0
 
     def lastRequest(self) -> None:
         """
@@ -249,68 +132,25 @@ class ProxyHTTPChannel(HTTPChannel):
             self.persistent = False
         self.checkPersistence = _closeAfterThis  # type: ignore[method-assign]
 
-    def switchToTunnel(self, protocol: Protocol) -> bytes:
+    def switchToTunnel(self, protocol: Any) -> bytes:
         """
         Hand the connection over to C{protocol} (after a C{101} or a
         C{CONNECT}): from now on it gets every byte the client sends and
         the connection's end; HTTP parsing and the idle timer stop.
 
+        @param protocol: An L{IProtocol} provider (L{ITunnelChannel} types
+            it as any object).
         @return: Bytes the client sent after the request, already read.
         """
         self.stopIdleTimer()
         self.tunnel = protocol
         self.persistent = False
-        buffered = b"".join(getattr(self, "_dataBuffer", []))
-        self._dataBuffer = []
+        buffered = self.takeBufferedData()
         # Instance attributes: the channel's own methods stay untouched for
         # every other connection (twisted.web's websocket does the same).
         self.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
         self.connectionLost = protocol.connectionLost  # type: ignore[method-assign]
         return buffered
-
-    def setTimeout(self, period: float | None) -> float | None:
-        previous = self._idlePeriod
-        self._idlePeriod = period
-        # Twisted declares timeOut an int; a period may have a fraction.
-        self.timeOut = period  # type: ignore[assignment]
-        if period is not None:
-            self._lastActivity = self._seconds()
-            if self._idleCall is None:
-                self._idleCall = self.callLater(period, self._checkIdle)
-        return previous
-
-    def resetTimeout(self) -> None:
-        if self._idlePeriod is not None:
-            self._lastActivity = self._seconds()
-
-    def _checkIdle(self) -> None:
-        self._idleCall = None
-        period = self._idlePeriod
-        if period is None:
-            return
-        idle = self._seconds() - self._lastActivity
-        if idle < period:
-            self._idleCall = self.callLater(period - idle, self._checkIdle)
-        else:
-            self.timeoutConnection()
-
-    def stopIdleTimer(self) -> None:
-        """
-        Cancel the idle timer for good (the connection is closed, or was
-        handed over to HTTP/2).
-        """
-        self._idlePeriod = None
-        call, self._idleCall = self._idleCall, None
-        if call is not None and call.active():
-            call.cancel()
-        self._requestStart = None
-        self._bodyStart = None
-        self._cancelGuard()
-
-    def _cancelGuard(self) -> None:
-        guard, self._guardCall = self._guardCall, None
-        if guard is not None and guard.active():
-            guard.cancel()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         HTTPChannel.connectionLost(self, reason)
@@ -322,8 +162,6 @@ class ProxyHTTPChannel(HTTPChannel):
         if host is None:
             host = self._host = HTTPChannel.getHost(self)
         return host
-
-    _peer: object = None
 
     def getPeer(self) -> object:
         # Asked for every request too (and by the access rules).
@@ -356,20 +194,19 @@ class ProxyHTTPChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._served = True
         request = self.requests[-1]
+        command, path, version = self.requestLine()
         status, target = checkHead(
-            self._command,
-            self._path,
-            self._version,
+            command,
+            path,
+            version,
             request.requestHeaders,
             self.maxRequestLine,
         )
         if status:
             self._refuse(status)
             return
-        self._path = target
-        if self._version == b"HTTP/1.0" and not request.requestHeaders.hasHeader(
-            b"host"
-        ):
+        self.setRequestTarget(target)
+        if version == b"HTTP/1.0" and not request.requestHeaders.hasHeader(b"host"):
             # Forwarded as HTTP/1.1, which must have a Host: the address
             # the client connected to.
             local: Any = self.getHost()
@@ -379,17 +216,17 @@ class ProxyHTTPChannel(HTTPChannel):
         trusted = self.trustedProxies
         if trusted:
             self._resolveClient(request, trusted)
-        request.method = self._command
-        request.uri = self._path
-        request.clientproto = self._version
-        self.persistent = self.checkPersistence(request, self._version)
-        refusal = request.headersReceived(self.length)
-        if refusal is not None:
+        request.method = command
+        request.uri = target
+        request.clientproto = version
+        self.persistent = self.checkPersistence(request, version)
+        refused = request.headersReceived(self.length)
+        if refused is not None:
             self.persistent = False
-            self._handlingRequest = True
+            self.handlingRequest = True
             self.setTimeout(None)
-            renderError(request, refusal)
-            self._closing = True
+            renderError(request, refused)
+            self.closing = True
             return
         if self.length != 0:
             self._bodyStarted(request)
@@ -398,30 +235,26 @@ class ProxyHTTPChannel(HTTPChannel):
         if (
             expect
             and expect[0].lower() == b"100-continue"
-            and self._version == b"HTTP/1.1"
+            and version == b"HTTP/1.1"
             and not request.startedWriting
         ):
-            self._send100Continue()
+            self.send100Continue()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if self.closing:
             return
         guard = self.requestGuard
         if guard is None:
             HTTPChannel.dataReceived(self, data)
             self._refuseBareLF()
             return
-        if self._requestStart is None and not self._handlingRequest:
-            self._requestStart = self._seconds()
+        if self.requestStart is None and not self.handlingRequest:
+            self.requestStart = self.seconds()
         HTTPChannel.dataReceived(self, data)
         self._refuseBareLF()
         # Most requests arrive whole in one read: no timer for those.
-        if (
-            self._requestStart is not None
-            and self._guardCall is None
-            and not self._closing
-        ):
-            self._scheduleGuard(guard)
+        if self.requestStart is not None and not self.closing:
+            self.timeRequest(guard)
 
     def _refuseBareLF(self) -> None:
         """
@@ -432,8 +265,7 @@ class ProxyHTTPChannel(HTTPChannel):
         LF left in the buffer is a bare one. (One inside a complete line is
         refused by L{lineReceived}.)
         """
-        buffer = self._buffer
-        if buffer and self.line_mode and not self._closing and b"\n" in buffer:
+        if self.line_mode and not self.closing and b"\n" in self.bufferedLine():
             self._refuse(400)
 
     def lineReceived(self, line: bytes) -> None:
@@ -444,27 +276,29 @@ class ProxyHTTPChannel(HTTPChannel):
 
     def lineLengthExceeded(self, line: bytes) -> None:
         # One line longer than the largest head accepted.
-        firstLine = getattr(self, "_HTTPChannel__first_line", 0)
-        self._refuse(414 if firstLine else 431)
+        self._refuse(414 if self.awaitingRequestLine() else 431)
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
+    def respondToBadRequest(self) -> None:
         # twisted.web's answer to every problem it finds: say which.
         status = 400
-        if self._receivedHeaderSize > self.totalHeadersSize:
-            status = 414 if getattr(self, "_HTTPChannel__first_line", 0) else 431
-        elif self._receivedHeaderCount > self.maxHeaders:
+        if self.headTooLarge():
+            status = 414 if self.awaitingRequestLine() else 431
+        elif self.tooManyHeaders():
             status = 431
         self._refuse(status)
+
+    def requestTooSlow(self) -> None:
+        self._refuse(408)
 
     def _refuse(self, status: int) -> None:
         """
         Refuse what the client sent with C{status} and close: nothing of it
         reaches a backend, and nothing after it is read.
         """
-        if self._closing:
+        if self.closing:
             return
         request = self.requests[-1] if self.requests else None
-        if request is not None and (request.startedWriting or request._streaming):
+        if request is not None and (request.startedWriting or request.streaming):
             # A response (or a backend request) is under way: only closing
             # is left (and the access log says why).
             request.lostStatus = status
@@ -473,10 +307,10 @@ class ProxyHTTPChannel(HTTPChannel):
         serverHeader = getattr(self.factory, "serverHeader", None)
         self.transport.write(refusal(status, serverHeader))
         self.persistent = False
-        self._closing = True
+        self.closing = True
         HTTPChannel.loseConnection(self)
 
-    def _resolveClient(self, request: ProxyRequest, trusted: Any) -> None:
+    def _resolveClient(self, request: ChannelRequest, trusted: Any) -> None:
         """
         Make the request's client address the one the trusted proxies in
         front of the proxy report (see L{realClient}).
@@ -499,72 +333,20 @@ class ProxyHTTPChannel(HTTPChannel):
             address = IPv6Address if ":" in client else IPv4Address
             request.client = address(kind, client, 0)  # type: ignore[arg-type]
 
-    def _scheduleGuard(self, guard: RequestGuard) -> None:
+    def _bodyStarted(self, request: ChannelRequest) -> None:
         """
-        Time the request being received: its head must be in within the
-        header timeout, its body must not stall past the body timeout nor
-        fall below the minimum rate, and the whole must be in within the
-        request timeout. One timer does it all, however the request
-        trickles in.
+        The head of C{request} is in and its body follows: make the chunked
+        decoder a strict one, and start the clock of its rate.
         """
-        start = self._requestStart
-        if start is None or self._closing:
-            return
-        deadline = None
-        if self.line_mode:
-            if guard.headerTimeout:
-                deadline = start + guard.headerTimeout
-        else:
-            if guard.bodyTimeout:
-                deadline = self._lastActivity + guard.bodyTimeout
-            bodyStart = self._bodyStart
-            if (
-                guard.minBodyRate
-                and bodyStart is not None
-                and not self._bodyPaused
-                and self.requests
-            ):
-                slow = bodyRateDeadline(
-                    bodyStart,
-                    self.requests[-1].bodyReceived - self._bodyBase,
-                    guard.minBodyRate,
-                    guard.minBodyRateGrace,
-                )
-                if deadline is None or slow < deadline:
-                    deadline = slow
-        requestTimeout = guard.requestTimeout
-        if requestTimeout and (deadline is None or start + requestTimeout < deadline):
-            deadline = start + requestTimeout
-        if deadline is None:
-            return
-        delay = deadline - self._seconds()
-        if delay <= 0:
-            _log.debug("Request timed out while being received")
-            self._refuse(408)
-            return
-        self._guardCall = self.callLater(delay, self._checkGuard)
+        decoder = self.replaceChunkedDecoder(self._strictDecoder)
+        if decoder is not None:
+            decoder.maxBody = request.maxBody
+        self.startBodyClock()
 
-    def _bodyStarted(self, request: ProxyRequest) -> None:
-        """
-        The head of C{request} is in and its body follows: start the
-        clock of its rate, and make the chunked decoder a strict one.
-        """
-        decoder = self._transferDecoder
-        if type(decoder) is _ChunkedTransferDecoder:
-            strict = _StrictChunkedDecoder(
-                decoder.dataCallback, decoder.finishCallback, self._chunkTooLarge
-            )
-            strict.maxBody = request.maxBody
-            self._transferDecoder = strict
-        guard = self.requestGuard
-        if guard is None or not guard.minBodyRate:
-            return
-        self._bodyStart = self._seconds()
-        self._bodyBase = 0
-        self._bodyPaused = False
-        if self._guardCall is not None:
-            # Timing the head (which came in pieces): time the body now.
-            self._cancelGuard()
+    def _strictDecoder(
+        self, dataCallback: Any, finishCallback: Any
+    ) -> StrictChunkedDecoder:
+        return StrictChunkedDecoder(dataCallback, finishCallback, self._chunkTooLarge)
 
     def _chunkTooLarge(self) -> None:
         """
@@ -573,55 +355,16 @@ class ProxyHTTPChannel(HTTPChannel):
         """
         if self.requests:
             self.requests[-1].refuseBody()
-        self._closing = True
-
-    def bodyProducer(self) -> IPushProducer:
-        """
-        The producer a streamed request body pauses while no backend takes
-        it: the connection's transport, with the body's rate clock stopped
-        while it is paused (the client is not slow, the backend is).
-        """
-        return _BodyReader(self)
-
-    def pauseBody(self) -> None:
-        """
-        Stop reading the request body (see L{bodyProducer}).
-        """
-        self._bodyPaused = True
-        if self.transport is not None:
-            self.transport.pauseProducing()
-
-    def resumeBody(self) -> None:
-        """
-        Read the request body again; its rate is measured afresh, from now
-        (see L{bodyProducer}).
-        """
-        self._bodyPaused = False
-        if self._bodyStart is not None and self.requests:
-            self._bodyStart = self._seconds()
-            self._bodyBase = self.requests[-1].bodyReceived
-            guard = self.requestGuard
-            if guard is not None:
-                self._cancelGuard()
-                self._scheduleGuard(guard)
-        if self.transport is not None:
-            self.transport.resumeProducing()
-
-    def _checkGuard(self) -> None:
-        self._guardCall = None
-        guard = self.requestGuard
-        if guard is not None:
-            self._scheduleGuard(guard)
+        self.closing = True
 
     def allContentReceived(self) -> None:
-        self._requestStart = None
-        self._bodyStart = None
-        if self._closing or not self.requests:
+        self.stopRequestClock()
+        if self.closing or not self.requests:
             return
         HTTPChannel.allContentReceived(self)
 
     def loseConnection(self) -> None:
-        self._closing = True
+        self.closing = True
         HTTPChannel.loseConnection(self)
 
     def write(self, data: bytes) -> None:
@@ -634,67 +377,6 @@ class ProxyHTTPChannel(HTTPChannel):
         """
         Close now, whatever is in flight: a response can't be completed.
         """
-        self._closing = True
+        self.closing = True
         if self.transport is not None:
             self.transport.abortConnection()
-
-
-class _ChannelSwitcher(_GenericHTTPChannelProtocol):
-    """
-    twisted.web's wrapper that hands a TLS connection to HTTP/2 when ALPN
-    chose it; this one also stops the HTTP/1.1 channel's idle timer then.
-    """
-
-    def dataReceived(self, data: bytes) -> None:
-        channel: Any = self._channel
-        _GenericHTTPChannelProtocol.dataReceived(self, data)
-        if self._channel is not channel and isinstance(channel, ProxyHTTPChannel):
-            channel.stopIdleTimer()
-
-    def makeConnection(self, transport: Any) -> None:
-        # One set operation per connection, for a graceful stop. (The
-        # wrapper passes makeConnection on to the channel: connectionMade is
-        # never called on the wrapper itself.)
-        site = self._factory
-        if site is not None:
-            site.connections.add(self)
-        _GenericHTTPChannelProtocol.makeConnection(self, transport)
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        site = self._factory
-        if site is not None:
-            site.connections.discard(self)
-        _GenericHTTPChannelProtocol.connectionLost(self, reason)
-
-    def isIdle(self) -> bool:
-        """
-        Whether the connection has nothing in progress.
-        """
-        channel: Any = self._channel
-        if isinstance(channel, ProxyHTTPChannel):
-            return channel.isIdle()
-        # HTTP/2: idle when no stream is open.
-        return not getattr(channel, "streams", None)
-
-    def closeIfIdle(self, force: bool = False) -> bool:
-        """
-        Close the connection if it is idle (or at once, with C{force});
-        else make it close once its response is done.
-
-        @return: Whether it was closed now.
-        """
-        channel: Any = self._channel
-        transport: Any = getattr(channel, "transport", None)
-        if transport is None:
-            return True
-        if force:
-            transport.abortConnection()
-            return True
-        if self.isIdle():
-            transport.loseConnection()
-            return True
-        if isinstance(channel, ProxyHTTPChannel):
-            # The response in progress (or to the request on its way) is the
-            # last on this connection.
-            channel.lastRequest()
-        return False

@@ -16,15 +16,16 @@ from twisted.python.failure import Failure
 from twisted.web.http import (
     NO_BODY_CODES,
     datetimeToString,
+    parse_qs,
     toChunk,
 )
 from twisted.web.server import Request
+from zope.interface import implementer
 
+from twisted_rproxy.interfaces import IProxyRequest
+from twisted_rproxy.messages import RequestBodyStream
 from twisted_rproxy.pages import reasonPhrase, renderError
-from twisted_rproxy.pool import RequestBodyStream
-from twisted_rproxy.server.channel import (
-    ProxyHTTPChannel,
-)
+from twisted_rproxy.server.channel import ProxyHTTPChannel
 
 _log = Logger()
 
@@ -53,10 +54,11 @@ def httpDate(now: float) -> bytes:
     return _dateCache[1]
 
 
+@implementer(IProxyRequest)
 class ProxyRequest(Request):
     """
     A request whose body is size-checked before it is read, and buffered or
-    streamed as its route says.
+    streamed as its route says: the proxy's L{IProxyRequest}.
 
     @ivar bodyStream: For a streamed body, the L{RequestBodyStream} the
         proxy forwards from; L{None} when the body is buffered in
@@ -67,6 +69,9 @@ class ProxyRequest(Request):
         are (already filtered); written after those of C{responseHeaders}.
     @ivar onConnectionLost: Called with the reason if the client connection
         is lost before the response is finished.
+    @ivar onBackendError: Called as C{onBackendError(error, fallback)} in
+        place of the proxy's error page when the backend fails before a
+        response started (set by the route's error filters), or L{None}.
     @ivar startedAt: Reactor time when the request's head was in.
     @ivar upstreamStarted: Reactor time when it was handed to a pool, or
         L{None} if it was not.
@@ -74,12 +79,17 @@ class ProxyRequest(Request):
         or L{None}.
     @ivar upstreamServer: The URL of the backend server that answered, or
         L{None}.
+    @ivar cacheStatus: What a cache made of the request (C{"hit"},
+        C{"miss"}, ...), or L{None} when no cache saw it.
     @ivar connectTarget: The target of an allowed C{CONNECT} request (its
         C{uri} is then C{b"/"}, for routing).
     @ivar lostStatus: The status the access log gives the request if its
         connection is lost before a response started: L{None} for 499
         (the client left, as nginx logs it), or the status of the proxy's
         own reason to close it.
+    @ivar streaming: Whether the body is forwarded as it arrives (the
+        request was processed once its headers were in), rather than
+        buffered first.
     """
 
     # An HTTPChannel of ours or an H2Stream: attributes twisted.web's types
@@ -90,6 +100,7 @@ class ProxyRequest(Request):
     route: object = None
     passedHeaders: list[tuple[bytes, bytes]] | None = None
     onConnectionLost: Callable[[Failure], object] | None = None
+    onBackendError: Callable[[Any, Callable[[], None]], object] | None = None
     #: The connection's peer address, when trusted proxies in front named
     #: another client (which C{getClientAddress} then returns).
     peerHost: str | None = None
@@ -97,11 +108,12 @@ class ProxyRequest(Request):
     upstreamStarted: float | None = None
     upstreamTime: float | None = None
     upstreamServer: str | None = None
+    cacheStatus: str | None = None
     connectTarget: bytes | None = None
     lostStatus: int | None = None
     _maxBody: int | None = None
     _received = 0
-    _streaming = False
+    streaming = False
     _refusal: int | None = None
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
@@ -136,7 +148,7 @@ class ProxyRequest(Request):
         if length is not None and length > maxBody:
             return 413
         self._maxBody = maxBody
-        self._streaming = not buffered and length != 0
+        self.streaming = not buffered and length != 0
         return None
 
     @property
@@ -160,7 +172,7 @@ class ProxyRequest(Request):
             # headersReceived first.
             self._streamHeadersReceived(length)
             return
-        if not self._streaming:
+        if not self.streaming:
             Request.gotLength(self, length)
             return
         self.content = BytesIO()
@@ -183,7 +195,7 @@ class ProxyRequest(Request):
         self.uri = getattr(channel, "path", self.uri)
         self.clientproto = b"HTTP/2"
         refusal = self.headersReceived(length)
-        self._streaming = False
+        self.streaming = False
         if refusal is not None:
             # The stream can't answer before its constructor returns: the
             # refusal is sent with the first body bytes (see refuseBody), or
@@ -227,7 +239,7 @@ class ProxyRequest(Request):
             channel.abortConnection()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self._streaming:
+        if self.streaming:
             stream = self.bodyStream
             if stream is not None:
                 stream.finished()
@@ -241,7 +253,18 @@ class ProxyRequest(Request):
             return
         if self.connectTarget is not None:
             path = b"/"
-        Request.requestReceived(self, command, path, version)
+        # twisted.web's requestReceived, without its parsing of a form in a
+        # POST body (which reads it whole, and refuses a malformed one): the
+        # body is the backend's. Newer Twisted's Site can be told so
+        # (parsePOSTFormSubmission); 24.7's cannot.
+        content = self.content
+        if content is not None:
+            content.seek(0, 0)
+        self.method, self.uri = command, path
+        self.clientproto = version
+        self.path, separator, query = path.partition(b"?")
+        self.args = parse_qs(query, 1) if separator else {}
+        self.process()
 
     def process(self) -> None:
         # Unlike twisted.web's, this sets no Date or Server header here: the
@@ -251,13 +274,26 @@ class ProxyRequest(Request):
         self.prepath = []
         self.postpath = list(map(unquote, self.path[1:].split(b"/")))
         if self.path == b"*":
-            self._handleStar()
+            self._answerStar()
             return
         try:
             resource = site.getResourceFor(self)
             self.render(resource)
         except BaseException:
             self.processingFailed(Failure())
+
+    def _answerStar(self) -> None:
+        """
+        Answer a request for C{*} as twisted.web does: C{OPTIONS *} (a probe
+        of the server) gets an empty 200, any other method a 405.
+        """
+        if self.method == b"OPTIONS":
+            self.setResponseCode(200)
+        else:
+            self.setResponseCode(405)
+            self.setHeader(b"Allow", b"OPTIONS")
+        self.setHeader(b"Content-Length", b"0")
+        self.finish()
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting and self.channel is not None:
@@ -353,7 +389,7 @@ class ProxyRequest(Request):
 
     def finish(self) -> None:
         self.onConnectionLost = None
-        if self._streaming and self.bodyStream is not None:
+        if self.streaming and self.bodyStream is not None:
             if not self.bodyStream.complete and self.channel is not None:
                 # The rest of the body is still on the wire: the connection
                 # can't carry another request.
