@@ -389,25 +389,3 @@ class BacklogLoopbackTests(LoopbackTestCase):
         self.assertEqual(await acceptQueueLength(configured, 100), 41)
         if _somaxconn() >= 300:
             self.assertEqual(await acceptQueueLength(default, 300), 300)
-
-
-class TwistedInternalsTests(SynchronousTestCase):
-    """
-    The one Twisted internal L{twisted_rproxy.listening} relies on is
-    still there.
-    """
-
-    def test_portShouldShutdown(self) -> None:
-        """
-        Twisted's TCP port decides with C{_shouldShutdown} whether closing
-        it shuts its socket down (L{releaseListener} clears it, so that
-        workers sharing the socket meet no EINVAL).
-        """
-        import twisted
-        from twisted.internet import tcp
-
-        self.assertTrue(
-            hasattr(tcp.Port, "_shouldShutdown"),
-            f"Twisted {twisted.__version__} no longer has tcp.Port._shouldShutdown:"
-            " twisted_rproxy.listening.releaseListener must be updated",
-        )

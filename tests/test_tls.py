@@ -28,6 +28,8 @@ import h2.config
 import h2.connection
 import h2.events
 import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint
@@ -50,7 +52,7 @@ from tests.loopback import (
     finalCount,
     parseResponses,
 )
-from twisted_rproxy import tap
+from twisted_rproxy import _twisted, tap
 from twisted_rproxy.config import (
     BackendServer,
     CertificateConfig,
@@ -1224,8 +1226,12 @@ class HTTPSBackendTests(LoopbackTestCase):
                 "caCerts": [_x509(clientCA.cert_pem.bytes())],
             }
         options = CertificateOptions(
-            privateKey=_pkey(leaf),
-            certificate=_x509(leaf.cert_chain_pems[0].bytes()),
+            **_twisted.certificateOptions(
+                x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()),
+                serialization.load_pem_private_key(
+                    leaf.private_key_pem.bytes(), password=None
+                ),
+            ),
             **verify,
         )
         backend = RecordingBackend(reactor)
@@ -1370,12 +1376,6 @@ class HTTPSBackendTests(LoopbackTestCase):
             port, b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
         )
         self.assertEqual(responses[0].status, 200)
-
-
-def _pkey(leaf: trustme.LeafCert) -> Any:
-    from OpenSSL import crypto
-
-    return crypto.load_privatekey(crypto.FILETYPE_PEM, leaf.private_key_pem.bytes())
 
 
 def _x509(pem: bytes) -> Any:

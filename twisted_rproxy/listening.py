@@ -13,6 +13,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 
+from twisted_rproxy._twisted import closeWithoutShutdown
 from twisted_rproxy.config import ServerConfig
 
 #: The listen queue length of a listener whose configuration gives none, as
@@ -148,13 +149,11 @@ def releaseListener(port: IListeningPort) -> Deferred[None] | None:
     every process that then polls the socket meets C{EINVAL} in its
     C{accept}, which twisted.web logs as an unhandled error.
 
-    This clears the private C{_shouldShutdown} of Twisted's TCP port (the
-    one Twisted internal this module touches; tests/test_listening.py fails,
-    naming the Twisted version, if it goes away).
+    Twisted's TCP port is told so through the fence
+    (L{twisted_rproxy._twisted.closeWithoutShutdown}).
 
     @return: What C{stopListening} returns (a L{Deferred} or L{None}).
     """
-    if hasattr(port, "_shouldShutdown"):
-        port._shouldShutdown = False
+    closeWithoutShutdown(port)
     stopped: Deferred[None] | None = port.stopListening()
     return stopped

@@ -21,6 +21,7 @@ from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTranspo
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
+from twisted_rproxy._twisted import connectionTransport
 from twisted_rproxy.pages import errorBody
 from twisted_rproxy.rules.cachecontrol import CacheControl, parseCacheControl
 
@@ -345,11 +346,8 @@ class RequestContext:
         The client's TLS certificate (an C{OpenSSL.crypto.X509}), or
         L{None} when the connection is not TLS or the client sent none.
         """
-        channel = getattr(self.request, "channel", None)
-        transport = getattr(channel, "transport", None)
-        if transport is None:
-            # An HTTP/2 stream: the TLS transport is its connection's.
-            transport = getattr(getattr(channel, "_conn", None), "transport", None)
+        # An HTTP/2 stream's TLS transport is its connection's.
+        transport = connectionTransport(self.request)
         if not ISSLTransport.providedBy(transport):
             return None
         try:

@@ -21,10 +21,10 @@ from typing import Any
 from attrs import field, frozen
 from twisted.internet.interfaces import IAddress, IProtocol
 from twisted.logger import Logger
-from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 
+from twisted_rproxy._twisted import ProxyHeaderWrapper
 from twisted_rproxy.config import ServerConfig
 
 _log = Logger()
@@ -299,7 +299,7 @@ class _PolicedProtocol(ProtocolWrapper):
         ProtocolWrapper.connectionLost(self, reason)
 
 
-class _ProxiedProtocol(HAProxyProtocolWrapper):
+class _ProxiedProtocol(ProxyHeaderWrapper):
     """
     A connection that starts with a PROXY protocol header: admitted or
     closed once the header names the client.
@@ -319,10 +319,10 @@ class _ProxiedProtocol(HAProxyProtocolWrapper):
         wrapped = self.wrappedProtocol
         self.wrappedProtocol = _Collector(forward)  # type: ignore[assignment]
         try:
-            HAProxyProtocolWrapper.dataReceived(self, data)
+            ProxyHeaderWrapper.dataReceived(self, data)
         finally:
             self.wrappedProtocol = wrapped
-        if self._proxyInfo is None:
+        if not self.proxyHeaderReceived:
             return
         host = _hostOf(self.getPeer())
         if not self.factory.admit(host):
@@ -339,7 +339,7 @@ class _ProxiedProtocol(HAProxyProtocolWrapper):
         counted, self._counted = self._counted, None
         if counted is not None:
             self.factory.release(counted)
-        HAProxyProtocolWrapper.connectionLost(self, reason)
+        ProxyHeaderWrapper.connectionLost(self, reason)
 
 
 class _Collector:
