@@ -383,3 +383,24 @@ class IProxyRequest(IRequest):
         "lost before a response started: None for 499 (the client left), or "
         "the status of the proxy's own reason to close it."
     )
+
+
+class ITunnelChannel(Interface):
+    """
+    A client connection that can stop speaking HTTP and carry bytes both
+    ways for a tunnel (a WebSocket upgrade, a C{CONNECT}): the HTTP/1.1
+    channel of L{twisted_rproxy.server} provides it; an HTTP/2 stream does
+    not.
+    """
+
+    transport = Attribute("The client connection's transport.")
+
+    def switchToTunnel(protocol: object) -> bytes:
+        """
+        Hand the connection over to C{protocol} (an
+        L{twisted.internet.interfaces.IProtocol}): from now on it gets
+        every byte the client sends and the connection's end; HTTP parsing
+        and the idle timer stop.
+
+        @return: Bytes the client sent after the request, already read.
+        """

@@ -21,9 +21,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface import implementer
 
+from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.balance import requestHashKey
 from twisted_rproxy.config import CLIENT_IP_HEADERS
-from twisted_rproxy.interfaces import IResponseReceiver
+from twisted_rproxy.interfaces import IProxyRequest, IResponseReceiver, ITunnelChannel
 from twisted_rproxy.pages import errorBody, reasonPhrase, renderError
 from twisted_rproxy.pool import (
     BackendError,
@@ -33,7 +34,6 @@ from twisted_rproxy.pool import (
     RequestBodyStream,
 )
 from twisted_rproxy.rules.headers import HOP_BY_HOP, connectionTokens
-from twisted_rproxy.server import ProxyHTTPChannel, ProxyRequest
 from twisted_rproxy.upgrade import Tunnel, upgradeRequested
 
 _log = Logger()
@@ -288,7 +288,7 @@ class _ProxyExchange:
         request.code = status
         request.code_message = reason or reasonPhrase(status)
         passed = downstreamHeaders(headers, self.policy)
-        if isinstance(request, ProxyRequest):
+        if IProxyRequest.providedBy(request):
             request.passedHeaders = passed
             started = request.upstreamStarted
             if started is not None:
@@ -303,7 +303,7 @@ class _ProxyExchange:
                     responseHeaders.setRawHeaders(name, [value])
                 else:
                     responseHeaders.addRawHeader(name, value)
-        if getattr(request, "_disconnected", False) or connection.bodyBuffered:
+        if requestGone(request) or connection.bodyBuffered:
             # Nothing to pause when the whole body is already here.
             return
         request.registerProducer(connection, True)
@@ -317,7 +317,7 @@ class _ProxyExchange:
         if self.producing:
             self.producing = False
             request.unregisterProducer()
-        if not getattr(request, "_disconnected", False):
+        if not requestGone(request):
             request.finish()
 
     def requestFailed(self, reason: BackendError) -> None:  # type: ignore[override]
@@ -325,7 +325,7 @@ class _ProxyExchange:
         if self.producing:
             self.producing = False
             request.unregisterProducer()
-        if getattr(request, "_disconnected", False):
+        if requestGone(request):
             return
         if request.startedWriting:
             # The response is cut short: only closing tells the client so.
@@ -341,14 +341,16 @@ class _ProxyExchange:
                 transport.abortConnection()
             return
         retryAfter = 1 if isinstance(reason, PoolOverloaded) else None
-        if isinstance(request, ProxyRequest):
+        onError = None
+        if IProxyRequest.providedBy(request):
             request.passedHeaders = None
+            # A route's error filters (twisted_rproxy.filters) may answer
+            # instead.
+            onError = request.onBackendError
 
         def fallback() -> None:
             renderError(request, reason.status, retryAfter)
 
-        # A route's error filters (twisted_rproxy.filters) may answer instead.
-        onError = getattr(request, "onBackendError", None)
         if onError is not None:
             onError(reason, fallback)
             return
@@ -435,14 +437,18 @@ class ProxyResource(Resource):
             host,
             version,
         )
-        if isinstance(request, ProxyRequest):
-            request.upstreamStarted = self._seconds()
+        # The contract's attributes, when the request provides it.
+        proxied: Any = request if IProxyRequest.providedBy(request) else None
+        if proxied is not None:
+            proxied.upstreamStarted = self._seconds()
             if (
-                request.connectTarget is not None
+                proxied.connectTarget is not None
                 or (self.websocket and requestHeaders.hasHeader(b"upgrade"))
             ) and self._tunnel(request, target, headers):
                 return NOT_DONE_YET
-        stream: RequestBodyStream | None = getattr(request, "bodyStream", None)
+        stream: RequestBodyStream | None = (
+            proxied.bodyStream if proxied is not None else None
+        )
         body: bytes | IO[bytes] | None
         length = 0
         if stream is not None:
@@ -480,15 +486,15 @@ class ProxyResource(Resource):
         handle = self.pool.submit(backendRequest, exchange)
         if not handle.done:
             exchange.handle = handle
-            if isinstance(request, ProxyRequest):
+            if proxied is not None:
                 # Cheaper than a Deferred from notifyFinish for each request.
-                request.onConnectionLost = exchange.clientGone
+                proxied.onConnectionLost = exchange.clientGone
             else:
                 request.notifyFinish().addErrback(exchange.clientGone)
         return NOT_DONE_YET
 
     def _tunnel(
-        self, request: ProxyRequest, target: bytes, headers: list[tuple[bytes, bytes]]
+        self, request: Any, target: bytes, headers: list[tuple[bytes, bytes]]
     ) -> bool:
         """
         Tunnel a C{CONNECT} or a WebSocket upgrade (see
@@ -503,7 +509,7 @@ class ProxyResource(Resource):
             upgrade = upgradeRequested(request.method, request.requestHeaders)
             if upgrade != b"websocket" or request.method != b"GET":
                 upgrade = None
-        if type(request.channel) is not ProxyHTTPChannel or (
+        if not ITunnelChannel.providedBy(request.channel) or (
             connect is None and upgrade is None
         ):
             if connect is not None:

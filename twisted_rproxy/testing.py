@@ -28,9 +28,11 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
+from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.config import ServerConfig
 from twisted_rproxy.filters import FilterChain, findFilterFactory
-from twisted_rproxy.server import ProxyRequest, ProxySite
+from twisted_rproxy.interfaces import IProxyRequest
+from twisted_rproxy.server import ProxySite
 
 __all__ = [
     "CannedResource",
@@ -96,7 +98,7 @@ class CannedResource(Resource):
             (request.method, request.uri, request.requestHeaders.copy(), body)
         )
         request.setResponseCode(self.code)
-        if isinstance(request, ProxyRequest):
+        if IProxyRequest.providedBy(request):
             # What the proxy does with a backend's headers.
             request.passedHeaders = list(self.headers)
         else:
@@ -117,7 +119,7 @@ class CannedResource(Resource):
         clock: MemoryReactorClock,
         interval: float,
     ) -> None:
-        if getattr(request, "_disconnected", False):
+        if requestGone(request):
             return
         if not chunks:
             request.finish()
