@@ -36,10 +36,11 @@ from twisted_rproxy.filters import (
 )
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.proxy import ProxyResource
+from twisted_rproxy.router import Router
 from twisted_rproxy.server import ProxySite
 from twisted_rproxy.service import ProxyService, makeService
 from twisted_rproxy.static import StaticResource
-from twisted_rproxy.tree import Router, buildResource
+from twisted_rproxy.tree import buildResource
 
 __all__ = [
     "__version__",

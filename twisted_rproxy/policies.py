@@ -12,10 +12,9 @@ header gave the real one.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from attrs import field, frozen
@@ -27,40 +26,11 @@ from twisted.python.failure import Failure
 from twisted_rproxy._twisted import ProxyHeaderWrapper
 from twisted_rproxy.config import ServerConfig
 
+# Re-exported: they were defined here.
+from twisted_rproxy.rules.networks import Network, inNetworks, parseAddress
+from twisted_rproxy.rules.networks import parseNetworks as parseNetworks
+
 _log = Logger()
-
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def parseNetworks(cidrs: Iterable[str]) -> tuple[_Network, ...]:
-    """
-    Networks from addresses and CIDR strings (host bits allowed).
-
-    @raise ValueError: For a string that is neither.
-    """
-    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
-
-
-def parseAddress(address: str) -> _Address | None:
-    """
-    The IP address in C{address}, or L{None}; an IPv4-mapped IPv6 address
-    (C{::ffff:192.0.2.1}, as dual-stack sockets report IPv4 peers) is its
-    IPv4 address, so that IPv4 rules apply to it.
-    """
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def _inAny(ip: _Address, networks: Sequence[_Network]) -> bool:
-    # A network of the other IP version never contains the address.
-    return any(ip in network for network in networks)
-
 
 @frozen
 class AccessList:
@@ -75,8 +45,8 @@ class AccessList:
     @ivar deny: Networks refused, whatever C{allow} says.
     """
 
-    allow: tuple[_Network, ...] = field(default=(), converter=parseNetworks)
-    deny: tuple[_Network, ...] = field(default=(), converter=parseNetworks)
+    allow: tuple[Network, ...] = field(default=(), converter=parseNetworks)
+    deny: tuple[Network, ...] = field(default=(), converter=parseNetworks)
 
     def __bool__(self) -> bool:
         return bool(self.allow or self.deny)
@@ -88,9 +58,9 @@ class AccessList:
         ip = parseAddress(address)
         if ip is None:
             return not self.allow
-        if self.deny and _inAny(ip, self.deny):
+        if self.deny and inNetworks(ip, self.deny):
             return False
-        return not self.allow or _inAny(ip, self.allow)
+        return not self.allow or inNetworks(ip, self.allow)
 
 
 # RFC 7239: for=node, where node is a token or a quoted string holding
@@ -130,7 +100,7 @@ def xForwardedFor(values: Sequence[bytes]) -> list[str]:
     ]
 
 
-def realClient(peer: str, chain: Sequence[str], trusted: Sequence[_Network]) -> str:
+def realClient(peer: str, chain: Sequence[str], trusted: Sequence[Network]) -> str:
     """
     The client's address: the peer's, unless the peer is a trusted proxy,
     in which case the forwarding chain is read from the right and the
@@ -149,7 +119,7 @@ def realClient(peer: str, chain: Sequence[str], trusted: Sequence[_Network]) -> 
     client = peer
     ip = parseAddress(client)
     for node in reversed(chain):
-        if ip is None or not _inAny(ip, trusted):
+        if ip is None or not inNetworks(ip, trusted):
             break
         nodeIP = parseAddress(node)
         if nodeIP is None:

@@ -8,7 +8,6 @@ L{downstreamHeaders}), so that they are tested without a reactor.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable, Sequence
 from io import BytesIO
 from typing import IO, Any
@@ -34,6 +33,7 @@ from twisted_rproxy.pool import (
     RequestBodyStream,
 )
 from twisted_rproxy.rules.headers import HOP_BY_HOP, connectionTokens
+from twisted_rproxy.rules.networks import Network, inNetworks, parseNetworks
 from twisted_rproxy.upgrade import Tunnel, upgradeRequested
 
 _log = Logger()
@@ -41,7 +41,6 @@ _log = Logger()
 #: Buffered bodies up to this size are sent from memory.
 _READ_WHOLE = 1024 * 1024
 
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _REQUEST_SKIP = HOP_BY_HOP | {b"expect", b"content-length", b"host"}
 _REQUEST_SKIP_FORWARDED = _REQUEST_SKIP | {
@@ -53,10 +52,6 @@ _REQUEST_SKIP_FORWARDED = _REQUEST_SKIP | {
 }
 # Connection options that name no header.
 _CONNECTION_OPTIONS = frozenset([b"close", b"keep-alive"])
-
-
-def _parseNetworks(cidrs: Iterable[str]) -> tuple[_Network, ...]:
-    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
 
 
 @frozen
@@ -84,7 +79,7 @@ class ForwardingPolicy:
 
     forwardedHeaders: bool = True
     via: bytes | None = b"twisted_rproxy"
-    trustedProxies: tuple[_Network, ...] = field(default=(), converter=_parseNetworks)
+    trustedProxies: tuple[Network, ...] = field(default=(), converter=parseNetworks)
     hostHeader: str | None = None
     hideHeaders: frozenset[bytes] = frozenset([b"server", b"x-powered-by"])
     responseHidden: frozenset[bytes] = field(init=False)
@@ -121,13 +116,7 @@ class ForwardingPolicy:
         """
         Whether C{address} is a trusted proxy.
         """
-        if not self.trustedProxies:
-            return False
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        return any(ip in network for network in self.trustedProxies)
+        return inNetworks(address, self.trustedProxies)
 
 
 def upstreamHeaders(

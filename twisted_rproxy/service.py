@@ -26,9 +26,10 @@ from twisted_rproxy.interfaces import IProxyReactor, IProxyStatus
 from twisted_rproxy.listening import adoptListener, listeningDescription
 from twisted_rproxy.policies import listenerPolicy, policedFactory
 from twisted_rproxy.pool import BackendPool
+from twisted_rproxy.router import Router
 from twisted_rproxy.server import ProxyRequest, ProxySite
 from twisted_rproxy.tls import HTTPSRedirect, ServerTLS
-from twisted_rproxy.tree import Router, buildResource
+from twisted_rproxy.tree import buildResource
 
 _log = Logger()
 
@@ -78,10 +79,12 @@ class ProxyService(MultiService):
             # Every group has the same (config.py checks it).
             self.site.hstsHeader = b"max-age=%d" % (config.tls[0].hsts,)
         self._redirect: HTTPSRedirect | None = None
-        self._plainSite: Site = self.site
+        #: The site of the plain (not TLS) listeners: the proxy's own, or
+        #: one that redirects to HTTPS (C{redirect_http}).
+        self.plainSite: Site = self.site
         if any(group.redirectHttp for group in config.tls):
             self._redirect = HTTPSRedirect()
-            self._plainSite = ProxySite(self._redirect, server, reactor)
+            self.plainSite = ProxySite(self._redirect, server, reactor)
         self._ports: list[IListeningPort] = []
         #: Listening sockets inherited from a supervising process (see
         #: L{twisted_rproxy.workers}), by endpoint description: the file
@@ -105,7 +108,7 @@ class ProxyService(MultiService):
         for description in self.config.server.listen:
             endpoint = self._endpoint(description)
             listening = self._listen(
-                description, endpoint, self._policed(description, self._plainSite)
+                description, endpoint, self._policed(description, self.plainSite)
             )
             waiting.append(listening.addCallback(self._listened))
         for group, serverTLS in zip(self.config.tls, self.tls, strict=True):
@@ -290,7 +293,7 @@ class ProxyService(MultiService):
         def drain(_: object) -> Deferred[list[tuple[bool, None]]]:
             timeout = self.config.server.drainTimeout
             sites: dict[int, Any] = {
-                id(site): site for site in (self.site, self._plainSite)
+                id(site): site for site in (self.site, self.plainSite)
             }
             return DeferredList([site.drain(timeout) for site in sites.values()])
 

@@ -302,8 +302,8 @@ def _reopenLogs(service: ProxyService) -> None:
     """
     _log.info("Reopening the access log")
     service.site.reopenAccessLog()
-    if service._plainSite is not service.site:
-        service._plainSite.reopenAccessLog()  # type: ignore[attr-defined]
+    if service.plainSite is not service.site:
+        service.plainSite.reopenAccessLog()  # type: ignore[attr-defined]
 
 
 def installReloadHandler(

@@ -6,7 +6,7 @@ request. Both are L{ResponseInterceptor}s, so that whatever writes the
 response (the proxy's fast path with C{passedHeaders} included) goes
 through them.
 
-What to do with what was captured is the cache's (L{_CaptureOwner}).
+What to do with what was captured is the cache's (L{CaptureOwner}).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def responsePairs(request: Any) -> Pairs:
     return pairs
 
 
-class _CaptureOwner(Protocol):
+class CaptureOwner(Protocol):
     """
     What a L{_Capture} reads of its cache and reports to it.
     """
@@ -52,27 +52,27 @@ class _CaptureOwner(Protocol):
     statusHeader: bool
     stats: dict[bytes, int]
 
-    def _requestCC(self, request: IRequest) -> CacheControl:
+    def requestCacheControl(self, request: IRequest) -> CacheControl:
         """
         The C{Cache-Control} directives of a request.
         """
 
-    def _staleIfError(self, request: IRequest, stale: CacheEntry) -> bool:
+    def staleIfError(self, request: IRequest, stale: CacheEntry) -> bool:
         """
         Whether C{stale} may answer C{request} in place of an error.
         """
 
-    def _landed(self, key: bytes) -> None:
+    def landed(self, key: bytes) -> None:
         """
         The backend request for C{key} is over.
         """
 
-    def _completed(self, capture: _Capture) -> None:
+    def captureCompleted(self, capture: _Capture) -> None:
         """
         A response passed on to the client is complete: store it, or not.
         """
 
-    def _intercepted(self, capture: _Capture) -> None:
+    def captureIntercepted(self, capture: _Capture) -> None:
         """
         A response kept from the client is complete (its C{intercepted}
         says why): answer the client from what is stored.
@@ -111,7 +111,7 @@ class _Capture(ResponseInterceptor):
 
     def __init__(
         self,
-        owner: _CaptureOwner,
+        owner: CaptureOwner,
         request: Any,
         key: bytes,
         stale: CacheEntry | None,
@@ -160,7 +160,7 @@ class _Capture(ResponseInterceptor):
         if stale is not None:
             if status == 304 and self.revalidating:
                 self.intercepted = REVALIDATED
-            elif status >= 500 and owner._staleIfError(request, stale):
+            elif status >= 500 and owner.staleIfError(request, stale):
                 self.intercepted = STALE
             if self.intercepted is not None:
                 return
@@ -170,7 +170,7 @@ class _Capture(ResponseInterceptor):
         storable = isStorable(
             b"GET",
             status,
-            owner._requestCC(request),
+            owner.requestCacheControl(request),
             responseCC,
             headers,
             request.requestHeaders.hasHeader(b"authorization"),
@@ -209,7 +209,7 @@ class _Capture(ResponseInterceptor):
             return
         self.done = True
         self.chunks = []
-        self.owner._landed(self.key)
+        self.owner.landed(self.key)
 
     def end(self) -> None:
         if self.done:
@@ -218,9 +218,9 @@ class _Capture(ResponseInterceptor):
         self.done = True
         if self.intercepted is not None:
             self.detach()
-            self.owner._intercepted(self)
+            self.owner.captureIntercepted(self)
             return
-        self.owner._completed(self)
+        self.owner.captureCompleted(self)
         self.chunks = []
         self.downFinish()
 

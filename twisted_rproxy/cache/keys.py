@@ -8,7 +8,6 @@ invalidation after an unsafe request (L{invalidate}, RFC 9111 section 4.4).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -19,13 +18,13 @@ from twisted_rproxy.cache.policy import invalidationTargets, secondaryKey
 from twisted_rproxy.interfaces import ICacheStore
 from twisted_rproxy.messages import CacheEntry
 from twisted_rproxy.pages import renderError
+from twisted_rproxy.rules.networks import Network, inNetworks
 
 __all__ = ["CacheKeys", "Pairs", "invalidate", "renderPurge", "requestPairs"]
 
 #: Header fields as (name, value) pairs, a value per line.
 Pairs = list[tuple[bytes, bytes]]
 
-_Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def requestPairs(request: IRequest) -> Pairs:
@@ -148,7 +147,7 @@ class CacheKeys:
 
 
 def renderPurge(
-    request: Any, keys: CacheKeys, store: ICacheStore, allowed: Sequence[_Network]
+    request: Any, keys: CacheKeys, store: ICacheStore, allowed: Sequence[Network]
 ) -> None:
     """
     Answer a C{PURGE} request: remove what is stored under its target (a
@@ -157,11 +156,7 @@ def renderPurge(
     """
     client = request.getClientAddress()
     address = getattr(client, "host", "")
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        ip = None
-    if ip is None or not any(ip in network for network in allowed):
+    if not inNetworks(address, allowed):
         renderError(request, 403)
         return
     target = request.uri

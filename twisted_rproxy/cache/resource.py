@@ -16,7 +16,6 @@ L{twisted_rproxy.cache.keys}.
 
 from __future__ import annotations
 
-import ipaddress
 from functools import partial
 from typing import Any
 
@@ -70,6 +69,7 @@ from twisted_rproxy.cache.store import CacheEntry
 from twisted_rproxy.config import CacheConfig
 from twisted_rproxy.interfaces import ICacheStore
 from twisted_rproxy.pages import renderError
+from twisted_rproxy.rules.networks import parseNetworks
 
 __all__ = ["CacheResource", "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
 
@@ -119,7 +119,7 @@ class CacheResource(Resource):
         )
         self.statusHeader = config.statusHeader
         self._keys = CacheKeys(config.key)
-        self._purgeFrom = [ipaddress.ip_network(n) for n in config.purgeFrom]
+        self._purgeFrom = parseNetworks(config.purgeFrom)
         self._flights = Flights(reactor)
         self.stats: dict[bytes, int] = dict.fromkeys(
             (HIT, MISS, STALE, REVALIDATED, BYPASS), 0
@@ -161,7 +161,7 @@ class CacheResource(Resource):
             self._pass(req, BYPASS)
         return NOT_DONE_YET
 
-    def _requestCC(self, request: IRequest) -> CacheControl:
+    def requestCacheControl(self, request: IRequest) -> CacheControl:
         return parseCacheControl(
             request.requestHeaders.getRawHeaders(b"cache-control") or ()
         )
@@ -222,7 +222,7 @@ class CacheResource(Resource):
             flights.start(key)
         self._fetch(request, key, entry)
 
-    def _landed(self, key: bytes) -> None:
+    def landed(self, key: bytes) -> None:
         """
         The backend request for C{key} is over: wake its waiters.
         """
@@ -286,21 +286,21 @@ class CacheResource(Resource):
             if capture is not None:
                 capture.abandon()
             else:
-                self._landed(key)
+                self.landed(key)
 
-    def _staleIfError(self, request: IRequest, stale: CacheEntry) -> bool:
+    def staleIfError(self, request: IRequest, stale: CacheEntry) -> bool:
         now = self.reactor.seconds()
         return staleIfErrorAllowed(
             currentAge(stale.initialAge, stale.responseTime, now),
             stale.lifetime,
-            self._requestCC(request),
+            self.requestCacheControl(request),
             stale.cacheControl,
             self.limits,
         )
 
     # -- what a capture reports ----------------------------------------------
 
-    def _completed(self, capture: _Capture) -> None:
+    def captureCompleted(self, capture: _Capture) -> None:
         """
         A response passed on to the client is complete: store it if it may
         be, or drop the stored one it replaces.
@@ -310,9 +310,9 @@ class CacheResource(Resource):
         elif capture.stale is not None and capture.status < 500:
             # The new response replaces the stored one, which it can't.
             self.store.remove(capture.key)
-        self._landed(capture.key)
+        self.landed(capture.key)
 
-    def _intercepted(self, capture: _Capture) -> None:
+    def captureIntercepted(self, capture: _Capture) -> None:
         """
         A 304 to a revalidation, or an error a stale response replaces, is
         complete: answer from what is stored.
@@ -327,13 +327,13 @@ class CacheResource(Resource):
                 # The 304 is not for what is stored (RFC 9111 section
                 # 4.3.4): drop it and ask again, unconditionally.
                 self.store.remove(stale.key)
-                self._landed(capture.key)
+                self.landed(capture.key)
                 capture.restore()
                 if not capture.background:
                     self._pass(request, MISS)
                 return
             self._freshen(stale, capture.headers, capture.requestTime)
-        self._landed(capture.key)
+        self.landed(capture.key)
         capture.restore()
         if not capture.background:
             self._serve(request, stale, label)

@@ -5,7 +5,6 @@ checks across routes.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ from twisted_rproxy.config.values import (
     _headerValue,
     _joinKey,
     _namedTables,
+    _networks,
     _normalizeRouteHost,
     _resolveDirectory,
     _Table,
@@ -349,16 +349,7 @@ def _parseCache(name: str, value: object, source: str) -> CacheConfig:
                 f"unknown key part {part!r} (expected one of "
                 f"{', '.join(DEFAULT_CACHE_KEY)} or header:NAME)",
             )
-    networks = []
-    for index, cidr in enumerate(table.stringList("purge_from", ())):
-        try:
-            networks.append(str(ipaddress.ip_network(cidr, strict=False)))
-        except ValueError:
-            raise ConfigError(
-                source,
-                f"{table.keyOf('purge_from')}[{index}]",
-                f"not an IP address or network: {cidr!r}",
-            ) from None
+    networks = _networks(table, "purge_from")
     return CacheConfig(
         name=name,
         maxSize=maxSize,

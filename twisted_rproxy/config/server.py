@@ -4,7 +4,6 @@ The C{[server]} and C{[admin]} tables.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -237,19 +236,7 @@ def _parseServer(value: object, source: str, baseDirectory: str) -> ServerConfig
             f"expected a string or false, got {_typeName(rawVia)}",
         )
 
-    trustedProxies = []
-    for index, network in enumerate(
-        table.stringList("trusted_proxies", defaults.trustedProxies)
-    ):
-        try:
-            trustedProxies.append(str(ipaddress.ip_network(network, strict=False)))
-        except ValueError:
-            raise ConfigError(
-                source,
-                f"{table.keyOf('trusted_proxies')}[{index}]",
-                f"invalid network {network!r} (expected an IPv4 or IPv6 "
-                'address or CIDR network like "10.0.0.0/8")',
-            ) from None
+    trustedProxies = _networks(table, "trusted_proxies", defaults.trustedProxies)
 
     hideHeaders = []
     for index, header in enumerate(

@@ -32,6 +32,7 @@ from twisted_rproxy.config.units import (
     _parseDuration,
     _parseSize,
 )
+from twisted_rproxy.rules.networks import parseNetworks
 
 
 def _joinKey(prefix: str, name: str) -> str:
@@ -495,14 +496,17 @@ def _normalizeRouteHost(host: str, source: str, key: str) -> str:
     return normalized
 
 
-def _networks(table: _Table, name: str) -> tuple[str, ...]:
+def _networks(
+    table: _Table, name: str, default: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     """
-    A list of IPv4 and IPv6 addresses and CIDR networks, normalized.
+    A list of IPv4 and IPv6 addresses and CIDR networks, normalized (the
+    rules of L{twisted_rproxy.rules.networks}, which reads them again).
     """
     networks = []
-    for index, network in enumerate(table.stringList(name, ())):
+    for index, network in enumerate(table.stringList(name, default)):
         try:
-            networks.append(str(ipaddress.ip_network(network.strip(), strict=False)))
+            networks.append(str(parseNetworks([network])[0]))
         except ValueError:
             raise ConfigError(
                 table.source,
