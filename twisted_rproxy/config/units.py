@@ -1,52 +1,16 @@
 """
-Sizes (C{"64KiB"}, C{"10MB"}) and durations (C{"250ms"}, C{"5s"}), read
-exactly and checked, with errors that name the file and key.
+Sizes (C{"64KiB"}, C{"10MB"}) and durations (C{"250ms"}, C{"5s"}) in the
+configuration: read by L{twisted_rproxy.rules.units}, checked here, with
+errors that name the file and key.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
 from fractions import Fraction
 
 from twisted_rproxy.config.model import ConfigError, _typeName
-
-_SIZE_UNITS: Mapping[str, int] = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "kib": 2**10,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 2**20,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 2**30,
-    "t": 10**12,
-    "tb": 10**12,
-    "tib": 2**40,
-}
-
-
-_SIZE_UNIT_NAMES = "B, K, KB, KiB, M, MB, MiB, G, GB, GiB, T, TB, TiB"
-
-
-_DURATION_UNITS: Mapping[str, Fraction] = {
-    "": Fraction(1),
-    "ms": Fraction(1, 1000),
-    "s": Fraction(1),
-    "m": Fraction(60),
-    "h": Fraction(3600),
-    "d": Fraction(86400),
-}
-
-
-_DURATION_UNIT_NAMES = "ms, s, m, h, d"
-
-
-_NUMBER_AND_UNIT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*\Z")
+from twisted_rproxy.rules.units import UnitError, durationAmount, sizeAmount
 
 
 def parseSize(value: str | int, source: str, key: str) -> int:
@@ -69,37 +33,6 @@ def parseSize(value: str | int, source: str, key: str) -> int:
     return _parseSize(value, source, key)
 
 
-def _numberWithUnit(
-    value: str,
-    source: str,
-    key: str,
-    what: str,
-    expected: str,
-    units: Mapping[str, int | float | Fraction],
-    unitNames: str,
-) -> Fraction:
-    """
-    The exact amount a string such as C{"64KiB"} or C{"250ms"} stands for:
-    a non-negative number and a unit of C{units} (case-insensitive).
-    """
-    if value.strip().startswith("-"):
-        raise ConfigError(source, key, f"must not be negative, got {value!r}")
-    match = _NUMBER_AND_UNIT.match(value)
-    if match is None:
-        raise ConfigError(
-            source, key, f"invalid {what} {value!r} (expected {expected})"
-        )
-    number, unit = match.groups()
-    multiplier = units.get(unit.lower())
-    if multiplier is None:
-        raise ConfigError(
-            source,
-            key,
-            f"unknown unit {unit!r} in {what} {value!r} (expected one of {unitNames})",
-        )
-    return Fraction(number) * Fraction(multiplier)
-
-
 def _parseSize(value: object, source: str, key: str) -> int:
     """
     L{parseSize} of any parsed TOML value, so that a wrong type gets the same
@@ -117,15 +50,10 @@ def _parseSize(value: object, source: str, key: str) -> int:
             raise ConfigError(source, key, f"must not be negative, got {value}")
         return value
     # Fractions are exact where floats and Decimal's default context round.
-    size = _numberWithUnit(
-        value,
-        source,
-        key,
-        "size",
-        'a number of bytes, or a string like "64KiB" or "10MB"',
-        _SIZE_UNITS,
-        _SIZE_UNIT_NAMES,
-    )
+    try:
+        size = sizeAmount(value)
+    except UnitError as e:
+        raise ConfigError(source, key, str(e)) from None
     if size.denominator != 1:
         raise ConfigError(source, key, f"size {value!r} is not a whole number of bytes")
     return size.numerator
@@ -163,15 +91,10 @@ def _parseDuration(value: object, source: str, key: str) -> float:
             f'"5s" or "250ms"), got {_typeName(value)}',
         )
     if isinstance(value, str):
-        exact: Fraction | int | float = _numberWithUnit(
-            value,
-            source,
-            key,
-            "duration",
-            'a number of seconds, or a string like "5s", "250ms", "2m" or "1h"',
-            _DURATION_UNITS,
-            _DURATION_UNIT_NAMES,
-        )
+        try:
+            exact: Fraction | int | float = durationAmount(value)
+        except UnitError as e:
+            raise ConfigError(source, key, str(e)) from None
     else:
         if value < 0:
             raise ConfigError(source, key, f"must not be negative, got {value}")
