@@ -258,10 +258,15 @@ class _ProxyExchange:
     Carries one backend response to the client's request.
     """
 
-    __slots__ = ("request", "policy", "handle", "producing")
+    __slots__ = ("request", "proxied", "policy", "handle", "producing")
 
-    def __init__(self, request: Request, policy: ForwardingPolicy) -> None:
-        self.request = request
+    def __init__(
+        self, request: Request, policy: ForwardingPolicy, proxied: bool
+    ) -> None:
+        # A twisted.web Request, providing IProxyRequest when proxied.
+        self.request: Any = request
+        #: Whether the request provides IProxyRequest (asked once).
+        self.proxied = proxied
         self.policy = policy
         self.handle: object = None
         self.producing = False
@@ -277,7 +282,7 @@ class _ProxyExchange:
         request.code = status
         request.code_message = reason or reasonPhrase(status)
         passed = downstreamHeaders(headers, self.policy)
-        if IProxyRequest.providedBy(request):
+        if self.proxied:
             request.passedHeaders = passed
             started = request.upstreamStarted
             if started is not None:
@@ -331,7 +336,7 @@ class _ProxyExchange:
             return
         retryAfter = 1 if isinstance(reason, PoolOverloaded) else None
         onError = None
-        if IProxyRequest.providedBy(request):
+        if self.proxied:
             request.passedHeaders = None
             # A route's error filters (twisted_rproxy.filters) may answer
             # instead.
@@ -471,7 +476,7 @@ class ProxyResource(Resource):
             backendRequest.hashKey = requestHashKey(
                 hashOn, clientHost, requestHeaders.getRawHeaders
             )
-        exchange = _ProxyExchange(request, policy)
+        exchange = _ProxyExchange(request, policy, proxied is not None)
         handle = self.pool.submit(backendRequest, exchange)
         if not handle.done:
             exchange.handle = handle

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -135,7 +135,7 @@ class BackendPool:
         self, servers: Sequence[Backend], request: BackendRequest
     ) -> Backend | None:
         # A balancer answers with one of the servers it is given.
-        return cast("Backend | None", self._balancer.pick(servers, request))
+        return self._balancer.pick(servers, request)  # type: ignore[return-value]
 
     def connectTunnel(self, factory: ClientFactory) -> BackendServer | None:
         """
