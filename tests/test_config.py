@@ -650,6 +650,32 @@ class TopLevelTests(ConfigTestMixin):
         """
         config = loadConfig(self.writeConfig(VALID + "[caches.main]\n"))
         self.assertEqual(list(config.caches), ["main"])
+        self.assertEqual(config.caches["main"].store, "memory")
+
+    def test_state(self) -> None:
+        """
+        A C{[state]} table is accepted (see tests.test_state for its keys),
+        and a cache may then be stored in it; without one, C{state} is
+        L{None} and C{store = "redis"} is refused.
+        """
+        config = self.load(
+            VALID
+            + '[caches.main]\nstore = "redis"\n'
+            + '[state]\nredis = "redis://:pw@127.0.0.1:6379/1"\n'
+        )
+        assert config.state is not None
+        self.assertEqual((config.state.db, config.state.password), (1, "pw"))
+        self.assertEqual(config.caches["main"].store, "redis")
+        self.assertIsNone(self.load(VALID).state)
+        self.assertConfigError(
+            VALID + '[caches.main]\nstore = "redis"\n',
+            "caches.main.store",
+            '"redis" needs a [state] table (its redis URL) to store in',
+        )
+        self.assertDataError(
+            {**withPool(), "state": {"redis": "redis://127.0.0.1/x"}},
+            "state.redis",
+        )
 
     def test_routesRequired(self) -> None:
         """

@@ -59,6 +59,7 @@ from twisted_rproxy.interfaces import (
 )
 from twisted_rproxy.messages import FilterResponse, RequestContext, ResponseHead
 from twisted_rproxy.pages import errorBody, reasonPhrase, renderError, setStatus
+from twisted_rproxy.state import SharedState
 
 if TYPE_CHECKING:
     from twisted_rproxy.config import FilterConfig, RouteConfig
@@ -288,9 +289,11 @@ class FilterChain(Resource):
     @ivar resource: The route's resource (traversal goes on in it below the
         route's prefix once the request hooks let the request pass).
     @ivar filters: C{(name, filter)} pairs, in configuration order.
+    @ivar sharedState: The client of C{[state]}, or L{None}.
     """
 
     isLeaf = True
+    sharedState: SharedState | None = None
 
     def __init__(
         self,
@@ -526,10 +529,15 @@ def buildFilterChain(
     route: RouteConfig,
     filters: Mapping[str, FilterConfig],
     reactor: IReactorTime,
+    sharedState: SharedState | None = None,
 ) -> FilterChain:
     """
     The L{FilterChain} of a configured route around its C{resource}: each
     filter the route lists is built by its plugin from its options.
+
+    @param sharedState: The client of C{[state]}, kept as the chain's
+        C{sharedState} for the filters that share their state; L{None}
+        without C{[state]}.
 
     @raise LookupError: If a filter's plugin is not installed (a validated
         configuration has checked that already).
@@ -539,7 +547,9 @@ def buildFilterChain(
         filterConfig = filters[name]
         factory = findFilterFactory(filterConfig.plugin)
         built.append((name, factory.buildFilter(filterConfig.options)))
-    return FilterChain(resource, built, reactor, route)
+    chain = FilterChain(resource, built, reactor, route)
+    chain.sharedState = sharedState
+    return chain
 
 
 def _validateFilter(plugin: str, options: dict[str, object]) -> None:

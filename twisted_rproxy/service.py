@@ -28,6 +28,7 @@ from twisted_rproxy.policies import listenerPolicy, policedFactory
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.router import Router
 from twisted_rproxy.server import ProxyRequest, ProxySite
+from twisted_rproxy.state import SharedState
 from twisted_rproxy.tls import HTTPSRedirect, ServerTLS
 from twisted_rproxy.tree import buildResource
 
@@ -50,6 +51,9 @@ class ProxyService(MultiService):
     @ivar tls: The L{ServerTLS} of each C{[[tls]]} group, in order.
     @ivar cacheStores: The store of each C{[caches.NAME]}, by name; kept
         across reloads.
+    @ivar sharedState: The client of the shared Redis of C{[state]}, or
+        L{None} without one; kept across reloads that leave C{[state]} as it
+        is, connections included.
     """
 
     def __init__(self, config: Config, reactor: IProxyReactor) -> None:
@@ -62,11 +66,16 @@ class ProxyService(MultiService):
             name: BackendPool(reactor, poolConfig)
             for name, poolConfig in config.pools.items()
         }
+        self.sharedState: SharedState | None = None
+        if config.state is not None:
+            self.sharedState = SharedState(reactor, config.state)
         # The caches' stores outlive reloads (see reload).
-        self.cacheStores = buildStores(config.caches)
+        self.cacheStores = buildStores(config.caches, sharedState=self.sharedState)
         self.router: Router = buildResource(
-            config, self.pools, reactor, self.cacheStores
+            config, self.pools, reactor, self.cacheStores, self.sharedState
         )
+        #: Shared states replaced by a reload, until they are closed.
+        self._retiredStates: list[Deferred[None]] = []
         server = config.server
 
         def bodyPolicy(request: ProxyRequest) -> tuple[int, bool]:
@@ -104,6 +113,10 @@ class ProxyService(MultiService):
         that C{twistd} reports it and exits instead of running deaf.
         """
         super().startService()  # type: ignore[no-untyped-call]  # python/mypy#16653
+        if self.sharedState is not None:
+            # Connects in the background: requests wait for it (within
+            # [state] timeout) or fall back as on_error says.
+            self.sharedState.start()
         waiting = []
         for description in self.config.server.listen:
             endpoint = self._endpoint(description)
@@ -184,9 +197,21 @@ class ProxyService(MultiService):
             pools[name] = BackendPool(self.reactor, poolConfig)
             if self.running:
                 pools[name].startHealthChecks()
-        cacheStores = buildStores(config.caches, self.cacheStores)
-        router = buildResource(config, pools, self.reactor, cacheStores)
+        sharedState = self._reloadedState(config)
+        cacheStores = buildStores(
+            config.caches, self.cacheStores, sharedState=sharedState
+        )
+        router = buildResource(config, pools, self.reactor, cacheStores, sharedState)
         self.cacheStores = cacheStores
+        if sharedState is not self.sharedState:
+            oldState, self.sharedState = self.sharedState, sharedState
+            if oldState is not None:
+                # Operations in flight on it fail as an outage would.
+                stopping = oldState.stop()
+                self._retiredStates.append(stopping)
+                stopping.addCallback(self._stateRetired, stopping)
+            if sharedState is not None and self.running:
+                sharedState.start()
         if config.server != self.config.server:
             _log.warn("Reload: changes to [server] take effect at the next restart")
             config = evolve(config, server=self.config.server)
@@ -215,6 +240,22 @@ class ProxyService(MultiService):
         reloadCertificates = getattr(self, "reloadCertificates", None)
         if reloadCertificates is not None:
             reloadCertificates()
+
+    def _reloadedState(self, config: Config) -> SharedState | None:
+        """
+        The shared state of a reload to C{config}: the current one when
+        C{[state]} did not change, else a new one (not started yet), or
+        L{None} without C{[state]}.
+        """
+        current = self.sharedState
+        if config.state is None:
+            return None
+        if current is not None and current.config == config.state:
+            return current
+        return SharedState(self.reactor, config.state)
+
+    def _stateRetired(self, _: None, stopping: Deferred[None]) -> None:
+        self._retiredStates.remove(stopping)
 
     def _retired(self, _: None, closing: Deferred[None]) -> None:
         self._retiring.remove(closing)
@@ -290,6 +331,13 @@ class ProxyService(MultiService):
                 [pool.close() for pool in self.pools.values()] + retiring
             )
 
+        def closeState(_: object) -> Deferred[list[tuple[bool, None]]]:
+            # Last: requests drained above may still have used it.
+            closing = list(self._retiredStates)
+            if self.sharedState is not None:
+                closing.append(self.sharedState.stop())
+            return DeferredList(closing)
+
         def drain(_: object) -> Deferred[list[tuple[bool, None]]]:
             timeout = self.config.server.drainTimeout
             sites: dict[int, Any] = {
@@ -300,7 +348,7 @@ class ProxyService(MultiService):
         if self.admin is not None:
             stopping.append(self.admin.stopListening())
         closed = DeferredList(stopping).addCallback(drain).addCallback(closePools)
-        return closed.addCallback(lambda _: None)
+        return closed.addCallback(closeState).addCallback(lambda _: None)
 
 
 async def _stop(port: IListeningPort) -> None:

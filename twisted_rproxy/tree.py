@@ -27,6 +27,7 @@ from twisted_rproxy.proxy import ForwardingPolicy, ProxyResource
 from twisted_rproxy.router import Route as Route
 from twisted_rproxy.router import Router as Router
 from twisted_rproxy.router import requestHost as requestHost
+from twisted_rproxy.state import SharedState
 from twisted_rproxy.static import StaticResource
 
 
@@ -56,6 +57,7 @@ def buildRoute(
     reactor: IReactorTime | None = None,
     caches: Mapping[str, CacheConfig] | None = None,
     stores: Mapping[str, ICacheStore] | None = None,
+    sharedState: SharedState | None = None,
 ) -> Route:
     """
     The servable L{Route} for one route of the configuration.
@@ -69,6 +71,8 @@ def buildRoute(
     @param stores: The store of each cache, by name (see
         L{twisted_rproxy.cache.buildStores}); needed when the route names
         a cache.
+    @param sharedState: The client of C{[state]}, handed to the route's
+        filters; L{None} without one.
     """
     resource: IResource
     if route.pool is not None:
@@ -105,7 +109,9 @@ def buildRoute(
         # Only routes with filters pay for the chain.
         if reactor is None or filters is None:
             raise ValueError("a route with filters needs the filters and a reactor")
-        resource = buildFilterChain(resource, route, filters, reactor)
+        resource = buildFilterChain(
+            resource, route, filters, reactor, sharedState=sharedState
+        )
     return Route(
         path=route.path.encode("ascii"),
         host=route.host,
@@ -125,6 +131,7 @@ def buildResource(
     pools: Mapping[str, BackendPool],
     reactor: IReactorTime | None = None,
     stores: Mapping[str, ICacheStore] | None = None,
+    sharedState: SharedState | None = None,
 ) -> Router:
     """
     The proxy's resource tree for C{config}, forwarding to C{pools} (one
@@ -134,9 +141,12 @@ def buildResource(
         route lists filters or names a cache.
     @param stores: The store of each of C{config.caches}, by name; new
         ones when not given.
+    @param sharedState: The client of C{config.state} (see
+        L{twisted_rproxy.service.ProxyService.sharedState}), for the
+        caches' stores and the filters; L{None} without one.
     """
     if stores is None and config.caches:
-        stores = buildStores(config.caches)
+        stores = buildStores(config.caches, sharedState=sharedState)
     return Router(
         [
             buildRoute(
@@ -147,6 +157,7 @@ def buildResource(
                 reactor,
                 config.caches,
                 stores,
+                sharedState,
             )
             for route in config.routes
         ]

@@ -15,6 +15,8 @@ An RFC 9111 shared HTTP cache for the resource tree.
 See C{docs/caching.rst}.
 """
 
+from __future__ import annotations
+
 from collections.abc import Mapping
 
 from twisted_rproxy.cache.resource import CacheResource
@@ -22,6 +24,7 @@ from twisted_rproxy.cache.status import BYPASS, HIT, MISS, REVALIDATED, STALE
 from twisted_rproxy.cache.store import CacheEntry, MemoryStore
 from twisted_rproxy.config import CacheConfig
 from twisted_rproxy.interfaces import ICacheStore
+from twisted_rproxy.state import SharedState
 
 __all__ = [
     "BYPASS",
@@ -39,11 +42,15 @@ __all__ = [
 def buildStores(
     caches: Mapping[str, CacheConfig],
     existing: Mapping[str, ICacheStore] | None = None,
+    sharedState: SharedState | None = None,
 ) -> dict[str, ICacheStore]:
     """
     The store of each configured cache: a L{MemoryStore} of its
     C{maxSize}; one of C{existing} (a reload's previous stores) is kept,
     contents included, under the same name, and given the new bound.
+
+    @param sharedState: The client of C{[state]}, where the caches with
+        C{store = "redis"} keep their entries; L{None} without C{[state]}.
     """
     stores: dict[str, ICacheStore] = {}
     for name, config in caches.items():

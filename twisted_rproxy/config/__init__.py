@@ -11,7 +11,8 @@ and what is wrong, so that C{twistd rproxy --check} can print it without a
 traceback.  Unknown keys are errors, never silently ignored.
 
 The package: L{model} (the classes), L{values} (single values), and one
-module per group of tables (L{server}, L{pools}, L{routes}).
+module per group of tables (L{server}, L{pools}, L{routes}, L{statetable}
+for C{[state]}, whose value is in L{state}).
 """
 
 from __future__ import annotations
@@ -74,6 +75,20 @@ from twisted_rproxy.config.server import (
     _parseServer,
     parseWorkers,
 )
+from twisted_rproxy.config.state import (
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_REDIS_PORT,
+    DEFAULT_STATE_TIMEOUT,
+    ON_ERROR,
+    StateConfig,
+    parseRedisURL,
+)
+from twisted_rproxy.config.statetable import (
+    REDIS_EXTRA,
+    _checkCacheStores,
+    _parseState,
+    redisClientAvailable,
+)
 from twisted_rproxy.config.units import parseDuration, parseSize
 from twisted_rproxy.config.values import (
     _checkDistinctServers,
@@ -119,12 +134,29 @@ __all__ = [
     "RetryBudgetConfig",
     "RouteConfig",
     "ServerConfig",
+    "StateConfig",
+    "DEFAULT_KEY_PREFIX",
+    "DEFAULT_REDIS_PORT",
+    "DEFAULT_STATE_TIMEOUT",
+    "ON_ERROR",
+    "parseRedisURL",
+    "REDIS_EXTRA",
+    "redisClientAvailable",
     "TLSConfig",
     "validateEndpoint",
 ]
 
 
-_TOP_LEVEL_KEYS = ("server", "pools", "routes", "tls", "filters", "admin", "caches")
+_TOP_LEVEL_KEYS = (
+    "server",
+    "pools",
+    "routes",
+    "tls",
+    "filters",
+    "admin",
+    "caches",
+    "state",
+)
 
 
 _TOP_LEVEL_COMING: tuple[str, ...] = ()
@@ -154,6 +186,8 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
     filters = _parseFilters(data["filters"], source) if "filters" in data else {}
     caches = _parseCaches(data["caches"], source) if "caches" in data else {}
     admin = _parseAdmin(data["admin"], source) if "admin" in data else None
+    state = _parseState(data["state"], source) if "state" in data else None
+    _checkCacheStores(caches, state, source)
 
     rawRoutes = data.get("routes")
     if rawRoutes is None:
@@ -189,6 +223,7 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
         filters=filters,
         admin=admin,
         caches=caches,
+        state=state,
     )
 
 

@@ -49,6 +49,7 @@ from twisted_rproxy.config.base import (
     _typeName as _typeName,
 )
 from twisted_rproxy.config.hashing import BALANCERS, HashOn, parseHashOn
+from twisted_rproxy.config.state import StateConfig
 
 _BALANCERS = BALANCERS
 
@@ -330,6 +331,8 @@ class CacheConfig:
         goes to the backend itself.
     @ivar statusHeader: Whether responses carry C{X-Cache}.
     @ivar purgeFrom: Networks (CIDR) allowed to send C{PURGE}.
+    @ivar store: Where entries are kept: C{"memory"} (this process) or
+        C{"redis"} (the shared C{[state]}, seen by every proxy using it).
     """
 
     name: str
@@ -345,6 +348,7 @@ class CacheConfig:
     coalesceWait: float = 5.0
     statusHeader: bool = False
     purgeFrom: tuple[str, ...] = ()
+    store: str = "memory"
 
 
 @frozen
@@ -560,6 +564,8 @@ class Config:
     @ivar tls: The TLS listener groups (C{[[tls]]}), in file order.
     @ivar filters: The filters by name (C{[filters.NAME]}).
     @ivar caches: The caches by name (C{[caches.NAME]}).
+    @ivar state: The shared Redis (C{[state]}), or L{None} for state kept
+        in each process.
     """
 
     source: str
@@ -570,3 +576,4 @@ class Config:
     filters: Mapping[str, FilterConfig] = field(factory=dict)
     admin: AdminConfig | None = None
     caches: Mapping[str, CacheConfig] = field(factory=dict)
+    state: StateConfig | None = None

@@ -75,7 +75,11 @@ _CACHE_KEYS = (
     "coalesce_wait",
     "status_header",
     "purge_from",
+    "store",
 )
+
+#: The values of a cache's C{store}.
+CACHE_STORES = ("memory", "redis")
 
 
 def _parseRoute(
@@ -350,6 +354,11 @@ def _parseCache(name: str, value: object, source: str) -> CacheConfig:
                 f"{', '.join(DEFAULT_CACHE_KEY)} or header:NAME)",
             )
     networks = _networks(table, "purge_from")
+    store = table.optionalString("store")
+    if store is None:
+        store = "memory"
+    elif store not in CACHE_STORES:
+        raise table.error("store", f'must be "memory" or "redis", got {store!r}')
     return CacheConfig(
         name=name,
         maxSize=maxSize,
@@ -364,6 +373,7 @@ def _parseCache(name: str, value: object, source: str) -> CacheConfig:
         coalesceWait=table.timeout("coalesce_wait", 5.0),
         statusHeader=table.boolean("status_header", False),
         purgeFrom=tuple(networks),
+        store=store,
     )
 
 
