@@ -10,14 +10,17 @@ import base64
 import json
 from typing import Any
 
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from tests.loopback import ParsedResponse
-from tests.memory import Proxy, adminGet, backend, responsesOf
+from tests.memory import Proxy, adminGet, backend, connectClient, responsesOf
+from tests.test_metrics import asWorker
 from twisted_rproxy.admin import hashPassword
 from twisted_rproxy.config import AdminConfig, PoolConfig
+from twisted_rproxy.totals import WorkerSnapshot
 
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
@@ -224,3 +227,100 @@ class AuthenticationTests(SynchronousTestCase):
             response = adminGet(self.proxy, b"/status.json", basic("ops", "secret"))
             self.assertEqual(response.status, 200)
             self.assertEqual(json.loads(response.body)["config"], "test")
+
+
+class TotalsTests(SynchronousTestCase):
+    """
+    C{/status.json} and the page show the totals over workers, and each
+    worker's figures.
+    """
+
+    def test_singleProcess(self) -> None:
+        """
+        Without workers, the totals are the process's own, and it is the
+        one entry of C{workers}; the page has no workers table.
+        """
+        proxy = adminProxy()
+        proxied(proxy, b"/one")
+        proxied(proxy, b"/two", b"HTTP/1.1 404 No\r\nContent-Length: 0\r\n\r\n")
+        status = json.loads(adminGet(proxy, b"/status.json").body)
+        totals = status["totals"]
+        self.assertEqual(
+            (totals["workers"], totals["requests"], totals["statuses"]),
+            (1, 2, {"2xx": 1, "4xx": 1}),
+        )
+        self.assertEqual((totals["bytes_sent"], totals["connections"]), (5, 2))
+        [worker] = status["workers"]
+        self.assertEqual((worker["worker"], worker["live"]), (None, True))
+        self.assertEqual(worker["requests"], 2)
+        page = adminGet(proxy, b"/").body.decode()
+        self.assertNotIn("<h2>Workers</h2>", page)
+        self.assertIn('<div class="n">2</div><div class="l">requests</div>', page)
+
+    def test_withoutPrometheusClient(self) -> None:
+        """
+        With metrics off (as without prometheus_client), the totals are
+        still counted and shown.
+        """
+        proxy = adminProxy(metrics=False)
+        proxied(proxy)
+        status = json.loads(adminGet(proxy, b"/status.json").body)
+        self.assertFalse(status["metrics"])
+        self.assertEqual(status["totals"]["requests"], 1)
+
+    def test_overWorkers(self) -> None:
+        """
+        As worker 0 of two: the totals add up both workers' requests, the
+        sibling that did not answer is shown so (its connections left out),
+        and the page lists both workers and their totals.
+        """
+        proxy = adminProxy()
+        asWorker(self, proxy)
+        proxied(proxy)
+        status = json.loads(adminGet(proxy, b"/status.json").body)
+        self.assertEqual(status["worker"], "0")
+        totals = status["totals"]
+        self.assertEqual((totals["workers"], totals["requests"]), (2, 4))
+        self.assertEqual(totals["connections"], 1)
+        self.assertEqual(
+            [(w["worker"], w["live"], w["requests"]) for w in status["workers"]],
+            [(0, True, 1), (1, False, 3)],
+        )
+        self.assertEqual([w["connections"] for w in status["workers"]], [1, 0])
+        page = adminGet(proxy, b"/").body.decode()
+        self.assertIn("<h2>Workers</h2>", page)
+        self.assertIn("not answering", page)
+        self.assertIn(
+            '<div class="n">4</div><div class="l">requests (all workers)</div>', page
+        )
+
+    def test_clientGoneBeforeTotals(self) -> None:
+        """
+        A client that leaves while the siblings are asked gets nothing
+        written, and nothing fails.
+        """
+        proxy = adminProxy()
+        admin = proxy.service.admin
+        assert admin is not None
+        waiting: Deferred[list[WorkerSnapshot]] = Deferred()
+        self.patch(admin, "collect", lambda: waiting)
+        protocol, transport = connectClient(admin.site)
+        protocol.dataReceived(b"GET /status.json HTTP/1.1\r\nHost: admin\r\n\r\n")
+        self.assertEqual(transport.value(), b"")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        waiting.callback([])
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.flushLoggedErrors(), [])
+
+    def test_totalsFailure(self) -> None:
+        """
+        If the totals cannot be gathered, the answer is a 500 and the
+        failure is logged.
+        """
+        proxy = adminProxy()
+        admin = proxy.service.admin
+        assert admin is not None
+        self.patch(admin, "collect", lambda: fail(RuntimeError("broken")))
+        response = adminGet(proxy, b"/status.json")
+        self.assertEqual(response.status, 500)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

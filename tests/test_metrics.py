@@ -6,6 +6,7 @@ from the admin site's C{/metrics} as Prometheus parses them.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.memory import Proxy, adminGet, backend, responsesOf
 from twisted_rproxy.config import AdminConfig, CacheConfig, PoolConfig, RouteConfig
+from twisted_rproxy.peers import WorkerTotals
 
 _GET = b"GET %s HTTP/1.1\r\nHost: example.test\r\n\r\n"
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
@@ -241,3 +243,116 @@ class StateMetricsTests(SynchronousTestCase):
             sample(samples, "rproxy_backend_in_flight", pool="app", server=_SERVER),
             0.0,
         )
+
+
+def siblingCounts(requests: int, connections: int) -> Any:
+    """
+    The counts a sibling worker reports: C{requests} 2xx on route C{/} of
+    pool C{app}, and C{connections} open connections.
+    """
+    return lambda: {
+        "rproxy_requests": {("/", "app", "2xx"): [requests, 1.0]},
+        "rproxy_client_connections": {(): [connections]},
+    }
+
+
+def asWorker(test: SynchronousTestCase, proxy: Proxy) -> WorkerTotals:
+    """
+    Make C{proxy} worker 0 of two, whose sibling (worker 1, not running)
+    last wrote 3 requests and 2 connections to the run directory.
+    """
+    directory = test.mktemp()
+    os.makedirs(directory)
+    admin = proxy.service.admin
+    assert admin is not None
+    WorkerTotals(
+        proxy.reactor, proxy.reactor, directory, 1, siblingCounts(3, 2), lambda: 10.0
+    ).publish()
+    totals = WorkerTotals(proxy.reactor, proxy.reactor, directory, 0, admin.snapshot)
+    admin.workerTotals = totals
+    admin.worker = "0"
+    return totals
+
+
+class WorkerMetricsTests(SynchronousTestCase):
+    """
+    With workers, C{/metrics} holds the totals over every worker, and
+    C{rproxy_worker_*} families per worker.
+    """
+
+    def test_totalsAndPerWorker(self) -> None:
+        """
+        The totals add up this worker's requests and its sibling's last
+        written ones (not its connections: it did not answer); per worker,
+        each one's requests, whether it answered, its starts and the age of
+        its figures.
+        """
+        proxy = metricsProxy()
+        asWorker(self, proxy)
+        for target in (b"/a", b"/b"):
+            proxy.roundTrip(_GET % (target,), _OK)
+        samples = scrape(proxy)
+        labels = {"route": "/", "pool": "app", "status": "2xx"}
+        self.assertEqual(sample(samples, "rproxy_requests_total", **labels), 5.0)
+        self.assertEqual(
+            sample(samples, "rproxy_worker_requests_total", worker="0", **labels), 2.0
+        )
+        self.assertEqual(
+            sample(samples, "rproxy_worker_requests_total", worker="1", **labels), 3.0
+        )
+        self.assertEqual(sample(samples, "rproxy_client_connections"), 2.0)
+        self.assertEqual(
+            sample(samples, "rproxy_worker_client_connections", worker="0"), 2.0
+        )
+        self.assertIsNone(
+            sample(samples, "rproxy_worker_client_connections", worker="1")
+        )
+        self.assertEqual(sample(samples, "rproxy_worker_up", worker="0"), 1.0)
+        self.assertEqual(sample(samples, "rproxy_worker_up", worker="1"), 0.0)
+        self.assertEqual(sample(samples, "rproxy_worker_starts_total", worker="1"), 1.0)
+        self.assertEqual(
+            sample(samples, "rproxy_worker_snapshot_age_seconds", worker="0"), 0.0
+        )
+        age = sample(samples, "rproxy_worker_snapshot_age_seconds", worker="1")
+        self.assertGreater(age or 0.0, 1000.0)
+        # The pool's own figures are this worker's (the sibling wrote none).
+        self.assertEqual(sample(samples, "rproxy_pool_requests_total", pool="app"), 2.0)
+
+    def test_singleProcessHasNoWorkerFamilies(self) -> None:
+        """
+        Without workers, no C{rproxy_worker_*} family is listed.
+        """
+        proxy = metricsProxy()
+        proxy.roundTrip(_GET % (b"/a",), _OK)
+        names = {name for name, _ in scrape(proxy)}
+        self.assertIn("rproxy_requests_total", names)
+        self.assertEqual({n for n in names if n.startswith("rproxy_worker_")}, set())
+
+    def test_restartedWorkerKeepsCounting(self) -> None:
+        """
+        A worker started again in the place of one that died counts on
+        from its predecessor's last figures: the totals do not go down.
+        """
+        first = metricsProxy()
+        totals = asWorker(self, first)
+        for target in (b"/a", b"/b"):
+            first.roundTrip(_GET % (target,), _OK)
+        totals.start()
+        # Killed: its last file stays. Its successor:
+        second = metricsProxy()
+        admin = second.service.admin
+        assert admin is not None
+        successor = WorkerTotals(
+            second.reactor, second.reactor, totals.directory, 0, admin.snapshot
+        )
+        admin.workerTotals = successor
+        successor.start()
+        second.roundTrip(_GET % (b"/c",), _OK)
+        samples = scrape(second)
+        labels = {"route": "/", "pool": "app", "status": "2xx"}
+        self.assertEqual(sample(samples, "rproxy_requests_total", **labels), 6.0)
+        self.assertEqual(
+            sample(samples, "rproxy_worker_requests_total", worker="0", **labels), 3.0
+        )
+        self.assertEqual(sample(samples, "rproxy_worker_starts_total", worker="0"), 2.0)
+        self.assertEqual(sample(samples, "rproxy_pool_requests_total", pool="app"), 3.0)

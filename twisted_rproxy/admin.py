@@ -15,13 +15,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import html
 import json
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Sized
+from collections.abc import Callable, Sized
 from typing import TYPE_CHECKING, Any
 
 from attrs import asdict
@@ -29,17 +28,28 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.server import NOT_DONE_YET, Site
 
 from twisted_rproxy._version import __version__
+from twisted_rproxy.adminpage import renderPage
 from twisted_rproxy.config import AdminConfig
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.listening import DEFAULT_BACKLOG, adoptListener, withBacklog
 from twisted_rproxy.metrics import MISSING, Metrics, available
+from twisted_rproxy.totals import (
+    RequestCounts,
+    Snapshot,
+    WorkerSnapshot,
+    mergeWorkers,
+    stateCounts,
+    summary,
+)
 
 if TYPE_CHECKING:
     from twisted_rproxy.interfaces import IProxyStatus
+    from twisted_rproxy.peers import WorkerTotals
 
 _log = Logger()
 
@@ -90,8 +100,13 @@ class Admin:
     L{twisted_rproxy.service.ProxyService}): its listeners, metrics and
     the recent errors it shows.
 
-    @ivar metrics: The L{Metrics}, or L{None} when they are off.
+    @ivar counts: The requests counted (whether or not C{/metrics} is
+        served: the page shows them too).
+    @ivar metrics: The L{Metrics} formatter, or L{None} when C{/metrics} is
+        off.
     @ivar recentErrors: The latest 5xx answers, newest last.
+    @ivar workerTotals: In a worker process, what gathers the counts of
+        every worker (L{twisted_rproxy.peers}); L{None} otherwise.
     """
 
     def __init__(
@@ -105,20 +120,21 @@ class Admin:
             maxlen=max(config.recentErrors, 1)
         )
         wantMetrics = config.metrics if config.metrics is not None else available()
-        self.metrics = Metrics(service) if wantMetrics else None
+        self.metrics = Metrics() if wantMetrics else None
+        self.counts = RequestCounts(reactor.seconds, time.time)
+        self.workerTotals: WorkerTotals | None = None
         self._ports: list[IListeningPort] = []
         #: Inherited admin sockets (worker processes), as for the service;
         #: L{None} when not a worker. A worker without them has no admin
         #: listener (the first worker has it).
         self.inheritedListeners: dict[str, tuple[int, int]] | None = None
         self.worker: str | None = None
-        observe = self.metrics.observe if self.metrics is not None else None
+        observe = self.counts.observe
         errors = self.recentErrors
         keepErrors = config.recentErrors > 0
 
         def observer(request: Any) -> None:
-            if observe is not None:
-                observe(request)
+            observe(request)
             if request.code >= 500 and keepErrors:
                 errors.append(
                     {
@@ -167,10 +183,52 @@ class Admin:
         stopping = [port.stopListening() for port in ports]
         return DeferredList([d if d is not None else succeed(None) for d in stopping])
 
-    def status(self) -> dict[str, object]:
+    def snapshot(self) -> Snapshot:
         """
-        What the status page shows, as JSON-ready data.
+        This process's counts now: its requests and its state.
         """
+        return {**self.counts.snapshot(), **stateCounts(self.service)}
+
+    def collect(self) -> Deferred[list[WorkerSnapshot]]:
+        """
+        The counts of every worker (L{WorkerTotals.collect}), or of this
+        process alone when it is not a worker.
+        """
+        if self.workerTotals is not None:
+            return self.workerTotals.collect()
+        return succeed(self._alone())
+
+    def _alone(self) -> list[WorkerSnapshot]:
+        return [
+            WorkerSnapshot(
+                worker=None,
+                pid=os.getpid(),
+                starts=1,
+                time=time.time(),
+                counts=self.snapshot(),
+            )
+        ]
+
+    def renderMetrics(self, workers: list[WorkerSnapshot]) -> bytes:
+        """
+        C{/metrics} for the counts of C{workers} (L{collect}): the totals,
+        and with worker processes, the C{rproxy_worker_*} families.
+
+        @raise RuntimeError: If metrics are off.
+        """
+        if self.metrics is None:
+            raise RuntimeError(MISSING)
+        perWorker = workers if self.workerTotals is not None else None
+        return self.metrics.render(mergeWorkers(workers), perWorker, time.time())
+
+    def status(self, workers: list[WorkerSnapshot] | None = None) -> dict[str, object]:
+        """
+        What the status page shows, as JSON-ready data: this process's
+        state, and the totals over C{workers} (L{collect}; this process
+        alone if not given).
+        """
+        if workers is None:
+            workers = self._alone()
         service = self.service
         config = service.config
         listeners = [
@@ -233,6 +291,20 @@ class Admin:
             "caches": caches,
             "recent_errors": list(reversed(self.recentErrors)),
             "metrics": self.metrics is not None,
+            "totals": {"workers": len(workers), **summary(mergeWorkers(workers))},
+            "workers": [
+                {
+                    "worker": snapshot.worker,
+                    "pid": snapshot.pid,
+                    "live": snapshot.live,
+                    "starts": snapshot.starts,
+                    "updated": snapshot.time,
+                    **summary(
+                        snapshot.counts if snapshot.live else mergeWorkers([snapshot])
+                    ),
+                }
+                for snapshot in workers
+            ],
         }
 
 
@@ -277,7 +349,7 @@ class AdminResource(Resource):
         self._verified.add(key)
         return True
 
-    def render(self, request: Any) -> bytes:
+    def render(self, request: Any) -> bytes | int:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
         if not self._authorized(request):
@@ -289,20 +361,23 @@ class AdminResource(Resource):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"authentication required\n"
         path = request.path
+        answer: Callable[[list[WorkerSnapshot]], bytes]
         if path == b"/metrics":
-            metrics = self.admin.metrics
-            if metrics is None:
+            if self.admin.metrics is None:
                 request.setResponseCode(404)
                 request.setHeader(b"content-type", b"text/plain; charset=utf-8")
                 return (MISSING + "\n").encode()
             request.setHeader(
                 b"content-type", b"text/plain; version=0.0.4; charset=utf-8"
             )
-            return metrics.render()
-        if path == b"/status.json":
+            answer = self.admin.renderMetrics
+        elif path == b"/status.json":
             request.setHeader(b"content-type", b"application/json")
-            return json.dumps(self.admin.status(), indent=2).encode()
-        if path in (b"/", b"/index.html"):
+
+            def answer(workers: list[WorkerSnapshot]) -> bytes:
+                return json.dumps(self.admin.status(workers), indent=2).encode()
+
+        elif path in (b"/", b"/index.html"):
             request.setHeader(b"content-type", b"text/html; charset=utf-8")
             request.setHeader(
                 b"content-security-policy",
@@ -315,231 +390,44 @@ class AdminResource(Resource):
                     refresh = max(float(values[0]), 0.0)
                 except ValueError:
                     pass
-            return renderPage(self.admin.status(), refresh).encode()
-        request.setResponseCode(404)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"not found: try /, /status.json or /metrics\n"
 
+            def answer(workers: list[WorkerSnapshot]) -> bytes:
+                return renderPage(self.admin.status(workers), refresh).encode()
 
-_CSS = """
-:root{--bg:#f5f6f8;--card:#fff;--ink:#1d2330;--mute:#6b7385;--line:#e3e6ec;
---ok:#1a7f37;--okbg:#dafbe1;--bad:#b42318;--badbg:#fee4e2;--warn:#9a6700;
---warnbg:#fff8c5;--accent:#3b5bdb}
-*{box-sizing:border-box}
-body{margin:0;font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;
-background:var(--bg);color:var(--ink)}
-header{background:#1d2330;color:#fff;padding:14px 28px;display:flex;
-align-items:center;gap:18px;flex-wrap:wrap}
-header h1{font-size:18px;margin:0;font-weight:600}
-header .meta{color:#b8c0d0;font-size:13px}
-header nav{margin-left:auto;font-size:13px}
-header nav a{color:#cfd8ff;margin-left:12px;text-decoration:none}
-main{padding:20px 28px;max-width:1280px;margin:auto}
-.tiles{display:grid;grid-template-columns:repeat(auto-fit,minmax(170px,1fr));
-gap:12px;margin-bottom:18px}
-.tile{background:var(--card);border:1px solid var(--line);border-radius:10px;
-padding:12px 16px}
-.tile .n{font-size:24px;font-weight:650}
-.tile .l{color:var(--mute);font-size:12px;text-transform:uppercase;
-letter-spacing:.04em}
-section{background:var(--card);border:1px solid var(--line);border-radius:10px;
-margin-bottom:18px;overflow:hidden}
-section h2{font-size:15px;margin:0;padding:12px 16px;border-bottom:1px solid
-var(--line);display:flex;gap:10px;align-items:center}
-table{border-collapse:collapse;width:100%}
-th,td{text-align:left;padding:8px 16px;border-bottom:1px solid var(--line);
-vertical-align:middle}
-th{font-size:12px;color:var(--mute);font-weight:600;text-transform:uppercase;
-letter-spacing:.03em;background:#fafbfc}
-tr:last-child td{border-bottom:0}
-td.num{font-variant-numeric:tabular-nums;text-align:right}
-th.num{text-align:right}
-code{font:12.5px ui-monospace,SFMono-Regular,Menlo,monospace}
-.badge{display:inline-block;padding:1px 9px;border-radius:999px;font-size:12px;
-font-weight:600}
-.healthy{background:var(--okbg);color:var(--ok)}
-.down{background:var(--badbg);color:var(--bad)}
-.ejected,.panic{background:var(--warnbg);color:var(--warn)}
-.bar{height:8px;background:#edf0f5;border-radius:4px;width:120px;
-display:inline-block;vertical-align:middle;overflow:hidden}
-.bar i{display:block;height:100%;background:var(--accent)}
-.empty{padding:14px 16px;color:var(--mute)}
-.err td:first-child{color:var(--bad);font-weight:600}
-footer{color:var(--mute);font-size:12px;text-align:center;padding:8px 0 24px}
-"""
+        else:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"not found: try /, /status.json or /metrics\n"
+        return self._answerWith(request, answer)
 
+    def _answerWith(
+        self, request: Any, answer: Callable[[list[WorkerSnapshot]], bytes]
+    ) -> int:
+        """
+        Gather every worker's counts (at once without workers; with them,
+        as the siblings answer), then finish C{request} with C{answer}.
+        """
+        gone: list[object] = []
+        request.notifyFinish().addErrback(gone.append)
 
-def _e(value: object) -> str:
-    return html.escape("" if value is None else str(value))
+        def write(workers: list[WorkerSnapshot]) -> None:
+            if gone:
+                return
+            request.write(answer(workers))
+            request.finish()
 
+        def failed(failure: Failure) -> None:
+            _log.failure("Admin: cannot answer {path}", failure, path=request.path)
+            if gone:
+                return
+            request.setResponseCode(500)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            request.write(b"internal error, see the log\n")
+            request.finish()
 
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    days, seconds = divmod(seconds, 86400)
-    hours, seconds = divmod(seconds, 3600)
-    minutes, seconds = divmod(seconds, 60)
-    if days:
-        return f"{days}d {hours}h"
-    if hours:
-        return f"{hours}h {minutes}m"
-    return f"{minutes}m {seconds}s"
-
-
-def renderPage(status: dict[str, Any], refresh: float) -> str:
-    """
-    The HTML status page for L{Admin.status}'s data (no external assets).
-
-    @param refresh: Seconds between automatic reloads, 0 for none.
-    """
-    pools: list[dict[str, Any]] = status["pools"]
-    servers = [server for pool in pools for server in pool["servers"]]
-    healthyCount = sum(1 for s in servers if s["state"] == "healthy")
-    parts = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">']
-    if refresh > 0:
-        parts.append(f'<meta http-equiv="refresh" content="{refresh:g}">')
-    parts.append(
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>twisted_rproxy status</title><style>{_CSS}</style></head><body>"
-    )
-    worker = f" · worker {_e(status['worker'])}" if status["worker"] else ""
-    refreshText = (
-        f'auto-refresh {refresh:g}s · <a href="?refresh=0">stop</a>'
-        if refresh > 0
-        else '<a href="?refresh=5">auto-refresh</a>'
-    )
-    parts.append(
-        "<header><h1>twisted_rproxy</h1>"
-        f'<span class="meta">version {_e(status["version"])} · pid '
-        f"{_e(status['pid'])}{worker} · up {_duration(status['uptime'])} · "
-        f"<code>{_e(status['config'])}</code></span>"
-        f'<nav>{refreshText}<a href="status.json">JSON</a>'
-        + ('<a href="metrics">metrics</a>' if status["metrics"] else "")
-        + "</nav></header><main>"
-    )
-    tiles = [
-        (status["connections"], "client connections"),
-        (len(status["routes"]), "routes"),
-        (len(pools), "pools"),
-        (f"{healthyCount}/{len(servers)}", "servers healthy"),
-        (sum(s["inFlight"] for s in servers), "requests in flight"),
-        (len(status["recent_errors"]), "recent errors"),
-    ]
-    parts.append('<div class="tiles">')
-    for number, label in tiles:
-        parts.append(
-            f'<div class="tile"><div class="n">{_e(number)}</div>'
-            f'<div class="l">{_e(label)}</div></div>'
-        )
-    parts.append("</div>")
-
-    for pool in pools:
-        badge = '<span class="badge panic">panic</span>' if pool["panic"] else ""
-        parts.append(
-            f"<section><h2>Pool <code>{_e(pool['name'])}</code>"
-            f'<span class="meta" style="color:var(--mute);font-weight:400">'
-            f"{_e(pool['balance'])} · {pool['requests']} requests · "
-            f"{pool['retries']} retries · {pool['pending']} pending</span>"
-            f"{badge}</h2><table><tr><th>Server</th><th>Health</th>"
-            '<th>Load</th><th class="num">In flight</th><th class="num">Idle '
-            'conns</th><th class="num">Requests</th><th class="num">Failures'
-            '</th><th class="num">Weight</th></tr>'
-        )
-        peak = max([s["inFlight"] for s in pool["servers"]] + [1])
-        for server in pool["servers"]:
-            width = int(100 * server["inFlight"] / peak)
-            parts.append(
-                f"<tr><td><code>{_e(server['url'])}</code></td>"
-                f'<td><span class="badge {_e(server["state"])}">'
-                f"{_e(server['state'])}</span></td>"
-                f'<td><span class="bar"><i style="width:{width}%"></i></span></td>'
-                f'<td class="num">{server["inFlight"]}</td>'
-                f'<td class="num">{server["idleConnections"]}</td>'
-                f'<td class="num">{server["requests"]}</td>'
-                f'<td class="num">{server["failures"]}</td>'
-                f'<td class="num">{server["weight"]}'
-                + (
-                    f" ({server['effectiveWeight']:.0%})"
-                    if server["effectiveWeight"] < 1
-                    else ""
-                )
-                + "</td></tr>"
-            )
-        parts.append("</table></section>")
-
-    parts.append(
-        "<section><h2>Routes</h2><table><tr><th>Host</th><th>Path</th>"
-        "<th>Target</th><th>Filters</th><th>WebSocket</th></tr>"
-    )
-    for route in status["routes"]:
-        target = (
-            f"pool <code>{_e(route['pool'])}</code>"
-            if route["pool"]
-            else f"static <code>{_e(route['static'])}</code>"
-        )
-        parts.append(
-            f"<tr><td>{_e(route['host'] or '*')}</td>"
-            f"<td><code>{_e(route['path'])}</code></td><td>{target}</td>"
-            f"<td>{_e(', '.join(route['filters']) or '—')}</td>"
-            f"<td>{'yes' if route['websocket'] else '—'}</td></tr>"
-        )
-    parts.append("</table></section>")
-
-    parts.append(
-        "<section><h2>Listeners</h2><table><tr><th>Endpoint</th><th>TLS</th></tr>"
-    )
-    for listener in status["listeners"]:
-        parts.append(
-            f"<tr><td><code>{_e(listener['endpoint'])}</code></td>"
-            f"<td>{'yes' if listener['tls'] else 'no'}</td></tr>"
-        )
-    parts.append(
-        f'<tr><td colspan="2" style="color:var(--mute)">bound: '
-        f"<code>{_e(', '.join(status['bound']) or '—')}</code></td></tr>"
-        "</table></section>"
-    )
-
-    parts.append("<section><h2>Caches</h2>")
-    if status["caches"]:
-        keys = [k for k in status["caches"][0] if k != "name"]
-        parts.append(
-            "<table><tr><th>Name</th>"
-            + "".join(f"<th>{_e(k)}</th>" for k in keys)
-            + "</tr>"
-        )
-        for cache in status["caches"]:
-            parts.append(
-                f"<tr><td><code>{_e(cache['name'])}</code></td>"
-                + "".join(f"<td>{_e(cache.get(k))}</td>" for k in keys)
-                + "</tr>"
-            )
-        parts.append("</table>")
-    else:
-        parts.append('<div class="empty">No cache is configured.</div>')
-    parts.append("</section>")
-
-    parts.append("<section><h2>Recent errors</h2>")
-    if status["recent_errors"]:
-        parts.append(
-            "<table><tr><th>Status</th><th>Time</th><th>Request</th>"
-            "<th>Route</th><th>Backend</th></tr>"
-        )
-        for error in status["recent_errors"]:
-            when = time.strftime("%H:%M:%S", time.localtime(error["time"]))
-            parts.append(
-                f'<tr class="err"><td>{_e(error["status"])}</td><td>{when}</td>'
-                f"<td><code>{_e(error['method'])} {_e(error['uri'])}</code></td>"
-                f"<td><code>{_e(error['route'])}</code></td>"
-                f"<td><code>{_e(error['upstream'] or '—')}</code></td></tr>"
-            )
-        parts.append("</table>")
-    else:
-        parts.append('<div class="empty">No errors since the start.</div>')
-    parts.append("</section></main>")
-    parts.append(
-        f"<footer>Generated {time.strftime('%Y-%m-%d %H:%M:%S')} · "
-        "twisted_rproxy admin</footer></body></html>"
-    )
-    return "".join(parts)
+        self.admin.collect().addCallback(write).addErrback(failed)
+        done: int = NOT_DONE_YET
+        return done
 
 
 def main(argv: list[str]) -> int:

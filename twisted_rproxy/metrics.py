@@ -1,55 +1,46 @@
 """
-Prometheus metrics of a L{twisted_rproxy.service.ProxyService}, served by
-the admin listener at C{/metrics}.
+Prometheus metrics of a running proxy, served by the admin listener at
+C{/metrics}.
 
-prometheus_client is an optional dependency (the C{metrics} extra). Two
-kinds of metrics are kept:
+prometheus_client is an optional dependency (the C{metrics} extra): it
+formats the text here, and nothing else. The figures are counted and
+merged in L{twisted_rproxy.totals}, the same with prometheus_client or
+without it:
 
-  - per request, in L{Metrics.observe} (called once a request is done):
+  - per request, in memory (L{twisted_rproxy.totals.RequestCounts}):
     requests by route, pool and status class, latency histograms, bytes
-    sent, cache results. The metric children are looked up once per
-    (route, status class) and kept, so a request costs a dictionary lookup
-    and a few increments;
+    sent, cache results;
   - at scrape time, read from the state the proxy keeps anyway
     (L{BackendPool.status}, the open connections): backend requests,
-    failures, health, load, retries, pending requests. These cost nothing
-    per request.
+    failures, health, load, retries, pending requests.
+
+With worker processes, each family holds the totals over every worker
+(the same names and labels as a single process has), and families named
+C{rproxy_worker_*} hold figures per worker, labelled C{worker}: a sum
+over a family never counts a request twice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-if TYPE_CHECKING:
-    from twisted_rproxy.interfaces import IProxyStatus
+from twisted_rproxy.totals import (
+    BUCKETS,
+    COUNTER,
+    FAMILIES,
+    HISTOGRAM,
+    Snapshot,
+    WorkerSnapshot,
+)
+
+__all__ = ["BUCKETS", "MISSING", "Metrics", "available"]
 
 #: What to install when prometheus_client is missing.
 MISSING = (
     "metrics need prometheus_client, which is not installed: "
     "pip install 'twisted_rproxy[metrics]'"
 )
-
-#: Latency buckets, in seconds: a proxy's requests span 1 ms to minutes.
-BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-)
-
-_CLASSES = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx")
 
 
 def available() -> bool:
@@ -65,188 +56,128 @@ def available() -> bool:
 
 class Metrics:
     """
-    The metrics of one service, in a registry of their own.
-
-    @ivar registry: The C{prometheus_client.CollectorRegistry}.
+    Formats merged counts in Prometheus' text format.
     """
 
-    def __init__(self, service: IProxyStatus) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
-
-        self.service = service
-        self._seconds = service.reactor.seconds
-        self.registry = CollectorRegistry(auto_describe=True)
-        self._requests = Counter(
-            "rproxy_requests",
-            "Client requests answered, by route, pool and status class.",
-            ["route", "pool", "status"],
-            registry=self.registry,
-        )
-        self._duration = Histogram(
-            "rproxy_request_duration_seconds",
-            "Time from a request's head to the end of its response.",
-            ["route"],
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self._upstream = Histogram(
-            "rproxy_upstream_duration_seconds",
-            "Time from handing a request to a pool to the backend's response "
-            "head (queueing included).",
-            ["pool"],
-            buckets=BUCKETS,
-            registry=self.registry,
-        )
-        self._sent = Counter(
-            "rproxy_response_bytes",
-            "Response body bytes sent to clients, by route.",
-            ["route"],
-            registry=self.registry,
-        )
-        self._cache = Counter(
-            "rproxy_cache_requests",
-            "Cache lookups by route and result (hit, miss, ...), for routes "
-            "with a cache.",
-            ["route", "result"],
-            registry=self.registry,
-        )
-        self.registry.register(_StateCollector(service))
-        self._children: dict[tuple[str, int], tuple[Any, Any, Any, Any]] = {}
-
-    def observe(self, request: Any) -> None:
-        """
-        Count a finished request (the site's request observer).
-        """
-        route = request.route
-        label = getattr(route, "label", "none")
-        code = request.code
-        key = (label, code)
-        children = self._children.get(key)
-        if children is None:
-            children = self._childrenFor(route, label, code)
-        count, duration, sent, upstream = children
-        count.inc()
-        started = request.startedAt
-        if started:
-            duration.observe(self._seconds() - started)
-        sent.inc(request.sentLength)
-        upstreamTime = request.upstreamTime
-        if upstreamTime is not None and upstream is not None:
-            upstream.observe(upstreamTime)
-        cacheStatus = getattr(request, "cacheStatus", None)
-        if cacheStatus is not None:
-            self._cache.labels(label, cacheStatus).inc()
-
-    def _childrenFor(
-        self, route: Any, label: str, code: int
-    ) -> tuple[Any, Any, Any, Any]:
-        pool = getattr(route, "pool", None)
-        statusClass = _CLASSES[code // 100] if 0 <= code < 600 else "0xx"
-        children = (
-            self._requests.labels(label, pool or "", statusClass),
-            self._duration.labels(label),
-            self._sent.labels(label),
-            self._upstream.labels(pool) if pool else None,
-        )
-        self._children[(label, code)] = children
-        return children
-
-    def render(self) -> bytes:
+    def render(
+        self,
+        totals: Snapshot,
+        workers: Sequence[WorkerSnapshot] | None = None,
+        now: float = 0.0,
+    ) -> bytes:
         """
         The metrics in Prometheus' text format.
+
+        @param totals: The counts of every family (merged over workers).
+        @param workers: Each worker's snapshot, for the C{rproxy_worker_*}
+            families; L{None} for a proxy without workers (no such family).
+        @param now: The wall-clock time now, for the snapshots' age.
         """
-        from prometheus_client import generate_latest
+        from prometheus_client import CollectorRegistry, generate_latest
 
-        return bytes(generate_latest(self.registry))
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Collector(totals, workers, now))
+        return bytes(generate_latest(registry))
 
 
-class _StateCollector:
-    """
-    Metrics read from the proxy's state when scraped.
-    """
-
-    def __init__(self, service: IProxyStatus) -> None:
-        self.service = service
+class _Collector:
+    def __init__(
+        self,
+        totals: Snapshot,
+        workers: Sequence[WorkerSnapshot] | None,
+        now: float,
+    ) -> None:
+        self.totals = totals
+        self.workers = workers
+        self.now = now
 
     def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+        from prometheus_client.samples import Sample
+
+        for name, family in FAMILIES.items():
+            values = self.totals.get(name, {})
+            labels = list(family.labels)
+            metric: Any
+            if family.kind == COUNTER:
+                metric = CounterMetricFamily(name, family.help, labels=labels)
+                for key, (count, created) in values.items():
+                    metric.add_metric(list(key), count, created=created or None)
+            elif family.kind == HISTOGRAM:
+                metric = HistogramMetricFamily(name, family.help, labels=labels)
+                for key, value in values.items():
+                    cumulative, buckets = 0.0, []
+                    for bound, count in zip(
+                        [*(repr(float(b)) for b in BUCKETS), "+Inf"],
+                        value[: len(BUCKETS) + 1],
+                        strict=True,
+                    ):
+                        cumulative += count
+                        buckets.append((bound, cumulative))
+                    metric.add_metric(list(key), buckets, value[-2])
+                    if value[-1]:
+                        metric.samples.append(
+                            Sample(
+                                name + "_created",
+                                dict(zip(labels, key, strict=True)),
+                                value[-1],
+                            )
+                        )
+            else:
+                metric = GaugeMetricFamily(name, family.help, labels=labels)
+                for key, (level,) in values.items():
+                    metric.add_metric(list(key), level)
+            yield metric
+        if self.workers is not None:
+            yield from self._perWorker(self.workers)
+
+    def _perWorker(self, workers: Sequence[WorkerSnapshot]) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        service = self.service
+        requests = CounterMetricFamily(
+            "rproxy_worker_requests",
+            "Client requests answered by each worker, by route, pool and "
+            "status class.",
+            labels=["worker", "route", "pool", "status"],
+        )
         connections = GaugeMetricFamily(
-            "rproxy_client_connections", "Open client connections."
+            "rproxy_worker_client_connections",
+            "Open client connections of each worker.",
+            labels=["worker"],
         )
-        connections.add_metric([], len(service.site.connections))
-        yield connections
-        pools = [pool.status() for pool in service.pools.values()]
-        poolRequests = CounterMetricFamily(
-            "rproxy_pool_requests", "Requests submitted to a pool.", labels=["pool"]
+        up = GaugeMetricFamily(
+            "rproxy_worker_up",
+            "1 when the worker answered this scrape, 0 when its figures are "
+            "the last it wrote (it is restarting or stuck).",
+            labels=["worker"],
         )
-        retries = CounterMetricFamily(
-            "rproxy_pool_retries",
-            "Requests retried on another server.",
-            labels=["pool"],
+        starts = CounterMetricFamily(
+            "rproxy_worker_starts",
+            "Processes started for each worker (1, then one more at each "
+            "restart).",
+            labels=["worker"],
         )
-        refused = CounterMetricFamily(
-            "rproxy_pool_retries_refused",
-            "Retries the retry budget refused.",
-            labels=["pool"],
+        age = GaugeMetricFamily(
+            "rproxy_worker_snapshot_age_seconds",
+            "Age of the figures of each worker (0 when it answered).",
+            labels=["worker"],
         )
-        pending = GaugeMetricFamily(
-            "rproxy_pool_pending", "Requests waiting for a connection.", labels=["pool"]
-        )
-        panic = GaugeMetricFamily(
-            "rproxy_pool_panic", "1 when a pool is in panic mode.", labels=["pool"]
-        )
-        serverRequests = CounterMetricFamily(
-            "rproxy_backend_requests",
-            "Requests started on a backend server (retries included).",
-            labels=["pool", "server"],
-        )
-        failures = CounterMetricFamily(
-            "rproxy_backend_failures",
-            "Requests that failed on a backend server.",
-            labels=["pool", "server"],
-        )
-        healthy = GaugeMetricFamily(
-            "rproxy_backend_up",
-            "1 when a backend server is healthy (not down, not ejected).",
-            labels=["pool", "server", "state"],
-        )
-        inFlight = GaugeMetricFamily(
-            "rproxy_backend_in_flight",
-            "Requests in progress on a backend server.",
-            labels=["pool", "server"],
-        )
-        idle = GaugeMetricFamily(
-            "rproxy_backend_idle_connections",
-            "Kept-alive connections waiting for a request.",
-            labels=["pool", "server"],
-        )
-        for status in pools:
-            name = status.name
-            poolRequests.add_metric([name], status.requests)
-            retries.add_metric([name], status.retries)
-            refused.add_metric([name], status.retriesRefused)
-            pending.add_metric([name], status.pending)
-            panic.add_metric([name], 1 if status.panic else 0)
-            for server in status.servers:
-                labels = [name, server.url]
-                serverRequests.add_metric(labels, server.requests)
-                failures.add_metric(labels, server.failures)
-                healthy.add_metric(
-                    labels + [server.state], 1 if server.state == "healthy" else 0
-                )
-                inFlight.add_metric(labels, server.inFlight)
-                idle.add_metric(labels, server.idleConnections)
-        yield from (
-            poolRequests,
-            retries,
-            refused,
-            pending,
-            panic,
-            serverRequests,
-            failures,
-            healthy,
-            inFlight,
-            idle,
-        )
+        for snapshot in workers:
+            worker = str(snapshot.worker)
+            for key, (count, created) in snapshot.counts.get(
+                "rproxy_requests", {}
+            ).items():
+                requests.add_metric([worker, *key], count, created=created or None)
+            if snapshot.live:
+                value = snapshot.counts.get("rproxy_client_connections", {})
+                connections.add_metric([worker], value.get((), [0])[0])
+            up.add_metric([worker], 1 if snapshot.live else 0)
+            starts.add_metric([worker], snapshot.starts)
+            age.add_metric(
+                [worker], 0 if snapshot.live else max(self.now - snapshot.time, 0)
+            )
+        yield from (requests, connections, up, starts, age)

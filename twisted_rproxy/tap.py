@@ -97,6 +97,12 @@ class Options(usage.Options):
             "(Internal: set by the supervising process for its workers.)",
         ],
         ["worker-index", None, None, "(Internal: the worker's number.)"],
+        [
+            "worker-state",
+            None,
+            None,
+            "(Internal: the supervisor's run directory of the workers' counts.)",
+        ],
     ]
 
     def __init__(self) -> None:
@@ -271,13 +277,30 @@ def makeService(options: Options) -> IService:
             service.admin.worker = options["worker-index"]
     installReloadHandler(proxyReactor, service, options["config"])
     _installSignal(proxyReactor, "SIGUSR1", _reopenLogs, service)
-    if inherited is not None:
-        from twisted_rproxy.workers import FORWARDED_SIGNALS
+    if inherited is None:
+        return service
+    from twisted_rproxy.workers import FORWARDED_SIGNALS
 
-        # A worker starts with these blocked (see WorkerSupervisor._spawn):
-        # one the supervisor passed on meanwhile is handled now.
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
-    return service
+    # A worker starts with these blocked (see WorkerSupervisor._spawn):
+    # one the supervisor passed on meanwhile is handled now.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED_SIGNALS)
+    stateDirectory = options["worker-state"]
+    if stateDirectory is None or service.admin is None:
+        return service
+    from twisted.internet.interfaces import IReactorUNIX
+
+    from twisted_rproxy.peers import WorkerTotals
+    from twisted_rproxy.workers import WorkerService
+
+    totals = WorkerTotals(
+        cast(IReactorUNIX, reactor),
+        proxyReactor,
+        stateDirectory,
+        int(options["worker-index"] or 0),
+        service.admin.snapshot,
+    )
+    service.admin.workerTotals = totals
+    return WorkerService(service, totals)
 
 
 def _installSignal(

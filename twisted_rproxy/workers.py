@@ -11,21 +11,26 @@ again; SIGTERM closes the listening sockets (new connections are refused
 at once) and stops every worker gracefully (each drains its requests),
 SIGHUP and SIGUSR1 are passed on (reload, reopen the logs).
 
-The admin listener is given to the first worker only, so that its page and
-metrics are those of one process (named on the page).
+The admin listener is given to the first worker only. Its page and
+C{/metrics} show the totals over every worker, and each worker's figures:
+the supervisor makes a run directory for the workers' counts at each
+start (removed when it stops), which each worker publishes to and the
+first one reads (L{twisted_rproxy.peers}, L{WorkerService}).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.application.service import IService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
@@ -35,6 +40,7 @@ from twisted.python.failure import Failure
 from twisted_rproxy.config import Config
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.listening import listeningDescription, releaseListener
+from twisted_rproxy.peers import WorkerTotals
 
 _log = Logger()
 
@@ -68,7 +74,10 @@ def listenerDescriptions(config: Config) -> tuple[list[str], list[str]]:
 
 
 def workerCommand(
-    rproxyArguments: Sequence[str], listeners: dict[str, tuple[int, int]], index: int
+    rproxyArguments: Sequence[str],
+    listeners: dict[str, tuple[int, int]],
+    index: int,
+    stateDirectory: str | None = None,
 ) -> list[str]:
     """
     The command line of worker C{index}.
@@ -77,7 +86,9 @@ def workerCommand(
         configuration (C{--config FILE}, or the command-line mode's).
     @param listeners: Endpoint description to (file descriptor in the
         worker, address family).
+    @param stateDirectory: The run directory of the workers' counts.
     """
+    state = [] if stateDirectory is None else ["--worker-state", stateDirectory]
     return [
         sys.executable,
         "-c",
@@ -90,6 +101,7 @@ def workerCommand(
         json.dumps(listeners),
         "--worker-index",
         str(index),
+        *state,
     ]
 
 
@@ -110,6 +122,8 @@ class WorkerSupervisor(Service):
     Opens the listening sockets and keeps C{count} workers running on them.
 
     @ivar workers: The running workers' L{ProcessProtocol}s, by index.
+    @ivar stateDirectory: The run directory of the workers' counts while it
+        runs (see L{twisted_rproxy.peers}), else L{None}.
     """
 
     #: Seconds before a worker that died young is started again.
@@ -134,6 +148,7 @@ class WorkerSupervisor(Service):
         self._proxyListeners: dict[str, tuple[int, int]] = {}
         self._adminListeners: dict[str, tuple[int, int]] = {}
         self._stopping = False
+        self.stateDirectory: str | None = None
 
     def startService(self) -> None:
         """
@@ -150,10 +165,15 @@ class WorkerSupervisor(Service):
                 childFD = FIRST_FD + len(self._fds)
                 self._fds[childFD] = port.fileno()  # type: ignore[attr-defined]
                 target[description] = (childFD, port.addressFamily)  # type: ignore[attr-defined]
+        # A new, empty directory at each start: no count of an earlier run
+        # is added to this one's. Private (0700) to the user running us.
+        self.stateDirectory = tempfile.mkdtemp(prefix="twisted_rproxy-workers-")
         _log.info(
-            "Supervisor {pid}: starting {count} workers",
+            "Supervisor {pid}: starting {count} workers (their counts in "
+            "{directory})",
             pid=os.getpid(),
             count=self.count,
+            directory=self.stateDirectory,
         )
         for index in range(self.count):
             self._spawn(index)
@@ -188,7 +208,9 @@ class WorkerSupervisor(Service):
         for childFD, _ in listeners.values():
             childFDs[childFD] = self._fds[childFD]
         worker = _Worker(self, index)
-        command = workerCommand(self.rproxyArguments, listeners, index)
+        command = workerCommand(
+            self.rproxyArguments, listeners, index, self.stateDirectory
+        )
         # The signal mask is inherited across fork and exec (Twisted resets
         # ignored signals in the child, not blocked ones). Here, a signal
         # that comes meanwhile is handled once the mask is restored.
@@ -274,5 +296,54 @@ class WorkerSupervisor(Service):
                 kill.cancel()
             return result
 
+        def removeState(result: object) -> object:
+            directory, self.stateDirectory = self.stateDirectory, None
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+            return result
+
         waiting = [d for d in stopped if d is not None] + ended
-        return DeferredList(waiting).addBoth(cancelKill)
+        return DeferredList(waiting).addBoth(cancelKill).addBoth(removeState)
+
+
+class WorkerService(Service):
+    """
+    What a worker process runs: its proxy, and its part in the totals over
+    workers (L{WorkerTotals}), which starts before the proxy listens and
+    writes its counts a last time once the proxy has drained, so that the
+    requests finished during the drain are in them.
+    """
+
+    def __init__(self, proxy: IService, totals: WorkerTotals) -> None:
+        self.proxy = proxy
+        self.totals = totals
+
+    def privilegedStartService(self) -> None:
+        """
+        Let the proxy do what needs privileges.
+        """
+        Service.privilegedStartService(self)
+        self.proxy.privilegedStartService()
+
+    def startService(self) -> None:
+        """
+        Start publishing the counts, then the proxy.
+        """
+        Service.startService(self)
+        self.totals.start()
+        self.proxy.startService()
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop the proxy (its drain included), then write the counts a last
+        time.
+        """
+        Service.stopService(self)
+        stopping: Deferred[object] = maybeDeferred(self.proxy.stopService)
+
+        def publish(result: object) -> Deferred[None]:
+            if isinstance(result, Failure):
+                _log.failure("Worker: the proxy did not stop cleanly", result)
+            return self.totals.stop().addCallback(lambda _: None)
+
+        return stopping.addBoth(publish)
