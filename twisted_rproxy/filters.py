@@ -49,6 +49,11 @@ from twisted.web.server import NOT_DONE_YET
 
 from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.config.routes import FilterOptionError, setFilterValidator
+from twisted_rproxy.filterenv import (
+    FilterEnvironment,
+    buildConfiguredFilter,
+    collectWarnings,
+)
 from twisted_rproxy.intercept import ResponseInterceptor, foldPassedHeaders
 from twisted_rproxy.interfaces import (
     IBodyTransform,
@@ -62,16 +67,18 @@ from twisted_rproxy.pages import errorBody, reasonPhrase, renderError, setStatus
 from twisted_rproxy.state import SharedState
 
 if TYPE_CHECKING:
-    from twisted_rproxy.config import FilterConfig, RouteConfig
+    from twisted_rproxy.config import Config, FilterConfig, RouteConfig, StateConfig
 
 __all__ = [
     "FilterChain",
+    "FilterEnvironment",
     "FilterOptionError",
     "FilterResponse",
     "RequestContext",
     "buildFilterChain",
     "ResponseHead",
     "filterFactories",
+    "filterWarnings",
     "findFilterFactory",
 ]
 
@@ -110,6 +117,15 @@ def findFilterFactory(name: str) -> IFilterFactory:
         )
     installed = ", ".join(sorted(factories)) or "none"
     raise LookupError(f"no filter plugin named {name!r} (installed: {installed})")
+
+
+def filterWarnings(config: Config) -> list[str]:
+    """
+    What the filters of C{config}'s routes warn about, for its number of
+    workers (see L{twisted_rproxy.interfaces.IFilterEnvironment.warn}):
+    lines C{"filters.NAME: ..."} for C{--check} and the start to report.
+    """
+    return collectWarnings(config, findFilterFactory)
 
 
 def _logFailure(failure: Failure, name: str, hook: str, request: IRequest) -> None:
@@ -530,14 +546,17 @@ def buildFilterChain(
     filters: Mapping[str, FilterConfig],
     reactor: IReactorTime,
     sharedState: SharedState | None = None,
+    workers: int = 1,
 ) -> FilterChain:
     """
     The L{FilterChain} of a configured route around its C{resource}: each
-    filter the route lists is built by its plugin from its options.
+    filter the route lists is built by its plugin from its options (and,
+    for the plugins that take one, a L{FilterEnvironment}).
 
     @param sharedState: The client of C{[state]}, kept as the chain's
-        C{sharedState} for the filters that share their state; L{None}
-        without C{[state]}.
+        C{sharedState} and given to the filters that share their state;
+        L{None} without C{[state]}.
+    @param workers: The configured number of worker processes.
 
     @raise LookupError: If a filter's plugin is not installed (a validated
         configuration has checked that already).
@@ -546,18 +565,26 @@ def buildFilterChain(
     for name in route.filters:
         filterConfig = filters[name]
         factory = findFilterFactory(filterConfig.plugin)
-        built.append((name, factory.buildFilter(filterConfig.options)))
+        environment = FilterEnvironment(name, reactor, sharedState, workers)
+        built.append(
+            (name, buildConfiguredFilter(factory, filterConfig.options, environment))
+        )
     chain = FilterChain(resource, built, reactor, route)
     chain.sharedState = sharedState
     return chain
 
 
-def _validateFilter(plugin: str, options: dict[str, object]) -> None:
+def _validateFilter(
+    plugin: str, options: dict[str, object], name: str, state: StateConfig | None
+) -> None:
     """
     The configuration's check of a C{[filters.NAME]} table: the plugin is
-    installed, and it builds a filter from the options.
+    installed, and it builds a filter from the options, in an environment
+    that does no I/O (L{FilterEnvironment.forCheck}).
     """
-    findFilterFactory(plugin).buildFilter(options)
+    buildConfiguredFilter(
+        findFilterFactory(plugin), options, FilterEnvironment.forCheck(name, state)
+    )
 
 
 setFilterValidator(_validateFilter)

@@ -15,11 +15,14 @@ from twisted.internet.interfaces import (
     IReactorSSL,
     IReactorTCP,
     IReactorTime,
+    IReactorUNIX,
 )
 from twisted.web.iweb import IRequest
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
     from twisted_rproxy.messages import (
         BackendRequest,
         CacheEntry,
@@ -28,11 +31,14 @@ if TYPE_CHECKING:
     )
 
 
-class IProxyReactor(IReactorTCP, IReactorSSL, IReactorTime, IReactorCore):
+class IProxyReactor(
+    IReactorTCP, IReactorSSL, IReactorUNIX, IReactorTime, IReactorCore
+):
     """
-    The reactor the proxy's pieces are given: TCP and TLS sockets, time,
-    and the core (system event triggers). Only C{twisted_rproxy.tap}
-    imports the global reactor; everything else takes one of these.
+    The reactor the proxy's pieces are given: TCP, TLS and unix sockets
+    (for C{http://unix:} backends), time, and the core (system event
+    triggers). Only C{twisted_rproxy.tap} imports the global reactor;
+    everything else takes one of these.
     """
 
 
@@ -141,6 +147,13 @@ class IFilterFactory(Interface):
         builds filters to validate their options, the service builds them
         again), so it must do no I/O and start nothing.
 
+        A factory that needs more than its options (the shared state, the
+        reactor, its own name) says so by taking a second positional
+        parameter, C{buildFilter(options, environment)}: it is then given
+        an L{IFilterEnvironment}.  Whether it does is read once per factory
+        from the method's signature, so a factory written for
+        C{buildFilter(options)} goes on being called that way.
+
         @param options: The filter's table from the configuration, without
             its C{plugin} key: TOML values (L{str}, L{int}, L{float},
             L{bool}, lists, tables as mappings).
@@ -148,6 +161,48 @@ class IFilterFactory(Interface):
             L{IErrorFilter}, or several of them.
         @raise twisted_rproxy.filters.FilterOptionError: For a bad option:
             the configuration reports it as C{filters.NAME.OPTION}.
+        """
+
+
+class IFilterEnvironment(Interface):
+    """
+    What a filter is built in, given to the factories that take it (see
+    L{IFilterFactory.buildFilter}): the filter keeps what it needs for its
+    I/O instead of reaching for globals.
+
+    When the configuration is only checked (C{--check}, loading a file, a
+    reload refused), C{checking} is true, C{reactor} is a
+    L{twisted.internet.task.Clock} and C{sharedState} a client that is
+    never started: building the filter does no I/O either way.
+    """
+
+    name = Attribute(
+        "The filter's name in the configuration (the NAME of "
+        "C{[filters.NAME]}), a L{str}: a prefix for its shared keys."
+    )
+    reactor = Attribute(
+        "The L{twisted.internet.interfaces.IReactorTime} the filter's timers "
+        "and clock run on."
+    )
+    sharedState = Attribute(
+        "The client of C{[state]} (a L{twisted_rproxy.state.SharedState}), or "
+        "L{None} when the configuration has no C{[state]} table."
+    )
+    workers = Attribute(
+        "The configured number of worker processes (C{[server] workers} or "
+        "C{--workers}), an L{int} >= 1: state kept in the process is kept "
+        "once per worker."
+    )
+    checking = Attribute(
+        "L{True} when the filter is built only to check its options: it "
+        "will never serve a request."
+    )
+
+    def warn(message: str) -> None:
+        """
+        Report something about the filter's configuration that is allowed
+        but probably not meant (C{--check} prints it, the start logs it):
+        one sentence, without the filter's name (which is added).
         """
 
 
@@ -251,48 +306,83 @@ class ICacheStore(Interface):
     (C{entry.variant}).
 
     A store bounds itself: C{put} may evict other entries, or refuse one.
-    Every method is synchronous (the lookup is on the hit path).
+
+    B{Answering at once or later.} C{get}, C{put}, C{resized}, C{remove}
+    and C{purge} each return either their result itself or a
+    L{twisted.internet.defer.Deferred} that fires with it.  A store that
+    has the answer in memory (L{twisted_rproxy.cache.MemoryStore}) must
+    return it at once: the cache then answers a hit without a Deferred or
+    a reactor turn.  A store that does I/O (Redis, a disk) returns a
+    Deferred, and the cache renders C{NOT_DONE_YET} and goes on when it
+    fires (dropping the request if its client went in the meantime).
+
+    B{Failing.} Such a Deferred should not fail for an outage of what is
+    behind it: C{get} then fires with C{[]} (a miss) and C{put} with
+    L{False}.  If it fails anyway, the cache treats a failed C{get} as a
+    miss and a failed C{put}, C{resized} or C{remove} as not done, and
+    never answers an error page for it; a failed C{remove} or C{purge} of
+    a C{PURGE} request is answered 503 (the removal is not known to have
+    happened).  An operation must fire within a bounded time.
+
+    B{Order.} The cache waits for C{put} before it wakes the requests that
+    waited for the same key, so that what they look up is there.
+
+    A store shared by several processes may also offer the lock of a cold
+    key's backend request (C{claimFetch}, C{releaseFetch}, C{awaitEntry}:
+    see L{twisted_rproxy.cache.flight.SharedFlights}), so that one process
+    fetches and the others wait for what it stores.
     """
 
     maxSize = Attribute("The most bytes the store holds, an L{int}.")
-    size = Attribute("The bytes it holds now, an L{int} <= C{maxSize}.")
+    size = Attribute(
+        "The bytes it holds now (in this process, for a shared store), an "
+        "L{int} <= C{maxSize}."
+    )
 
-    def get(key: bytes) -> list[CacheEntry]:
+    def get(key: bytes) -> list[CacheEntry] | Deferred[list[CacheEntry]]:
         """
         The entries stored under C{key} (every variant), counting as a use
         of each for eviction.
 
         @return: A list of L{twisted_rproxy.cache.CacheEntry}, possibly
-            empty.
+            empty, or a Deferred firing with one.
         """
 
-    def put(entry: CacheEntry) -> bool:
+    def put(entry: CacheEntry) -> bool | Deferred[bool]:
         """
         Store C{entry}, replacing the entry of the same key and variant.
 
         @return: Whether it was stored (L{False} when it is larger than the
-            store).
+            store, or of no further use), or a Deferred firing with it.
         """
 
-    def resized(entry: CacheEntry) -> None:
+    def resized(entry: CacheEntry) -> Deferred[None] | None:
         """
-        Account again for a stored C{entry} whose headers were updated in
-        place (after a 304).
+        Account again for a stored C{entry} whose headers (and freshness)
+        were updated in place (after a 304); a store that keeps copies
+        stores its new head.
+
+        @return: L{None}, or a Deferred firing once done.
         """
 
-    def remove(key: bytes) -> int:
+    def remove(key: bytes) -> int | Deferred[int]:
         """
-        Remove every variant stored under C{key}; return how many.
+        Remove every variant stored under C{key}.
+
+        @return: How many were removed, or a Deferred firing with it.
         """
 
-    def purge(prefix: bytes) -> int:
+    def purge(prefix: bytes) -> int | Deferred[int]:
         """
-        Remove every entry whose key starts with C{prefix}; return how many.
+        Remove every entry whose key starts with C{prefix}.
+
+        @return: How many were removed, or a Deferred firing with it.
         """
 
     def keys() -> Iterator[bytes]:
         """
-        An iterator over the primary keys stored.
+        An iterator over the primary keys stored (those held in this
+        process, for a store shared with others).
         """
 
 

@@ -110,7 +110,12 @@ def buildRoute(
         if reactor is None or filters is None:
             raise ValueError("a route with filters needs the filters and a reactor")
         resource = buildFilterChain(
-            resource, route, filters, reactor, sharedState=sharedState
+            resource,
+            route,
+            filters,
+            reactor,
+            sharedState=sharedState,
+            workers=server.workers,
         )
     return Route(
         path=route.path.encode("ascii"),

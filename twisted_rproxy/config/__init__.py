@@ -28,6 +28,10 @@ else:  # pragma: no cover
 
 from attrs import evolve
 
+from twisted_rproxy.config.backendurl import (
+    _checkUnixServerNames,
+    unixSocketWarnings,
+)
 from twisted_rproxy.config.model import (
     _DEFAULT_LISTEN,
     _DEFAULT_POOL,
@@ -143,6 +147,7 @@ __all__ = [
     "REDIS_EXTRA",
     "redisClientAvailable",
     "TLSConfig",
+    "unixSocketWarnings",
     "validateEndpoint",
 ]
 
@@ -183,10 +188,13 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
         else ServerConfig()
     )
     pools = _parsePools(data["pools"], source, baseDirectory) if "pools" in data else {}
-    filters = _parseFilters(data["filters"], source) if "filters" in data else {}
+    # [state] first: a filter that shares its state needs one.
+    state = _parseState(data["state"], source) if "state" in data else None
+    filters = (
+        _parseFilters(data["filters"], source, state) if "filters" in data else {}
+    )
     caches = _parseCaches(data["caches"], source) if "caches" in data else {}
     admin = _parseAdmin(data["admin"], source) if "admin" in data else None
-    state = _parseState(data["state"], source) if "state" in data else None
     _checkCacheStores(caches, state, source)
 
     rawRoutes = data.get("routes")
@@ -288,6 +296,8 @@ def configFromArguments(
         )
     servers = tuple(_parseBackendURL(url, source, "--backend") for url in backends)
     _checkDistinctServers(servers, source, ["--backend"] * len(servers))
+    # No --tls-server-name: an https://unix: backend needs a file.
+    _checkUnixServerNames(servers, None, True, source, ["--backend"] * len(servers))
 
     pools: dict[str, PoolConfig] = {}
     routes: list[RouteConfig] = []

@@ -20,6 +20,7 @@ from twisted_rproxy.config.model import (
     RouteConfig,
     _typeName,
 )
+from twisted_rproxy.config.state import StateConfig
 from twisted_rproxy.config.values import (
     _EXTENSION,
     _checkPath,
@@ -76,6 +77,8 @@ _CACHE_KEYS = (
     "status_header",
     "purge_from",
     "store",
+    "local_size",
+    "local_ttl",
 )
 
 #: The values of a cache's C{store}.
@@ -230,17 +233,20 @@ class FilterOptionError(Exception):
         return f"{self.option}: {self.message}" if self.option else self.message
 
 
-#: Checks a filter's plugin name and options (see L{setFilterValidator}).
-FilterValidator = Callable[[str, dict[str, object]], None]
+#: Checks a filter's plugin name and options (see L{setFilterValidator}):
+#: called with the plugin's name, the options, the filter's name and the
+#: configuration's C{[state]} (or L{None}).
+FilterValidator = Callable[[str, dict[str, object], str, StateConfig | None], None]
 
 _filterValidator: FilterValidator | None = None
 
 
 def setFilterValidator(validator: FilterValidator) -> None:
     """
-    Install the check of C{[filters.NAME]} tables: given a plugin name and
-    its options, it raises L{LookupError} for an unknown plugin and
-    L{FilterOptionError} for a wrong option.
+    Install the check of C{[filters.NAME]} tables: given a plugin name,
+    its options, the filter's name and the C{[state]} the filter may share
+    its state in (L{None} without one), it raises L{LookupError} for an
+    unknown plugin and L{FilterOptionError} for a wrong option.
 
     The configuration is data only and knows no plugins, so the filter
     machinery (L{twisted_rproxy.filters}, which the package imports) installs
@@ -250,10 +256,13 @@ def setFilterValidator(validator: FilterValidator) -> None:
     _filterValidator = validator
 
 
-def _parseFilter(name: str, value: object, source: str) -> FilterConfig:
+def _parseFilter(
+    name: str, value: object, source: str, state: StateConfig | None = None
+) -> FilterConfig:
     """
     Parse one C{[filters.NAME]} table: find its plugin and let the plugin
-    validate the options (by building the filter once).
+    validate the options (by building the filter once, knowing whether
+    there is a C{[state]} to share it in).
     """
     key = _joinKey("filters", name)
     if not _POOL_NAME.match(name):
@@ -273,7 +282,7 @@ def _parseFilter(name: str, value: object, source: str) -> FilterConfig:
     if validate is None:
         return FilterConfig(name=name, plugin=plugin, options=options)
     try:
-        validate(plugin, options)
+        validate(plugin, options, name, state)
     except LookupError as e:
         raise table.error("plugin", str(e.args[0])) from None
     except FilterOptionError as e:
@@ -291,12 +300,17 @@ def _parseFilter(name: str, value: object, source: str) -> FilterConfig:
     return FilterConfig(name=name, plugin=plugin, options=options)
 
 
-def _parseFilters(value: object, source: str) -> dict[str, FilterConfig]:
+def _parseFilters(
+    value: object, source: str, state: StateConfig | None = None
+) -> dict[str, FilterConfig]:
     """
     Parse the C{filters} table of tables.
     """
     return _namedTables(
-        value, source, "filters", lambda name, table: _parseFilter(name, table, source)
+        value,
+        source,
+        "filters",
+        lambda name, table: _parseFilter(name, table, source, state),
     )
 
 
@@ -359,6 +373,10 @@ def _parseCache(name: str, value: object, source: str) -> CacheConfig:
         store = "memory"
     elif store not in CACHE_STORES:
         raise table.error("store", f'must be "memory" or "redis", got {store!r}')
+    localSize = table.size("local_size", 0, 0)
+    if localSize and store != "redis":
+        raise table.error("local_size", 'is only for store = "redis"')
+    localTTL = table.timeout("local_ttl", 1.0)
     return CacheConfig(
         name=name,
         maxSize=maxSize,
@@ -374,6 +392,8 @@ def _parseCache(name: str, value: object, source: str) -> CacheConfig:
         statusHeader=table.boolean("status_header", False),
         purgeFrom=tuple(networks),
         store=store,
+        localSize=localSize,
+        localTTL=localTTL,
     )
 
 
