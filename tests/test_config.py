@@ -2102,3 +2102,214 @@ class StaticRouteKeysTests(ConfigTestMixin):
             "routes[0].cache_control",
             "applies to static routes only",
         )
+
+
+class UnixServerTests(ConfigTestMixin):
+    """
+    Unix-socket backend URLs (C{http://unix:/PATH}, C{https://unix:/PATH})
+    and the C{tls_server_name} they need over TLS.
+    """
+
+    def serverFor(self, url: str, **pool: object) -> BackendServer:
+        config = parseConfig(withPool(servers=[url], **pool), "f.toml", ".")
+        return config.pools["app"].servers[0]
+
+    def assertBadURL(self, url: str, message: str) -> None:
+        """
+        A pool whose second server is C{url} is refused on that entry, the
+        message naming the URL.
+        """
+        error = self.assertDataError(
+            withPool(servers=["http://127.0.0.1:8001", url]),
+            "pools.app.servers[1]",
+        )
+        self.assertIn(message, error.message)
+        self.assertIn(repr(url), error.message)
+
+    def test_plain(self) -> None:
+        """
+        C{http://unix:/PATH} is a server on that socket, whose C{Host} is
+        C{localhost}; the URL is kept as written and the path normalized.
+        """
+        server = self.serverFor("http://UNIX:/run/./app//app.sock")
+        self.assertEqual(
+            server,
+            BackendServer(
+                url="http://UNIX:/run/./app//app.sock",
+                scheme="http",
+                host="localhost",
+                port=80,
+                socketPath="/run/app/app.sock",
+            ),
+        )
+
+    def test_tls(self) -> None:
+        """
+        C{https://unix:/PATH} with the pool's C{tls_server_name} parses;
+        the name is the pool's.
+        """
+        config = parseConfig(
+            withPool(
+                servers=["https://unix:/run/app.sock"],
+                tls_server_name="App.Internal.",
+            ),
+            "f.toml",
+            ".",
+        )
+        pool = config.pools["app"]
+        self.assertEqual(pool.tlsServerName, "app.internal")
+        self.assertEqual(pool.servers[0].socketPath, "/run/app.sock")
+        self.assertEqual((pool.servers[0].scheme, pool.servers[0].port), ("https", 443))
+
+    def test_entryServerName(self) -> None:
+        """
+        A server entry may carry its own C{tls_server_name}, normalized.
+        """
+        entry = {
+            "url": "https://unix:/run/a.sock",
+            "tls_server_name": "A.internal",
+            "weight": 3,
+        }
+        config = parseConfig(withPool(servers=[entry]), "f.toml", ".")
+        server = config.pools["app"].servers[0]
+        self.assertEqual((server.tlsServerName, server.weight), ("a.internal", 3))
+
+    def test_entryServerNameErrors(self) -> None:
+        """
+        An entry's C{tls_server_name} must be a host name, and applies to
+        https servers only: the error names the entry's key.
+        """
+        self.assertDataError(
+            withPool(
+                servers=[{"url": "https://unix:/a.sock", "tls_server_name": "a b"}]
+            ),
+            "pools.app.servers[0].tls_server_name",
+            "invalid server name 'a b' (expected a host name like \"app.internal\")",
+        )
+        self.assertDataError(
+            withPool(
+                servers=[{"url": "http://unix:/a.sock", "tls_server_name": "a.b"}]
+            ),
+            "pools.app.servers[0].tls_server_name",
+            "applies to https:// servers only, not 'http://unix:/a.sock'",
+        )
+
+    def test_httpsNeedsAName(self) -> None:
+        """
+        C{https://unix:} without a name to verify is refused on its entry;
+        C{tls_verify = false} needs none.
+        """
+        error = self.assertDataError(
+            withPool(servers=["http://127.0.0.1:8001", "https://unix:/a.sock"]),
+            "pools.app.servers[1]",
+        )
+        self.assertIn("https over a unix socket", error.message)
+        self.assertIn("tls_server_name", error.message)
+        error = self.assertDataError(
+            withPool(servers=["https://unix:/a.sock"], tls_ca="ca.pem"),
+            "pools.app.servers[0]",
+        )
+        self.assertIn("tls_server_name", error.message)
+        server = self.serverFor("https://unix:/a.sock", tls_verify=False)
+        self.assertEqual(server.socketPath, "/a.sock")
+
+    def test_malformed(self) -> None:
+        """
+        A malformed C{unix:} URL is refused with what is wrong.
+        """
+        self.assertBadURL("http://unix:", "names no socket path")
+        self.assertBadURL("http://unix:run/app.sock", "must be absolute")
+        self.assertBadURL("http://unix:8080", "must be absolute")
+        self.assertBadURL("http://unix:@app", "abstract unix sockets")
+        self.assertBadURL("http://unix:/run/app.sock:/api", "must not contain ':'")
+        self.assertBadURL("http://unix:/run/", "names a directory")
+        self.assertBadURL("http://unix:/run/..", "names a directory")
+        self.assertBadURL("http://unix:/run/app.sock?x=1", "must not contain a query")
+        self.assertBadURL("http://unix:/run/app.sock#f", "must not contain a fragment")
+        self.assertBadURL("http://unix:/run/my app.sock", "invalid backend URL")
+        self.assertBadURL("http://unix:/" + "a" * 120, "may be at most")
+
+    def test_errorNamesFile(self) -> None:
+        """
+        Loaded from a file, the error names the file and the key.
+        """
+        text = (
+            '[pools.app]\nservers = ["http://unix:app.sock"]\n'
+            '[[routes]]\npool = "app"\n'
+        )
+        path = self.writeConfig(text)
+        error = self.assertRaises(ConfigError, loadConfig, path)
+        self.assertTrue(
+            str(error).startswith(f"{path}: pools.app.servers[0]: the socket path"),
+            str(error),
+        )
+
+    def test_distinct(self) -> None:
+        """
+        One socket listed twice (however written) is refused; a unix server
+        and C{http://localhost} are distinct.
+        """
+        self.assertDataError(
+            withPool(servers=["http://unix:/run/a.sock", "http://unix:/run/./a.sock"]),
+            "pools.app.servers[1]",
+            "'http://unix:/run/./a.sock' is the same server as 'http://unix:/run/a.sock'",
+        )
+        config = parseConfig(
+            withPool(
+                servers=[
+                    "http://unix:/run/a.sock",
+                    "https://unix:/run/a.sock",
+                    "http://localhost",
+                ],
+                tls_server_name="a.internal",
+            ),
+            "f.toml",
+            ".",
+        )
+        self.assertEqual(len(config.pools["app"].servers), 3)
+
+    def test_hostNamedUnix(self) -> None:
+        """
+        A TCP server whose host is named C{unix} stays one.
+        """
+        server = self.serverFor("http://unix")
+        self.assertEqual((server.host, server.socketPath), ("unix", None))
+
+    def test_commandLine(self) -> None:
+        """
+        C{--backend http://unix:/PATH} makes a unix-socket server;
+        C{https://unix:} cannot be given there (it needs a name).
+        """
+        config = configFromArguments(["tcp:1"], ["http://unix:/run/a.sock"], None)
+        self.assertEqual(config.pools["default"].servers[0].socketPath, "/run/a.sock")
+        error = self.assertRaises(
+            ConfigError,
+            configFromArguments,
+            ["tcp:1"],
+            ["https://unix:/run/a.sock"],
+            None,
+        )
+        self.assertEqual(error.key, "--backend")
+        self.assertIn("tls_server_name", error.message)
+
+    @given(
+        st.lists(
+            st.text(
+                alphabet="abcdefghijklmnopqrstuvwxyz0123456789._-",
+                min_size=1,
+                max_size=12,
+            ),
+            min_size=1,
+            max_size=6,
+        )
+    )
+    def test_anyAbsolutePath(self, parts: list[str]) -> None:
+        """
+        Any absolute path of ordinary names parses, to its normalized form.
+        """
+        path = "/" + "/".join(parts)
+        if os.path.normpath(path) == "/" or len(os.path.normpath(path)) > 103:
+            return
+        server = self.serverFor(f"http://unix:{path}")
+        self.assertEqual(server.socketPath, os.path.normpath(path))
+        self.assertEqual(server.host, "localhost")

@@ -25,7 +25,9 @@ from twisted_rproxy.config import (
     configFromArguments,
     loadConfig,
     parseWorkers,
+    unixSocketWarnings,
 )
+from twisted_rproxy.filters import filterWarnings
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.service import ProxyService
 from twisted_rproxy.tls import checkTLSFiles
@@ -176,8 +178,10 @@ class Options(usage.Options):
                     self["access-log"],
                 )
             # Certificates and keys are read now, so that a bad one stops the
-            # start (and --check) with one line instead of a traceback.
+            # start (and --check) with one line instead of a traceback. A
+            # missing backend socket is only a warning: it may appear later.
             warnings = checkTLSFiles(self.rproxyConfig)
+            warnings += unixSocketWarnings(self.rproxyConfig)
         except ConfigError as e:
             sys.stderr.write(f"twisted_rproxy: {e}\n")
             raise SystemExit(1) from None
@@ -195,6 +199,11 @@ class Options(usage.Options):
                 server=evolve(self.rproxyConfig.server, workers=workers),
             )
         if self["check"]:
+            # After --workers: a per-worker rate limit is worth a warning.
+            for warning in filterWarnings(self.rproxyConfig):
+                sys.stderr.write(
+                    f"twisted_rproxy: {self.rproxyConfig.source}: warning: {warning}\n"
+                )
             print(f"twisted_rproxy: {self.rproxyConfig.source}: configuration OK")
             raise SystemExit(0)
 
@@ -228,8 +237,8 @@ def makeService(options: Options) -> IService:
     """
     from twisted.internet import reactor
 
-    # The global reactor provides each of IProxyReactor's bases (TCP, SSL, time,
-    # core), but Twisted types it as _IReactorCommon, which leaves IReactorSSL
+    # The global reactor provides each of IProxyReactor's bases (TCP, SSL, UNIX,
+    # time, core), but Twisted types it as _IReactorCommon, which leaves IReactorSSL
     # out; and it does not declare IProxyReactor itself, so adapting it with
     # IProxyReactor(...) would fail.
     proxyReactor = cast(IProxyReactor, reactor)
@@ -254,6 +263,12 @@ def makeService(options: Options) -> IService:
     assert options.rproxyConfig is not None
     config = options.rproxyConfig
     inherited = options["worker-listeners"]
+    if inherited is None:
+        # Once, by the process that starts: not again by each worker.
+        for warning in filterWarnings(config):
+            _log.warn(
+                "{source}: warning: {warning}", source=config.source, warning=warning
+            )
     if config.server.workers > 1 and inherited is None:
         from twisted_rproxy.workers import WorkerSupervisor
 

@@ -87,6 +87,13 @@ class BackendServer:
     @ivar port: The port, 80 or 443 when the URL gives none.
     @ivar weight: The server's share of requests relative to the other servers
         of its pool, at least 1.
+    @ivar socketPath: For a unix-socket server (C{"http://unix:/run/app.sock"}),
+        the absolute path of its socket, normalized; its C{host} is then
+        C{"localhost"} (the C{Host} that C{host_header = "backend"} sends) and
+        its C{port} the scheme's default. L{None} for a TCP server.
+    @ivar tlsServerName: For an C{https} server, its own name to verify and
+        send by SNI (a server entry's C{tls_server_name}), before the pool's
+        L{PoolConfig.tlsServerName}; else L{None}.
     """
 
     url: str
@@ -94,6 +101,8 @@ class BackendServer:
     host: str
     port: int
     weight: int = 1
+    socketPath: str | None = None
+    tlsServerName: str | None = None
 
 
 @frozen
@@ -333,6 +342,11 @@ class CacheConfig:
     @ivar purgeFrom: Networks (CIDR) allowed to send C{PURGE}.
     @ivar store: Where entries are kept: C{"memory"} (this process) or
         C{"redis"} (the shared C{[state]}, seen by every proxy using it).
+    @ivar localSize: With C{store = "redis"}, the bytes of an in-process
+        layer in front of Redis (0 for none).
+    @ivar localTTL: The longest the in-process layer answers for a key
+        without asking Redis again: how late a PURGE made elsewhere may be
+        seen here.
     """
 
     name: str
@@ -349,6 +363,8 @@ class CacheConfig:
     statusHeader: bool = False
     purgeFrom: tuple[str, ...] = ()
     store: str = "memory"
+    localSize: int = 0
+    localTTL: float = 1.0
 
 
 @frozen

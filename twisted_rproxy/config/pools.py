@@ -9,11 +9,11 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from twisted_rproxy.config.backendurl import _checkUnixServerNames, _serverName
 from twisted_rproxy.config.hashing import parseHashOn
 from twisted_rproxy.config.model import (
     _BALANCERS,
     _HOST_HEADER_VALUE,
-    _HOST_NAME,
     _POOL_NAME,
     BackendServer,
     ConfigError,
@@ -366,7 +366,9 @@ def _parsePoolTLS(
     """
     names = ("tls_ca", "tls_verify", "tls_server_name", "tls_client_certificate")
     given = [name for name in names if table.has(name)]
+    serverKeys = [f"{table.keyOf('servers')}[{i}]" for i in range(len(servers))]
     if not given:
+        _checkUnixServerNames(servers, None, True, table.source, serverKeys)
         return {}
     if not any(server.scheme == "https" for server in servers):
         raise table.error(
@@ -381,14 +383,16 @@ def _parsePoolTLS(
         )
     serverName = table.optionalString("tls_server_name")
     if serverName is not None:
-        normalized = serverName.strip().lower().removesuffix(".")
-        if not _HOST_NAME.match(normalized):
-            raise table.error(
-                "tls_server_name",
-                f"invalid server name {serverName!r} (expected a host name "
-                'like "app.internal")',
-            )
-        result["tlsServerName"] = normalized
+        result["tlsServerName"] = _serverName(
+            serverName, table.source, table.keyOf("tls_server_name")
+        )
+    _checkUnixServerNames(
+        servers,
+        result.get("tlsServerName"),
+        result["tlsVerify"],
+        table.source,
+        serverKeys,
+    )
     if table.has("tls_client_certificate"):
         result["tlsClientCertificate"] = _parseCertificateEntry(
             table.data["tls_client_certificate"],

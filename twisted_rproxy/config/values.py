@@ -17,6 +17,8 @@ from typing import TypeVar, cast
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.testing import MemoryReactor
 
+from twisted_rproxy.config.backendurl import _parseBackendURL as _parseBackendURL
+from twisted_rproxy.config.backendurl import _serverName
 from twisted_rproxy.config.model import (
     _BARE_KEY,
     _HEADER_VALUE,
@@ -233,98 +235,7 @@ class _Table:
         return tuple(value)
 
 
-_SERVER_ENTRY_KEYS = ("url", "weight")
-
-
-def _parseBackendURL(url: str, source: str, key: str, weight: int = 1) -> BackendServer:
-    """
-    Validate one backend URL: C{http} or C{https}, a host, an optional port
-    from 1 to 65535, and nothing else but an optional C{"/"} path.
-    """
-    expected = "expected http://HOST[:PORT] or https://HOST[:PORT]"
-    if not url or any(c.isspace() or not c.isprintable() for c in url):
-        raise ConfigError(source, key, f"invalid backend URL {url!r} ({expected})")
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ConfigError(source, key, f"not a URL: {url!r} ({expected})")
-    scheme = scheme.lower()
-    if scheme not in ("http", "https"):
-        raise ConfigError(
-            source,
-            key,
-            f"unsupported scheme {scheme!r} in {url!r} (expected http or https)",
-        )
-    for marker, what in (("?", "a query"), ("#", "a fragment")):
-        if marker in rest:
-            raise ConfigError(
-                source, key, f"backend URL {url!r} must not contain {what}"
-            )
-    netloc, slash, path = rest.partition("/")
-    if slash and path:
-        raise ConfigError(
-            source,
-            key,
-            f"backend URL {url!r} must not contain a path ('/{path}'); "
-            "a backend URL names a server only",
-        )
-    if "@" in netloc:
-        raise ConfigError(
-            source, key, f"backend URL {url!r} must not contain user information"
-        )
-    portText: str | None
-    if netloc.startswith("["):
-        end = netloc.find("]")
-        if end == -1:
-            raise ConfigError(
-                source, key, f"unterminated IPv6 address in backend URL {url!r}"
-            )
-        host = netloc[1:end].lower()
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ConfigError(
-                source, key, f"invalid IPv6 address {host!r} in backend URL {url!r}"
-            ) from None
-        after = netloc[end + 1 :]
-        if after and not after.startswith(":"):
-            raise ConfigError(source, key, f"invalid backend URL {url!r} ({expected})")
-        portText = after[1:] if after else None
-    else:
-        host, colon, portText = netloc.partition(":")
-        host = host.lower().removesuffix(".") if host != "." else host
-        if not colon:
-            portText = None
-        if not host:
-            raise ConfigError(
-                source, key, f"backend URL {url!r} has no host ({expected})"
-            )
-        if portText is not None and ":" in portText:
-            raise ConfigError(
-                source,
-                key,
-                f"invalid backend URL {url!r}: write IPv6 addresses in "
-                "brackets, like http://[::1]:8001",
-            )
-        if not _HOST_NAME.match(host):
-            raise ConfigError(
-                source, key, f"invalid host {host!r} in backend URL {url!r}"
-            )
-    if portText:
-        if not (portText.isascii() and portText.isdigit()):
-            raise ConfigError(
-                source, key, f"invalid port {portText!r} in backend URL {url!r}"
-            )
-        port = int(portText)
-        if not 1 <= port <= 65535:
-            raise ConfigError(
-                source,
-                key,
-                f"port {port} in backend URL {url!r} is out of range "
-                "(expected 1 to 65535)",
-            )
-    else:
-        port = 80 if scheme == "http" else 443
-    return BackendServer(url=url, scheme=scheme, host=host, port=port, weight=weight)
+_SERVER_ENTRY_KEYS = ("url", "weight", "tls_server_name")
 
 
 def backendServers(
@@ -352,9 +263,9 @@ def _checkDistinctServers(
     """
     Reject a server listed twice in one pool.
     """
-    seen: dict[tuple[str, str, int], int] = {}
+    seen: dict[tuple[str, str, int, str | None], int] = {}
     for index, server in enumerate(servers):
-        address = (server.scheme, server.host, server.port)
+        address = (server.scheme, server.host, server.port, server.socketPath)
         if address in seen:
             raise ConfigError(
                 source,
@@ -366,8 +277,8 @@ def _checkDistinctServers(
 
 def _parseServerEntry(value: object, source: str, key: str) -> BackendServer:
     """
-    Parse one entry of a pool's C{servers}: a URL, or a table with C{url} and
-    C{weight}.
+    Parse one entry of a pool's C{servers}: a URL, or a table with C{url},
+    C{weight} and (for an C{https} server) C{tls_server_name}.
     """
     if isinstance(value, str):
         return _parseBackendURL(value, source, key)
@@ -384,7 +295,15 @@ def _parseServerEntry(value: object, source: str, key: str) -> BackendServer:
     if url is None:
         raise table.error("url", "is required")
     weight = table.integer("weight", 1, 1)
-    return _parseBackendURL(url, source, table.keyOf("url"), weight)
+    serverName = table.optionalString("tls_server_name")
+    if serverName is not None:
+        serverName = _serverName(serverName, source, table.keyOf("tls_server_name"))
+    server = _parseBackendURL(url, source, table.keyOf("url"), weight, serverName)
+    if serverName is not None and server.scheme != "https":
+        raise table.error(
+            "tls_server_name", f"applies to https:// servers only, not {url!r}"
+        )
+    return server
 
 
 def _parseListen(

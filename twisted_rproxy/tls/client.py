@@ -29,12 +29,13 @@ from zope.interface import implementer
 from twisted_rproxy import _twisted
 from twisted_rproxy.config import BackendServer, PoolConfig
 from twisted_rproxy.tls.certificates import (
+    CertificateError,
     loadCertificate,
     loadCertificates,
     readFile,
 )
 
-__all__ = ["backendConnectionCreators", "describeTLSFailure"]
+__all__ = ["backendConnectionCreators", "describeTLSFailure", "serverName"]
 
 _log = Logger()
 
@@ -66,6 +67,19 @@ def _isAddress(host: str) -> bool:
     return True
 
 
+def serverName(pool: PoolConfig, server: BackendServer) -> str | None:
+    """
+    The name an C{https} server of C{pool} is verified against and sent by
+    SNI: the server entry's C{tls_server_name}, else the pool's, else its
+    host; L{None} for a unix-socket server that has neither (its socket
+    path is no name).
+    """
+    name = server.tlsServerName or pool.tlsServerName
+    if name is not None:
+        return name
+    return None if server.socketPath is not None else server.host
+
+
 def backendConnectionCreators(
     pool: PoolConfig,
 ) -> dict[BackendServer, IOpenSSLClientConnectionCreator]:
@@ -74,15 +88,24 @@ def backendConnectionCreators(
     when the pool is built.
 
     Certificates are verified with service-identity against the server's
-    host (or C{tls_server_name}), trusting C{tls_ca} or the system trust
-    store; C{tls_verify = false} turns that off, with a warning in the log.
+    name (L{serverName}), trusting C{tls_ca} or the system trust store;
+    C{tls_verify = false} turns that off, with a warning in the log.
 
     @raise CertificateError: If C{tls_ca} or C{tls_client_certificate}
-        cannot be used.
+        cannot be used, or a unix-socket server would be verified without a
+        name (the configuration's checks refuse that first).
     """
     servers = [s for s in pool.servers if s.scheme == "https"]
     if not servers:
         return {}
+    if pool.tlsVerify:
+        for server in servers:
+            if serverName(pool, server) is None:
+                raise CertificateError(
+                    f"pool {pool.name}: {server.url} is https over a unix "
+                    "socket: its tls_server_name is needed to verify its "
+                    "certificate"
+                )
     # The client certificate goes to Twisted's CertificateOptions as
     # cryptography objects: pyOpenSSL deprecates its own PKey and X509 there.
     clientCertificate: dict[str, Any] = {}
@@ -99,8 +122,8 @@ def backendConnectionCreators(
         )
         context = CertificateOptions(verify=False, **clientCertificate).getContext()
         for server in servers:
-            name = pool.tlsServerName or server.host
-            sni = None if _isAddress(name) else name.encode("idna")
+            name = serverName(pool, server)
+            sni = None if name is None or _isAddress(name) else name.encode("idna")
             creators[server] = _UnverifiedClientTLS(context, sni)
         return creators
     if pool.tlsCA is not None:
@@ -111,8 +134,10 @@ def backendConnectionCreators(
     else:
         trustRoot = platformTrust()
     for server in servers:
+        name = serverName(pool, server)
+        assert name is not None  # Checked above.
         creators[server] = optionsForClientTLS(
-            pool.tlsServerName or server.host,
+            name,
             trustRoot=trustRoot,
             extraCertificateOptions=dict(clientCertificate),
         )
