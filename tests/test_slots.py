@@ -30,7 +30,13 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.test_pool import OK, Harness, Recorder, get, server
 from twisted_rproxy.config import OutlierConfig
-from twisted_rproxy.pool import BackendConnection, BackendPool
+from twisted_rproxy.pool import (
+    DRAIN,
+    MAINTENANCE,
+    READY,
+    BackendConnection,
+    BackendPool,
+)
 
 CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
 
@@ -351,9 +357,10 @@ class RetirePathTests(SynchronousTestCase):
 class _PoolMachine(RuleBasedStateMachine):
     """
     Random sequences of submit / answer / close / break / abort / time out
-    on a pool of two servers on a memory reactor; after each step the
-    bookkeeping is consistent and the counts match the exchanges still
-    open.
+    on a pool of two servers on a memory reactor, with servers drained,
+    put in maintenance, made ready, removed and added on the way; after
+    each step the bookkeeping is consistent and the counts match the
+    exchanges still open.
     """
 
     def __init__(self) -> None:
@@ -362,6 +369,7 @@ class _PoolMachine(RuleBasedStateMachine):
         self.harness: Harness
         self.open: list[tuple[Any, Recorder]] = []
         self.accepted = 0
+        self.members = {8001, 8002}
 
     @initialize(maxConnections=st.integers(1, 3), retries=st.integers(0, 1))
     def start(self, maxConnections: int, retries: int) -> None:
@@ -386,9 +394,30 @@ class _PoolMachine(RuleBasedStateMachine):
 
     @rule(method=st.sampled_from([b"GET", b"POST"]))
     def submit(self, method: bytes) -> None:
+        pool = self.harness.pool
+        before = {backend: backend.requests for backend in pool.servers}
         recorder = Recorder()
-        exchange = self.harness.pool.submit(get(method=method), recorder)
+        exchange = pool.submit(get(method=method), recorder)
         self.open.append((exchange, recorder))
+        for backend, requests in before.items():
+            if backend.requests > requests:
+                # A new request goes to a ready server only.
+                self.testCase.assertTrue(backend.accepting, repr(backend))
+
+    @rule(data=st.data(), state=st.sampled_from([READY, DRAIN, MAINTENANCE]))
+    def setState(self, data: st.DataObject, state: str) -> None:
+        pool = self.harness.pool
+        present = [b for b in pool.servers if not b.removed]
+        if present:
+            pool.setServerState(data.draw(st.sampled_from(present)), state)
+
+    @rule(port=st.sampled_from([8001, 8002, 8003]))
+    def toggleMember(self, port: int) -> None:
+        """
+        Server C{port} leaves the server set if it is in it, else joins.
+        """
+        self.members ^= {port}
+        self.harness.pool.updateServers([server(p) for p in sorted(self.members)])
 
     @precondition(lambda self: self.harness.attempts > self.accepted)
     @rule(refuse=st.booleans())
@@ -448,6 +477,9 @@ class _PoolMachine(RuleBasedStateMachine):
         pool.checkConsistency()
         self.open = [(e, r) for e, r in self.open if not e.done]
         undialled = [f for _, _, f, _, _ in h.reactor.tcpClients[self.accepted :]]
+        self.testCase.assertEqual(
+            {b.server.port for b in pool.servers if not b.removed}, self.members
+        )
         for backend in pool.servers:
             live = [
                 p
@@ -464,6 +496,9 @@ class _PoolMachine(RuleBasedStateMachine):
             for connection in backend.idle:
                 self.testCase.assertIn(connection, live)
                 self.testCase.assertIsNone(connection._exchange)
+            if backend.removed:
+                # Kept only while a connection of its own is open.
+                self.testCase.assertGreater(backend.openConnections, 0)
         self.testCase.assertEqual(
             pool.pendingCount,
             sum(1 for e, _ in self.open if e.queuedCall is not None),
@@ -472,7 +507,9 @@ class _PoolMachine(RuleBasedStateMachine):
             # Nothing in flight: the admin page's counters say so.
             status = pool.status()
             self.testCase.assertEqual(status.pending, 0)
-            self.testCase.assertEqual([s.inFlight for s in status.servers], [0, 0])
+            self.testCase.assertEqual(
+                [s.inFlight for s in status.servers], [0] * len(status.servers)
+            )
 
 
 _PoolMachine.TestCase.settings = settings(

@@ -1,8 +1,9 @@
 """
 The admin listener: an HTML status page (C{/}), the same as JSON
-(C{/status.json}) and Prometheus metrics (C{/metrics}), on its own
-endpoints (loopback by default), optionally behind HTTP basic
-authentication.
+(C{/status.json}), Prometheus metrics (C{/metrics}) and the run-time
+control of the pools' servers (C{/pools/...}, see
+L{twisted_rproxy.adminapi}), on its own endpoints (loopback by default),
+optionally behind HTTP basic authentication.
 
 Passwords are stored as PBKDF2-SHA256 hashes (salted, 200,000 iterations,
 standard library only); make one with::
@@ -33,6 +34,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from twisted_rproxy._version import __version__
+from twisted_rproxy.adminapi import RuntimeControl, pathSegments, renderControl
 from twisted_rproxy.adminpage import renderPage
 from twisted_rproxy.config import AdminConfig
 from twisted_rproxy.interfaces import IProxyReactor
@@ -46,6 +48,7 @@ from twisted_rproxy.totals import (
     stateCounts,
     summary,
 )
+from twisted_rproxy.workercontrol import ControlListener, askWorkers
 
 if TYPE_CHECKING:
     from twisted_rproxy.interfaces import IProxyStatus
@@ -123,6 +126,9 @@ class Admin:
         self.metrics = Metrics() if wantMetrics else None
         self.counts = RequestCounts(reactor.seconds, time.time)
         self.workerTotals: WorkerTotals | None = None
+        #: The run-time control of the pools' servers (C{/pools/...}).
+        self.control = RuntimeControl(lambda: self.service.pools, self._workerIndex)
+        self._controlListener: ControlListener | None = None
         self._ports: list[IListeningPort] = []
         #: Inherited admin sockets (worker processes), as for the service;
         #: L{None} when not a worker. A worker without them has no admin
@@ -152,10 +158,18 @@ class Admin:
         self.site.noisy = False
         self.site.displayTracebacks = False
 
+    def _workerIndex(self) -> int | None:
+        totals = self.workerTotals
+        return totals.worker if totals is not None else None
+
     def startListening(self) -> None:
         """
-        Listen on the C{[admin] listen} endpoints.
+        Listen on the C{[admin] listen} endpoints; in a worker process, take
+        the other workers' commands too (L{twisted_rproxy.workercontrol}),
+        and the run-time changes they have in force.
         """
+        if self.workerTotals is not None:
+            self._startControl(self.workerTotals)
         for description in self.config.listen:
             if self.inheritedListeners is not None:
                 inherited = self.inheritedListeners.get(description)
@@ -175,12 +189,62 @@ class Admin:
                 )
             )
 
+    def _startControl(self, totals: WorkerTotals) -> None:
+        """
+        Take the other workers' commands on this worker's control socket,
+        forward the changes made here to them, and make those they have in
+        force (this worker was started again after them).
+        """
+        listener = ControlListener(
+            totals.reactor, totals.directory, totals.worker, self._command
+        )
+        self._controlListener = listener
+        listener.start()
+
+        def forward(command: dict[str, Any]) -> Deferred[dict[int, dict[str, Any]]]:
+            return askWorkers(
+                totals.reactor, totals.clock, totals.directory, totals.worker, command
+            )
+
+        self.control.forward = forward
+        forward({"command": "overrides"}).addCallback(self._adopt)
+
+    def _command(self, command: dict[str, Any]) -> dict[str, Any]:
+        answer = self.control.command(command)
+        if command.get("command") == "overrides":
+            answer["started"] = self.started
+        return answer
+
+    def _adopt(self, answers: dict[int, dict[str, Any]]) -> None:
+        """
+        Make the run-time changes of the longest-running worker that
+        answered.
+        """
+        live = [
+            (a.get("started"), index, a)
+            for index, a in answers.items()
+            if a.get("ok") and isinstance(a.get("started"), (int, float))
+        ]
+        if not live:
+            return
+        _, index, answer = min(live, key=lambda entry: (entry[0], entry[1]))
+        made = self.control.adopt(answer.get("overrides"))
+        if made:
+            _log.info(
+                "Admin: {count} run-time changes of servers taken from worker {index}",
+                count=made,
+                index=index,
+            )
+
     def stopListening(self) -> Deferred[Any]:
         """
-        Stop the admin listeners.
+        Stop the admin listeners (and the control socket).
         """
         ports, self._ports = self._ports, []
         stopping = [port.stopListening() for port in ports]
+        listener, self._controlListener = self._controlListener, None
+        if listener is not None:
+            stopping.append(listener.stop())
         return DeferredList([d if d is not None else succeed(None) for d in stopping])
 
     def snapshot(self) -> Snapshot:
@@ -290,6 +354,7 @@ class Admin:
             "pools": pools,
             "caches": caches,
             "recent_errors": list(reversed(self.recentErrors)),
+            "runtime_changes": list(reversed(self.control.changes)),
             "metrics": self.metrics is not None,
             "totals": {"workers": len(workers), **summary(mergeWorkers(workers))},
             "workers": [
@@ -322,37 +387,43 @@ class AdminResource(Resource):
     def __init__(self, admin: Admin) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # python/mypy#16653
         self.admin = admin
-        self._verified: set[bytes] = set()
+        self._verified: dict[bytes, str] = {}
 
-    def _authorized(self, request: Any) -> bool:
+    def _authenticate(self, request: Any) -> tuple[bool, str | None]:
+        """
+        Whether C{request} may see the admin site, and the user it
+        authenticated as (L{None} without C{users}).
+        """
         users = dict(self.admin.config.users)
         if not users:
-            return True
+            return True, None
         header = request.getHeader(b"authorization") or b""
         scheme, _, encoded = header.partition(b" ")
         if scheme.lower() != b"basic":
-            return False
+            return False, None
         # Checking a PBKDF2 hash takes a tenth of a second: a header once
         # checked is remembered (by its digest, not in clear).
         key = hashlib.sha256(header).digest()
-        if key in self._verified:
-            return True
+        known = self._verified.get(key)
+        if known is not None:
+            return True, known
         try:
             name, _, password = base64.b64decode(encoded).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
-            return False
+            return False, None
         hashed = users.get(name)
         if hashed is None or not checkPassword(password, hashed):
-            return False
+            return False, None
         if len(self._verified) > 100:
             self._verified.clear()
-        self._verified.add(key)
-        return True
+        self._verified[key] = name
+        return True, name
 
     def render(self, request: Any) -> bytes | int:
         request.setHeader(b"cache-control", b"no-store")
         request.setHeader(b"x-content-type-options", b"nosniff")
-        if not self._authorized(request):
+        authorized, user = self._authenticate(request)
+        if not authorized:
             request.setResponseCode(401)
             request.setHeader(
                 b"www-authenticate",
@@ -361,6 +432,14 @@ class AdminResource(Resource):
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
             return b"authentication required\n"
         path = request.path
+        segments = pathSegments(path)
+        if segments is not None:
+            return renderControl(self.admin.control, request, segments, user)
+        if request.method not in (b"GET", b"HEAD"):
+            request.setResponseCode(405)
+            request.setHeader(b"allow", b"GET, HEAD")
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return b"method not allowed: only /pools/NAME/servers/ID takes POST\n"
         answer: Callable[[list[WorkerSnapshot]], bytes]
         if path == b"/metrics":
             if self.admin.metrics is None:
@@ -397,7 +476,7 @@ class AdminResource(Resource):
         else:
             request.setResponseCode(404)
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-            return b"not found: try /, /status.json or /metrics\n"
+            return b"not found: try /, /status.json, /metrics or /pools\n"
         return self._answerWith(request, answer)
 
     def _answerWith(

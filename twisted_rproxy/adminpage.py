@@ -48,7 +48,9 @@ code{font:12.5px ui-monospace,SFMono-Regular,Menlo,monospace}
 font-weight:600}
 .healthy{background:var(--okbg);color:var(--ok)}
 .down{background:var(--badbg);color:var(--bad)}
-.ejected,.panic{background:var(--warnbg);color:var(--warn)}
+.ejected,.panic,.drain{background:var(--warnbg);color:var(--warn)}
+.ready{background:var(--okbg);color:var(--ok)}
+.maintenance{background:#e7e9ef;color:var(--mute)}
 .bar{height:8px;background:#edf0f5;border-radius:4px;width:120px;
 display:inline-block;vertical-align:middle;overflow:hidden}
 .bar i{display:block;height:100%;background:var(--accent)}
@@ -133,7 +135,7 @@ def renderPage(status: dict[str, Any], refresh: float) -> str:
             f'<span class="meta" style="color:var(--mute);font-weight:400">'
             f"{_e(pool['balance'])} · {pool['requests']} requests · "
             f"{pool['retries']} retries · {pool['pending']} pending</span>"
-            f"{badge}</h2><table><tr><th>Server</th><th>Health</th>"
+            f"{badge}</h2><table><tr><th>Server</th><th>Health</th><th>State</th>"
             '<th>Load</th><th class="num">In flight</th><th class="num">Idle '
             'conns</th><th class="num">Requests</th><th class="num">Failures'
             '</th><th class="num">Weight</th></tr>'
@@ -143,22 +145,21 @@ def renderPage(status: dict[str, Any], refresh: float) -> str:
             width = int(100 * server["inFlight"] / peak)
             parts.append(
                 f"<tr><td><code>{_e(server['url'])}</code></td>"
-                f'<td><span class="badge {_e(server["state"])}">'
-                f"{_e(server['state'])}</span></td>"
-                f'<td><span class="bar"><i style="width:{width}%"></i></span></td>'
+                + _health(server)
+                + _adminState(server)
+                + f'<td><span class="bar"><i style="width:{width}%"></i></span></td>'
                 f'<td class="num">{server["inFlight"]}</td>'
                 f'<td class="num">{server["idleConnections"]}</td>'
                 f'<td class="num">{server["requests"]}</td>'
                 f'<td class="num">{server["failures"]}</td>'
-                f'<td class="num">{server["weight"]}'
-                + (
-                    f" ({server['effectiveWeight']:.0%})"
-                    if server["effectiveWeight"] < 1
-                    else ""
-                )
+                + _weight(server)
                 + "</td></tr>"
             )
         parts.append("</table></section>")
+
+    changes: list[dict[str, Any]] = status.get("runtime_changes", [])
+    if changes:
+        parts.append(_changesSection(changes))
 
     parts.append(
         "<section><h2>Routes</h2><table><tr><th>Host</th><th>Path</th>"
@@ -236,6 +237,66 @@ def renderPage(status: dict[str, Any], refresh: float) -> str:
         f"<footer>Generated {time.strftime('%Y-%m-%d %H:%M:%S')} · "
         "twisted_rproxy admin</footer></body></html>"
     )
+    return "".join(parts)
+
+
+def _adminState(server: dict[str, Any]) -> str:
+    state = server.get("adminState", "ready")
+    left = " (left the pool)" if server.get("removed") else ""
+    return (
+        f'<td><span class="badge {_e(state)}">{_e(state)}</span>'
+        f'<span style="color:var(--mute)">{left}</span></td>'
+    )
+
+
+def _health(server: dict[str, Any]) -> str:
+    if server.get("adminState") == "maintenance":
+        return '<td><span class="badge maintenance">not checked</span></td>'
+    return (
+        f'<td><span class="badge {_e(server["state"])}">'
+        f"{_e(server['state'])}</span></td>"
+    )
+
+
+def _weight(server: dict[str, Any]) -> str:
+    override = server.get("weightOverride")
+    text = (
+        f'<td class="num">{server["weight"]}'
+        if override is None
+        else f'<td class="num"><b>{_e(override)}</b> (set at run time; '
+        f"configured {server['weight']})"
+    )
+    if server["effectiveWeight"] < 1:
+        text += f" ({server['effectiveWeight']:.0%})"
+    return text
+
+
+def _changesSection(changes: list[dict[str, Any]]) -> str:
+    """
+    The run-time changes made on the admin listener, newest first.
+    """
+    parts = [
+        "<section><h2>Run-time changes of servers"
+        '<span class="meta" style="color:var(--mute);font-weight:400">'
+        "kept until the next reload</span></h2><table><tr><th>Time</th>"
+        "<th>Pool</th><th>Server</th><th>Change</th><th>By</th><th>From</th></tr>"
+    ]
+    for change in changes:
+        when = time.strftime("%H:%M:%S", time.localtime(change["time"]))
+        what = ", ".join(
+            f"{key} {_e(old)} → {_e(new)}"
+            for key, (old, new) in change["changed"].items()
+        )
+        workers = change.get("workers")
+        if workers and workers.get("failed"):
+            what += f" (not made by workers {_e(', '.join(workers['failed']))})"
+        parts.append(
+            f"<tr><td>{when}</td><td><code>{_e(change['pool'])}</code></td>"
+            f"<td><code>{_e(change['server'])}</code></td>"
+            f"<td>{what or 'no change'}</td><td>{_e(change['user'] or '—')}</td>"
+            f"<td>{_e(change['address'])}</td></tr>"
+        )
+    parts.append("</table></section>")
     return "".join(parts)
 
 

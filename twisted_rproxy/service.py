@@ -181,8 +181,10 @@ class ProxyService(MultiService):
         flight finish on the old pools, which close once idle (their queued
         requests move to the new pool of the same name). A pool whose
         configuration did not change is kept as it is, connections and
-        health included. C{[server]} and the listeners are not reloaded
-        (that takes a restart: a warning says so). Certificates are read
+        health included, but its servers' run-time changes (admin states
+        and weights set on the admin listener) are undone. C{[server]}
+        and the listeners are not reloaded (that takes a restart: a
+        warning says so). Certificates are read
         again (see L{reloadCertificates}).
 
         @param config: A configuration already validated (by L{loadConfig}).
@@ -192,6 +194,8 @@ class ProxyService(MultiService):
         for name, poolConfig in config.pools.items():
             current = old.get(name)
             if current is not None and current.config == poolConfig:
+                # Run-time changes (admin states, weights) end here too.
+                current.resetServers()
                 pools[name] = current
                 continue
             pools[name] = BackendPool(self.reactor, poolConfig)

@@ -12,10 +12,12 @@ C{twisted.web.proxy.ProxyClient} speaks HTTP/1.0 with one connection per
 request.
 
 The package, bottom to top (each module imports only those before it):
-L{request} (one exchange's bookkeeping), L{connection} (the HTTP/1.1
+L{dial} (connecting to a server: TCP or a unix socket, with TLS for
+C{https}), L{request} (one exchange's bookkeeping), L{connection} (the HTTP/1.1
 client protocol), L{backend} (one server and its connections), L{health}
 (active checks, outlier ejection, slow start), L{status} (what the admin
-page shows), L{backendpool} (the pool). Each declares, as a typing
+page shows), L{control} (run-time changes of the servers: admin states,
+weights, the server set), L{backendpool} (the pool). Each declares, as a typing
 protocol, what it needs of the one above it. This module re-exports.
 """
 
@@ -35,14 +37,25 @@ from twisted_rproxy.messages import (
     PoolOverloaded,
     RequestBodyStream,
 )
-from twisted_rproxy.pool.backend import Backend
+from twisted_rproxy.pool.backend import (
+    ADMIN_STATES,
+    DRAIN,
+    MAINTENANCE,
+    READY,
+    Backend,
+)
 from twisted_rproxy.pool.backendpool import BackendPool
 from twisted_rproxy.pool.connection import MAX_RESPONSE_HEAD, BackendConnection
+from twisted_rproxy.pool.control import ServerControl, serverIdentity
 from twisted_rproxy.pool.health import HealthChecker, OutlierDetector, SlowStart
 from twisted_rproxy.pool.status import PoolStatus, ServerStatus
 
 __all__ = [
+    "ADMIN_STATES",
+    "DRAIN",
     "IDEMPOTENT_METHODS",
+    "MAINTENANCE",
+    "READY",
     "MAX_RESPONSE_HEAD",
     "Backend",
     "BackendConnection",
@@ -60,7 +73,9 @@ __all__ = [
     "PoolStatus",
     "RequestBodyStream",
     "RoundRobinBalancer",
+    "ServerControl",
     "ServerStatus",
     "SlowStart",
+    "serverIdentity",
     "writeThrough",
 ]

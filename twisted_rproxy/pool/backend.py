@@ -28,6 +28,14 @@ if TYPE_CHECKING:
 
 _log = Logger()
 
+#: The admin states of a server (L{Backend.adminState}): it takes new
+#: requests; it takes none, its requests in flight finish and its
+#: connections close as they end; the same, and its health checks stop.
+READY = "ready"
+DRAIN = "drain"
+MAINTENANCE = "maintenance"
+ADMIN_STATES = (READY, DRAIN, MAINTENANCE)
+
 
 class ServerPool(ExchangeQueue, TypingProtocol):
     """
@@ -111,6 +119,13 @@ class Backend:
         5xx).
     @ivar requests: Requests started on this server (retries included).
     @ivar failures: Requests that failed on this server.
+    @ivar adminState: L{READY}, L{DRAIN} or L{MAINTENANCE}: set at run
+        time (L{twisted_rproxy.pool.BackendPool.setServerState}).
+    @ivar weightOverride: A weight set at run time in place of the
+        configured one, or L{None}.
+    @ivar removed: Whether the server left the pool's server set
+        (L{twisted_rproxy.pool.BackendPool.updateServers}): it drains, and
+        is forgotten once its last connection is gone.
     """
 
     def __init__(self, pool: ServerPool, server: BackendServer) -> None:
@@ -129,6 +144,9 @@ class Backend:
         self.ejectedUntil: float | None = None
         self.ejections = 0
         self.errorStreak = 0
+        self.adminState = READY
+        self.weightOverride: int | None = None
+        self.removed = False
         self._limit = pool.config.maxConnections
         self._hostPort = _hostPort(server)
 
@@ -138,6 +156,23 @@ class Backend:
             f"busy={len(self._busy)} idle={len(self.idle)} "
             f"closing={len(self._closing)}>"
         )
+
+    @property
+    def accepting(self) -> bool:
+        """
+        Whether the server may be given new requests (health permitting):
+        it is ready and still one of the pool's servers.
+        """
+        return self.adminState == READY and not self.removed
+
+    @property
+    def baseWeight(self) -> int:
+        """
+        The full weight, unscaled: the run-time override, or the
+        configured weight.
+        """
+        override = self.weightOverride
+        return override if override is not None else self.server.weight
 
     @property
     def busy(self) -> int:
@@ -254,7 +289,8 @@ class Backend:
             return
         self._busy.remove(connection)
         pool = self.pool
-        if pool.closed or len(self.idle) >= pool.config.maxIdle:
+        if pool.closed or not self.accepting or len(self.idle) >= pool.config.maxIdle:
+            # A draining server's connections close as their exchanges end.
             self._closing.add(connection)
             connection.close()
         else:
@@ -360,6 +396,17 @@ class Backend:
             or connection not in self._busy
         ):
             return False
+        if not self.accepting:
+            # Draining: the request was not seen, so another server takes
+            # it if one can; else it goes again here, as it was in flight.
+            target = self.pool.retryTarget(exchange)
+            if target is not None:
+                self._busy.remove(connection)
+                target.assign(exchange)
+                self.pool.connectionGone()
+                return True
+            if exchange.retriesLeft <= 0:
+                return False
         exchange.retriesLeft -= 1
         self._busy.remove(connection)
         self.assign(exchange, fresh=True)
@@ -383,6 +430,8 @@ class Backend:
                     raise AssertionError(f"{self!r}: a connection in two states")
         if len(self._busy) + len(self._attempts) > self._limit:
             raise AssertionError(f"{self!r}: over its limit of {self._limit}")
+        if self.idle and not self.accepting:
+            raise AssertionError(f"{self!r}: idle connections while draining")
 
 
 class _ConnectionFactory(ClientFactory):

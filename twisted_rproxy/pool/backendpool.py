@@ -31,7 +31,9 @@ from twisted_rproxy.messages import (
     PoolClosed,
     PoolOverloaded,
 )
-from twisted_rproxy.pool.backend import Backend
+from twisted_rproxy.pool.backend import MAINTENANCE, Backend
+from twisted_rproxy.pool.control import ServerControl
+from twisted_rproxy.pool.dial import connectServer
 from twisted_rproxy.pool.health import HealthChecker, OutlierDetector, SlowStart
 from twisted_rproxy.pool.request import _Exchange
 from twisted_rproxy.pool.status import PoolStatus, serverStatus
@@ -46,12 +48,14 @@ if TYPE_CHECKING:
 _log = Logger()
 
 
-class BackendPool:
+class BackendPool(ServerControl):
     """
     The servers of one pool, their connections, and the requests waiting
-    for one.
+    for one; what changes its servers at run time is L{ServerControl}'s.
 
-    @ivar servers: The L{Backend}s, in configuration order.
+    @ivar servers: The L{Backend}s, in configuration order, then those that
+        joined since (L{updateServers}) in the order they joined; a server
+        that left stays until its last connection is gone.
     """
 
     def __init__(
@@ -82,6 +86,8 @@ class BackendPool:
         self._whenIdle: list[Callable[[], None]] = []
         self.requestCount = 0
         self.retryCount = 0
+        # Servers that left the server set, draining (see updateServers).
+        self._leaving: list[Backend] = []
         budget = config.retryBudget
         self._budget = RetryBudget(budget.percent, budget.minRetries, budget.window)
         self._outlier = (
@@ -94,10 +100,9 @@ class BackendPool:
             if config.health is not None
             else None
         )
+        # Made even for one server: more may join (updateServers).
         self._slowStart = (
-            SlowStart(reactor, self, config.slowStart)
-            if config.slowStart > 0 and len(self.servers) > 1
-            else None
+            SlowStart(reactor, self, config.slowStart) if config.slowStart > 0 else None
         )
         # Made once per pool: trust roots and client certificates are read here.
         self._tlsCreators = backendConnectionCreators(config)
@@ -123,13 +128,23 @@ class BackendPool:
     def _place(self, exchange: _Exchange) -> None:
         eligible = self._eligible
         if not eligible:
-            exchange.fail(NoHealthyServers("no healthy server"))
+            exchange.fail(NoHealthyServers(self._whyNone()))
             return
         server = self._pick(eligible, exchange.request)
         if server is None:
             self._enqueue(exchange)
         else:
             server.assign(exchange)
+
+    def _newBackend(self, server: BackendServer) -> Backend:
+        return Backend(self, server)
+
+    def _whyNone(self) -> str:
+        if not self.servers:
+            return "the pool has no server"
+        if not any(server.accepting for server in self.servers):
+            return "no server is ready (all are draining or in maintenance)"
+        return "no healthy server"
 
     def _pick(
         self, servers: Sequence[Backend], request: BackendRequest
@@ -170,8 +185,12 @@ class BackendPool:
 
         @param cameBack: A server that just became healthy again, to slow
             start.
+
+        Only servers that are ready (L{Backend.accepting}) take new
+        requests, in a panic too; the panic threshold counts those.
         """
-        eligible, panic = eligibleServers(self.servers, self.config.panicThreshold)
+        ready = [server for server in self.servers if server.accepting]
+        eligible, panic = eligibleServers(ready, self.config.panicThreshold)
         if panic != self.panic:
             self.panic = panic
             if panic:
@@ -187,9 +206,20 @@ class BackendPool:
                 # Its kept-alive connections may be as dead as it is.
                 for connection in list(server.idle):
                     connection.close()
-        if cameBack is not None and self._slowStart is not None and not panic:
-            self._slowStart.begin(cameBack)
+        if cameBack is not None and cameBack.accepting:
+            self._beginSlowStart(cameBack)
         self.dispatchPending()
+
+    def _beginSlowStart(self, backend: Backend) -> None:
+        """
+        Slow start C{backend} (which joins, or is back), if the pool slow
+        starts servers and others take requests beside it.
+        """
+        slowStart = self._slowStart
+        if slowStart is None or self.panic:
+            return
+        if any(s is not backend and s.accepting for s in self.servers):
+            slowStart.begin(backend)
 
     def status(self) -> PoolStatus:
         """
@@ -204,7 +234,19 @@ class BackendPool:
             requests=self.requestCount,
             retries=self.retryCount,
             retriesRefused=self._budget.refused,
-            servers=tuple(serverStatus(s, s in self._eligible) for s in self.servers),
+            servers=tuple(
+                serverStatus(s, s in self._eligible, self._checked(s))
+                for s in self.servers
+            ),
+        )
+
+    def _checked(self, backend: Backend) -> bool:
+        checker = self._checker
+        return (
+            checker is not None
+            and checker.running
+            and backend.adminState != MAINTENANCE
+            and not backend.removed
         )
 
     def _takePending(self, other: BackendPool) -> None:
@@ -290,22 +332,17 @@ class BackendPool:
 
     def dial(self, server: BackendServer, factory: ClientFactory) -> None:
         """
-        Open a connection to C{server} (with TLS for C{https://}) for
-        C{factory}, within the pool's connect timeout.
+        Open a connection to C{server} (its host and port, or its unix
+        socket; with TLS for C{https://}) for C{factory}, within the pool's
+        connect timeout.
         """
-        timeout = self.config.connectTimeout
-        if server.scheme == "https":
-            self._reactor.connectSSL(
-                server.host,
-                server.port,
-                factory,
-                # connectSSL takes a connection creator too (Twisted 14.0+).
-                self._tlsCreators[server],  # type: ignore[arg-type]
-                timeout=timeout,
-                bindAddress=None,
-            )
-        else:
-            self._reactor.connectTCP(server.host, server.port, factory, timeout=timeout)
+        connectServer(
+            self._reactor,
+            server,
+            factory,
+            self._tlsCreators.get(server),
+            self.config.connectTimeout,
+        )
 
     def attemptFailed(self, exchange: _Exchange, reason: BackendError) -> None:
         # (The connection attempt is already counted gone by the caller.)
@@ -374,11 +411,15 @@ class BackendPool:
         """
         for server in self.servers:
             server.checkConsistency()
+            if server.removed and server.openConnections == 0:
+                raise AssertionError(f"{server!r} left the pool but is kept")
         for exchange in self._pending:
             if exchange.done or exchange.queuedCall is None:
                 raise AssertionError(f"{exchange!r} is queued but finished")
 
     def connectionGone(self) -> None:
+        if self._leaving:
+            self._dropGone()
         if self._whenIdle and self.openConnections == 0:
             callbacks, self._whenIdle = self._whenIdle, []
             for callback in callbacks:

@@ -26,7 +26,8 @@ from twisted_rproxy.health import (
     slowStartWeight,
     statusPasses,
 )
-from twisted_rproxy.pool.backend import Backend
+from twisted_rproxy.pool.backend import MAINTENANCE, Backend
+from twisted_rproxy.pool.dial import connectServer
 from twisted_rproxy.rules.http1 import parseStatusLine
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ class SlowStart:
         if self._duration <= 0:
             return
         self._ramping[backend] = self._clock.seconds()
-        backend.weight = slowStartWeight(backend.server.weight, 0, self._duration)
+        backend.weight = slowStartWeight(backend.baseWeight, 0, self._duration)
         if self._call is None:
             self._call = self._clock.callLater(self._duration / 10, self._step)
 
@@ -101,12 +102,31 @@ class SlowStart:
         now = self._clock.seconds()
         for backend, since in list(self._ramping.items()):
             backend.weight = slowStartWeight(
-                backend.server.weight, now - since, self._duration
+                backend.baseWeight, now - since, self._duration
             )
             if now - since >= self._duration:
                 del self._ramping[backend]
         if self._ramping:
             self._call = self._clock.callLater(self._duration / 10, self._step)
+
+    def reweigh(self, backend: Backend) -> None:
+        """
+        C{backend}'s full weight changed: its weight is the same share of
+        the new one, if it is ramping up, else all of it.
+        """
+        since = self._ramping.get(backend)
+        if since is None:
+            backend.weight = backend.baseWeight * WEIGHT_SCALE
+            return
+        backend.weight = slowStartWeight(
+            backend.baseWeight, self._clock.seconds() - since, self._duration
+        )
+
+    def forget(self, backend: Backend) -> None:
+        """
+        C{backend} left the pool: stop ramping it.
+        """
+        self._ramping.pop(backend, None)
 
     def stop(self) -> None:
         """
@@ -116,7 +136,7 @@ class SlowStart:
             self._call.cancel()
             self._call = None
         for backend in self._ramping:
-            backend.weight = backend.server.weight * WEIGHT_SCALE
+            backend.weight = backend.baseWeight * WEIGHT_SCALE
         self._ramping.clear()
 
 
@@ -144,7 +164,11 @@ class OutlierDetector:
         already counted).
         """
         config = self.config
-        if backend.ejected or backend.errorStreak < config.consecutiveFailures:
+        if (
+            backend.ejected
+            or backend.removed
+            or backend.errorStreak < config.consecutiveFailures
+        ):
             return
         servers = self._pool.servers
         ejected = sum(1 for s in servers if s.ejected)
@@ -183,6 +207,15 @@ class OutlierDetector:
             url=backend.server.url,
         )
         self._pool.healthChanged(cameBack=backend)
+
+    def forget(self, backend: Backend) -> None:
+        """
+        C{backend} left the pool: cancel its return.
+        """
+        call = self._calls.pop(backend, None)
+        if call is not None and call.active():
+            call.cancel()
+        self._returned.pop(backend, None)
 
     def stop(self) -> None:
         """
@@ -278,7 +311,8 @@ class HealthChecker:
     status in C{statuses} within C{timeout} passes.
 
     Servers start up, so that a new pool serves at once; one that is down
-    falls after C{fall} checks.
+    falls after C{fall} checks. A server in maintenance is not checked
+    (L{stopServer}, L{startServer}).
     """
 
     def __init__(
@@ -299,24 +333,58 @@ class HealthChecker:
             return
         self._running = True
         for backend in self._pool.servers:
-            self._calls[backend] = self._reactor.callLater(0, self._check, backend)
+            self.startServer(backend)
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether the checks are started.
+        """
+        return self._running
+
+    def startServer(self, backend: Backend) -> None:
+        """
+        Check C{backend} (at once, then every C{interval}) if the checks
+        run and it is not in maintenance nor checked already.
+        """
+        if (
+            not self._running
+            or backend.adminState == MAINTENANCE
+            or backend.removed
+            or backend in self._calls
+            or backend in self._checks
+        ):
+            return
+        self._calls[backend] = self._reactor.callLater(0, self._check, backend)
+
+    def stopServer(self, backend: Backend) -> None:
+        """
+        Stop checking C{backend}, abandoning its check under way.
+        """
+        call = self._calls.pop(backend, None)
+        if call is not None and call.active():
+            call.cancel()
+        check = self._checks.pop(backend, None)
+        if check is not None:
+            check.called = True
+            if check.timeoutCall is not None and check.timeoutCall.active():
+                check.timeoutCall.cancel()
+            if check.probe is not None and check.probe.transport is not None:
+                check.probe.transport.abortConnection()
+
+    def forget(self, backend: Backend) -> None:
+        """
+        C{backend} left the pool: stop checking it.
+        """
+        self.stopServer(backend)
 
     def stop(self) -> None:
         """
         Stop checking and abandon the checks under way.
         """
         self._running = False
-        for call in self._calls.values():
-            if call.active():
-                call.cancel()
-        self._calls.clear()
-        checks, self._checks = self._checks, {}
-        for check in checks.values():
-            check.called = True
-            if check.timeoutCall is not None and check.timeoutCall.active():
-                check.timeoutCall.cancel()
-            if check.probe is not None and check.probe.transport is not None:
-                check.probe.transport.abortConnection()
+        for backend in list(self._calls) + list(self._checks):
+            self.stopServer(backend)
 
     def _check(self, backend: Backend) -> None:
         self._calls.pop(backend, None)
@@ -331,22 +399,14 @@ class HealthChecker:
         self._checks[backend] = done
         done.timeoutCall = self._reactor.callLater(config.timeout, done.timedOut)
         factory = _ProbeFactory(request, done)
+        creator = None
         if server.scheme == "https":
-            self._reactor.connectSSL(
-                server.host,
-                server.port,
-                factory,
-                # connectSSL takes a connection creator too (Twisted 14.0+);
-                # the pool's own (its TLS policy) when it has one.
-                self._pool.tlsCreator(server)
-                or optionsForClientTLS(server.host),  # type: ignore[arg-type]
-                timeout=config.timeout,
-                bindAddress=None,
+            # The pool's own (its TLS policy) when it has one.
+            creator = self._pool.tlsCreator(server) or optionsForClientTLS(
+                server.tlsServerName or server.host
             )
-        else:
-            self._reactor.connectTCP(
-                server.host, server.port, factory, timeout=config.timeout
-            )
+        # The same socket as the pool's requests: a unix one too.
+        connectServer(self._reactor, server, factory, creator, config.timeout)
 
     def _checked(self, done: _CheckDone, status: int | None) -> None:
         backend = done.backend

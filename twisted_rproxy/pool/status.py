@@ -26,8 +26,8 @@ class ServerStatus:
     @ivar serving: Whether it takes new requests now (a server that is not
         healthy does when the pool is in panic).
     @ivar weight: The configured weight.
-    @ivar effectiveWeight: Its share now, relative to the configured one
-        (below 1.0 during a slow start).
+    @ivar effectiveWeight: Its share now, relative to its full weight (the
+        override, or the configured one): below 1.0 during a slow start.
     @ivar inFlight: Requests on it now.
     @ivar idleConnections: Kept-alive connections waiting.
     @ivar requests: Requests started on it, retries included.
@@ -39,6 +39,15 @@ class ServerStatus:
     @ivar connecting: Connection attempts under way (the rest of
         C{inFlight}).
     @ivar closingConnections: Connections closing, not yet closed.
+    @ivar adminState: C{"ready"}, C{"drain"} or C{"maintenance"} (set at
+        run time); C{"drain"} too for a server that left the pool's server
+        set and is draining.
+    @ivar weightOverride: The weight set at run time in place of the
+        configured one, or L{None}.
+    @ivar removed: Whether the server left the pool's server set and is
+        draining until its last connection is gone.
+    @ivar checked: Whether its active health checks run (the pool has
+        them, and it is not in maintenance).
     """
 
     url: str
@@ -55,6 +64,10 @@ class ServerStatus:
     busyConnections: int = 0
     connecting: int = 0
     closingConnections: int = 0
+    adminState: str = "ready"
+    weightOverride: int | None = None
+    removed: bool = False
+    checked: bool = False
 
 
 @frozen
@@ -80,15 +93,24 @@ class PoolStatus:
     servers: tuple[ServerStatus, ...]
 
 
-def serverStatus(backend: Backend, serving: bool) -> ServerStatus:
+def serverStatus(backend: Backend, serving: bool, checked: bool) -> ServerStatus:
+    """
+    The L{ServerStatus} of C{backend}.
+
+    @param serving: Whether it takes new requests now.
+    @param checked: Whether its active health checks run.
+    """
     server = backend.server
     state = "ejected" if backend.ejected else "healthy" if backend.up else "down"
+    adminState = backend.adminState
+    if backend.removed and adminState == "ready":
+        adminState = "drain"
     return ServerStatus(
         url=server.url,
         state=state,
         serving=serving,
         weight=server.weight,
-        effectiveWeight=backend.weight / (server.weight * WEIGHT_SCALE),
+        effectiveWeight=backend.weight / (backend.baseWeight * WEIGHT_SCALE),
         inFlight=backend.inFlight,
         idleConnections=len(backend.idle),
         requests=backend.requests,
@@ -98,4 +120,8 @@ def serverStatus(backend: Backend, serving: bool) -> ServerStatus:
         busyConnections=backend.busy,
         connecting=backend.connecting,
         closingConnections=backend.closing,
+        adminState=adminState,
+        weightOverride=backend.weightOverride,
+        removed=backend.removed,
+        checked=checked,
     )
