@@ -5,6 +5,9 @@ An RFC 9111 shared HTTP cache for the resource tree.
     (storability, freshness, age, reuse, validation, invalidation);
   - L{twisted_rproxy.cache.store}: L{CacheEntry} and the in-memory
     L{MemoryStore} (an L{twisted_rproxy.interfaces.ICacheStore});
+  - L{twisted_rproxy.cache.redisstore}: L{RedisStore}, the store shared by
+    several proxies in the Redis of C{[state]} (its layout in
+    C{redisformat});
   - L{twisted_rproxy.cache.resource}: L{CacheResource}, which wraps any
     resource (usually a route's proxy), with its parts: C{keys} (keys,
     variants, purging), C{flight} (request coalescing), C{capture} (the
@@ -18,7 +21,9 @@ See C{docs/caching.rst}.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import cast
 
+from twisted_rproxy.cache.redisstore import RedisStore
 from twisted_rproxy.cache.resource import CacheResource
 from twisted_rproxy.cache.status import BYPASS, HIT, MISS, REVALIDATED, STALE
 from twisted_rproxy.cache.store import CacheEntry, MemoryStore
@@ -35,6 +40,7 @@ __all__ = [
     "CacheEntry",
     "CacheResource",
     "MemoryStore",
+    "RedisStore",
     "buildStores",
 ]
 
@@ -46,18 +52,40 @@ def buildStores(
 ) -> dict[str, ICacheStore]:
     """
     The store of each configured cache: a L{MemoryStore} of its
-    C{maxSize}; one of C{existing} (a reload's previous stores) is kept,
-    contents included, under the same name, and given the new bound.
+    C{maxSize}, or with C{store = "redis"} a L{RedisStore} on
+    C{sharedState}.  One of C{existing} (a reload's previous stores) is
+    kept under the same name: a memory store with its contents, given the
+    new bound; a Redis store if its settings and client are the same (its
+    entries are in Redis either way).
 
     @param sharedState: The client of C{[state]}, where the caches with
         C{store = "redis"} keep their entries; L{None} without C{[state]}.
+    @raise ValueError: For a cache with C{store = "redis"} without
+        C{sharedState} (the configuration's checks report it first).
     """
     stores: dict[str, ICacheStore] = {}
     for name, config in caches.items():
-        store = (existing or {}).get(name)
-        if store is None:
+        # Read as an object: mypy-zope sees no ICacheStore in a RedisStore.
+        current: object = (existing or {}).get(name)
+        store: ICacheStore
+        if config.store == "redis":
+            if sharedState is None:
+                raise ValueError(
+                    f'caches.{name}.store: "redis" needs a [state] table (its '
+                    "redis URL) to store in"
+                )
+            if (
+                isinstance(current, RedisStore)
+                and current.sharedState is sharedState
+                and current.config == config
+            ):
+                store = current
+            else:
+                store = RedisStore(sharedState, config)
+        elif current is None or isinstance(current, RedisStore):
             store = MemoryStore(config.maxSize)
         else:
+            store = cast(ICacheStore, current)
             resize = getattr(store, "setMaxSize", None)
             if resize is not None:
                 resize(config.maxSize)

@@ -1,17 +1,31 @@
 """
 Request coalescing: while the backend request for a key is in flight, other
 requests for the same key wait for it (L{Flights}), then look again.
+
+Across processes, with a store they share that offers it
+(L{SharedFlights}: the Redis store), the first process to miss a cold key
+takes a short lock and fetches; the others wait for the entry to appear
+(L{awaitShared}), bounded by C{coalesce_wait}.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["Flights"]
+from twisted_rproxy.messages import CacheEntry
+
+__all__ = ["Flights", "SharedFlights", "awaitShared", "POLL_FIRST", "POLL_MAX"]
+
+#: Seconds before a process waiting for another's backend request first
+#: looks for the entry; the interval doubles up to L{POLL_MAX}.
+POLL_FIRST = 0.02
+POLL_MAX = 0.25
 
 _log = Logger()
 
@@ -91,3 +105,86 @@ class Flights:
                 waiter()
             except Exception:
                 _log.failure("A coalesced request failed", Failure())
+
+
+@runtime_checkable
+class SharedFlights(Protocol):
+    """
+    What a store shared by several processes offers for coalescing across
+    them: the lock of a cold key's backend request.
+    """
+
+    def claimFetch(self, key: bytes, ttl: float) -> Deferred[bytes | None]:
+        """
+        Take the lock of the backend request for C{key}, for at most C{ttl}
+        seconds.
+
+        @return: A Deferred firing with a token (give it to
+            L{releaseFetch}) when this process is to fetch; with C{b""}
+            when the lock could not be asked (the store is unreachable):
+            fetch, holding nothing; with L{None} when another process holds
+            it. It never fails.
+        """
+
+    def releaseFetch(self, key: bytes, token: bytes) -> None:
+        """
+        Release the lock taken with C{token}, once the response is stored
+        (or known not to be).
+        """
+
+    def awaitEntry(self, key: bytes) -> Deferred[tuple[bool, list[CacheEntry]]]:
+        """
+        Look for what another process's backend request stored.
+
+        @return: A Deferred firing with whether the lock of C{key} is still
+            held, and the entries stored under it; or failing when the
+            store cannot be reached.
+        """
+
+
+def awaitShared(
+    reactor: IReactorTime,
+    flights: SharedFlights,
+    key: bytes,
+    timeout: float,
+    found: Callable[[list[CacheEntry]], bool],
+    giveUp: Callable[[], None],
+) -> None:
+    """
+    Wait for the backend request another process makes for C{key}: look
+    for its entry now and then (from L{POLL_FIRST} apart to L{POLL_MAX})
+    until C{found} takes what was stored, or the lock is released without
+    an entry that C{found} takes, or C{timeout} seconds passed, or the
+    store cannot be reached; then C{giveUp}.
+
+    @param found: Given the entries stored under C{key} after each look;
+        returns whether it is done with them (it answered the request, or
+        the request is gone).
+    @param giveUp: Called once, if C{found} never returned L{True}.
+    """
+    deadline = reactor.seconds() + timeout
+    interval = [POLL_FIRST]
+
+    def look() -> None:
+        flights.awaitEntry(key).addCallbacks(looked, failed)
+
+    def looked(result: tuple[bool, list[CacheEntry]]) -> None:
+        held, entries = result
+        try:
+            if found(entries):
+                return
+        except Exception:
+            _log.failure("A request waiting for another proxy failed", Failure())
+            return
+        now = reactor.seconds()
+        if not held or now >= deadline:
+            giveUp()
+            return
+        delay = min(interval[0], deadline - now)
+        interval[0] = min(interval[0] * 2, POLL_MAX)
+        reactor.callLater(delay, look)
+
+    def failed(failure: Failure) -> None:
+        giveUp()
+
+    reactor.callLater(interval[0], look)

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
+from twisted.internet.defer import Deferred, FirstError, gatherResults, succeed
+from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 
+from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.cache.policy import invalidationTargets, secondaryKey
 from twisted_rproxy.interfaces import ICacheStore
 from twisted_rproxy.messages import CacheEntry
@@ -25,6 +30,28 @@ __all__ = ["CacheKeys", "Pairs", "invalidate", "renderPurge", "requestPairs"]
 #: Header fields as (name, value) pairs, a value per line.
 Pairs = list[tuple[bytes, bytes]]
 
+_log = Logger()
+
+
+def _total(counts: Sequence[int | Deferred[int]]) -> int | Deferred[int]:
+    """
+    The sum of counts a store answered at once or later: at once if they
+    all were; else a Deferred, failing as the first of them that failed.
+    """
+    if not any(isinstance(count, Deferred) for count in counts):
+        return sum(count for count in counts if not isinstance(count, Deferred))
+
+    def unwrap(failure: Failure) -> Failure:
+        first = failure.value
+        if isinstance(first, FirstError):
+            inner: Failure = first.subFailure
+            return inner
+        return failure
+
+    waiting = [
+        count if isinstance(count, Deferred) else succeed(count) for count in counts
+    ]
+    return gatherResults(waiting, consumeErrors=True).addCallbacks(sum, unwrap)
 
 
 def requestPairs(request: IRequest) -> Pairs:
@@ -126,13 +153,16 @@ class CacheKeys:
                 key += b"\n" + name + b"=" + b",".join(getRawHeaders(name) or ())
         return key
 
-    def purge(self, store: ICacheStore, target: bytes | str, prefix: bool) -> int:
+    def purge(
+        self, store: ICacheStore, target: bytes | str, prefix: bool
+    ) -> int | Deferred[int]:
         """
         Remove stored responses from C{store}.
 
         @param target: A URL as the key names it, or a whole key.
         @param prefix: Remove every key whose URL starts with C{target}.
-        @return: How many responses were removed.
+        @return: How many responses were removed, or (for a store that
+            answers later) a Deferred firing with it.
         """
         if isinstance(target, str):
             target = target.encode("utf-8")
@@ -140,10 +170,9 @@ class CacheKeys:
             target = b"GET " + target
         if prefix:
             return store.purge(target)
-        count = store.remove(target)
         if self._headers:
-            count += store.purge(target + b"\n")
-        return count
+            return _total([store.remove(target), store.purge(target + b"\n")])
+        return store.remove(target)
 
 
 def renderPurge(
@@ -165,14 +194,44 @@ def renderPurge(
         target = target[:-1]
     url = keys.urlKey(keys.scheme(request), keys.host(request), target)
     count = keys.purge(store, url, prefix)
-    body = json.dumps({"purged": count}).encode("ascii") + b"\n"
-    request.setResponseCode(200)
+    if isinstance(count, Deferred):
+        # Answered once the store has the count (and so has removed them).
+        count.addCallbacks(
+            partial(_answerPurge, request, 200),
+            partial(_purgeFailed, request),
+        )
+        return
+    _answerPurge(request, 200, count)
+
+
+def _answerPurge(request: Any, status: int, count: int | None) -> None:
+    if requestGone(request):
+        return
+    if count is None:
+        data: dict[str, object] = {
+            "purged": None,
+            "error": "the cache store could not be reached: nothing is known "
+            "to be removed",
+        }
+    else:
+        data = {"purged": count}
+    body = json.dumps(data).encode("ascii") + b"\n"
+    request.setResponseCode(status)
     headers = request.responseHeaders
     headers.setRawHeaders(b"content-type", [b"application/json"])
     headers.setRawHeaders(b"content-length", [b"%d" % (len(body),)])
     headers.setRawHeaders(b"cache-control", [b"no-store"])
     request.write(body)
     request.finish()
+
+
+def _purgeFailed(request: Any, failure: Failure) -> None:
+    _log.warn(
+        "PURGE {uri}: the cache store failed ({error}); answered 503",
+        uri=request.uri,
+        error=failure.getErrorMessage() or type(failure.value).__name__,
+    )
+    _answerPurge(request, 503, None)
 
 
 def invalidate(
@@ -187,4 +246,16 @@ def invalidate(
     for target in invalidationTargets(
         request.method, status, scheme, host, request.uri, headers
     ):
-        keys.purge(store, keys.urlKey(scheme, host, target), False)
+        removed = keys.purge(store, keys.urlKey(scheme, host, target), False)
+        if isinstance(removed, Deferred):
+            # Nobody waits for it; a store that cannot be reached has said
+            # so already (the shared state logs its outages).
+            removed.addErrback(_invalidationFailed, target)
+
+
+def _invalidationFailed(failure: Failure, target: bytes) -> None:
+    _log.debug(
+        "Invalidating {target!r} failed: {error}",
+        target=target,
+        error=failure.getErrorMessage(),
+    )

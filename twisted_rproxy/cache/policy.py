@@ -41,6 +41,7 @@ __all__ = [
     "staleIfErrorAllowed",
     "storedHeaders",
     "updateStoredHeaders",
+    "usefulFor",
     "varyNames",
 ]
 
@@ -335,6 +336,50 @@ def staleIfErrorAllowed(
         window = responseCC.seconds(b"stale-if-error")
     allowed = limits.staleIfError if window is None else float(window)
     return age - lifetime < allowed
+
+
+def usefulFor(
+    age: float,
+    lifetime: float,
+    responseCC: CacheControl,
+    headers: Headers,
+    limits: FreshnessLimits,
+    validatorRetention: float,
+) -> float:
+    """
+    How many more seconds a stored response can be of use, so that a store
+    that expires its entries (Redis) keeps it that long and no longer: while
+    fresh; then while it may be served stale (the larger of its
+    C{stale-while-revalidate} and C{stale-if-error}, or the configured
+    defaults; none past C{must-revalidate} and its kin); then, if it has a
+    validator (C{ETag}, C{Last-Modified}), C{validatorRetention} more, so
+    that a revalidation answered 304 still finds its body.
+
+    A client's C{max-stale} may accept an older response than this: the
+    store need not keep it for that.
+
+    @param age: The response's current age.
+    @param lifetime: Its freshness lifetime.
+    @param responseCC: Its C{Cache-Control}.
+    @param headers: Its stored headers.
+    @param validatorRetention: Seconds a revalidatable response is kept
+        past its usable life.
+    @return: Seconds, 0 for a response of no further use.
+    """
+    stale = 0.0
+    if not _forbidsStale(responseCC):
+        whileRevalidate = responseCC.seconds(b"stale-while-revalidate")
+        ifError = responseCC.seconds(b"stale-if-error")
+        stale = max(
+            limits.staleWhileRevalidate
+            if whileRevalidate is None
+            else float(whileRevalidate),
+            limits.staleIfError if ifError is None else float(ifError),
+        )
+    remaining = max(0.0, lifetime + stale - age)
+    if validators(headers):
+        remaining += validatorRetention
+    return remaining
 
 
 def varyNames(headers: Headers) -> list[bytes]:

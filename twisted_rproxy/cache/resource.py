@@ -12,6 +12,12 @@ client and the stored response answers instead; with
 C{stale-while-revalidate}, the revalidation is a request of its own
 (L{twisted_rproxy.cache.background}). Keys, variants and purging are in
 L{twisted_rproxy.cache.keys}.
+
+A store may answer at once (the memory store: a hit is served without a
+Deferred) or later (Redis): the request then waits, and is dropped if its
+client went meanwhile; a lookup that fails is a miss, never an error page.
+With a store shared by several proxies (L{SharedFlights}), a cold key's
+misses are coalesced across them too.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -29,7 +36,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.cache.background import CONDITIONAL, _BackgroundRequest
 from twisted_rproxy.cache.capture import _Capture, _Invalidator
-from twisted_rproxy.cache.flight import Flights
+from twisted_rproxy.cache.flight import Flights, SharedFlights, awaitShared
 from twisted_rproxy.cache.keys import (
     CacheKeys,
     Pairs,
@@ -70,6 +77,7 @@ from twisted_rproxy.config import CacheConfig
 from twisted_rproxy.interfaces import ICacheStore
 from twisted_rproxy.pages import renderError
 from twisted_rproxy.rules.networks import parseNetworks
+from twisted_rproxy.state import StateUnavailable
 
 __all__ = ["CacheResource", "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
 
@@ -121,6 +129,9 @@ class CacheResource(Resource):
         self._keys = CacheKeys(config.key)
         self._purgeFrom = parseNetworks(config.purgeFrom)
         self._flights = Flights(reactor)
+        self._shared = store if isinstance(store, SharedFlights) else None
+        # The locks this cache holds of cold keys it fetches, by key.
+        self._held: dict[bytes, bytes] = {}
         self.stats: dict[bytes, int] = dict.fromkeys(
             (HIT, MISS, STALE, REVALIDATED, BYPASS), 0
         )
@@ -132,14 +143,15 @@ class CacheResource(Resource):
         """
         return self._keys.keyFor(request)
 
-    def purge(self, target: bytes | str, prefix: bool = False) -> int:
+    def purge(self, target: bytes | str, prefix: bool = False) -> int | Deferred[int]:
         """
         Remove stored responses.
 
         @param target: A URL as the key names it (with the default key,
             C{"http://example.com/path?query"}); or a whole key.
         @param prefix: Remove every key whose URL starts with C{target}.
-        @return: How many responses were removed.
+        @return: How many responses were removed; with a store that
+            answers later, a Deferred firing with it.
         """
         return self._keys.purge(self.store, target, prefix)
 
@@ -171,6 +183,39 @@ class CacheResource(Resource):
             return
         key = self.keyFor(request)
         entries = self.store.get(key)
+        if isinstance(entries, Deferred):
+            entries.addErrback(self._lookupFailed)
+            entries.addCallback(self._looked, request, key, coalesced)
+            entries.addErrback(self._failedLater, request, key)
+            return
+        self._looked(entries, request, key, coalesced)
+
+    def _lookupFailed(self, failure: Failure) -> list[CacheEntry]:
+        if not failure.check(StateUnavailable):
+            _log.failure("Cache lookup failed: served as a miss", failure)
+        return []
+
+    def _failedLater(self, failure: Failure, request: Any, key: bytes) -> None:
+        """
+        Something broke while going on with a request after the store
+        answered: answer it with an error page (as twisted.web would, had it
+        raised in C{render}) and release what it held.
+        """
+        _log.failure("Cache: answering a request failed", failure)
+        if key in self._held or key in self._flights:
+            # A flight left in the air would hold up the key's next misses.
+            self.landed(key)
+        if not requestGone(request) and not request.startedWriting:
+            request.processingFailed(failure)
+
+    def _looked(
+        self, entries: list[CacheEntry], request: Any, key: bytes, coalesced: bool
+    ) -> None:
+        """
+        Go on with a request once the store answered its lookup.
+        """
+        if requestGone(request):
+            return
         entry = selectEntry(entries, request) if entries else None
         requestHeaders = request.requestHeaders
         ccValues = requestHeaders.getRawHeaders(b"cache-control")
@@ -220,12 +265,56 @@ class CacheResource(Resource):
                 return
         elif self.config.coalesce:
             flights.start(key)
+            if entry is None and not coalesced and self._shared is not None:
+                self._claim(self._shared, request, key)
+                return
         self._fetch(request, key, entry)
+
+    def _claim(self, shared: SharedFlights, request: Any, key: bytes) -> None:
+        """
+        A cold key that other proxies may be fetching too: fetch it if this
+        one takes its lock; else wait (at most coalesceWait) for the entry
+        the holder stores, and fetch only if none comes.
+        """
+
+        def fetch() -> None:
+            if requestGone(request):
+                self.landed(key)
+                return
+            self._fetch(request, key, None)
+
+        def found(entries: list[CacheEntry]) -> bool:
+            if requestGone(request):
+                self.landed(key)
+                return True
+            if not entries or selectEntry(entries, request) is None:
+                return False
+            # The local waiters look again (and find it too).
+            self.landed(key)
+            self._looked(entries, request, key, True)
+            return True
+
+        def claimed(token: bytes | None) -> None:
+            if token is None:
+                awaitShared(
+                    self.reactor, shared, key, self.config.coalesceWait, found, fetch
+                )
+                return
+            if token:
+                self._held[key] = token
+            fetch()
+
+        claiming = shared.claimFetch(key, self.config.coalesceWait)
+        claiming.addCallback(claimed).addErrback(self._failedLater, request, key)
 
     def landed(self, key: bytes) -> None:
         """
-        The backend request for C{key} is over: wake its waiters.
+        The backend request for C{key} is over (its response stored, if it
+        was to be): release its lock across proxies, wake its waiters.
         """
+        token = self._held.pop(key, None)
+        if token is not None and self._shared is not None:
+            self._shared.releaseFetch(key, token)
         self._flights.land(key)
 
     def _pass(self, request: Any, label: bytes) -> None:
@@ -305,12 +394,30 @@ class CacheResource(Resource):
         A response passed on to the client is complete: store it if it may
         be, or drop the stored one it replaces.
         """
+        key = capture.key
         if capture.storing:
-            self._storeResponse(capture)
+            stored = self._storeResponse(capture)
+            if isinstance(stored, Deferred):
+                # Those waiting for it look once it is there.
+                stored.addErrback(self._writeFailed)
+                stored.addBoth(lambda _: self.landed(key))
+                return
         elif capture.stale is not None and capture.status < 500:
             # The new response replaces the stored one, which it can't.
-            self.store.remove(capture.key)
-        self.landed(capture.key)
+            self._written(self.store.remove(key))
+        self.landed(key)
+
+    def _written(self, result: object) -> None:
+        """
+        Let a store's write go on by itself; log it if it fails for more
+        than an outage (which the shared state logs once).
+        """
+        if isinstance(result, Deferred):
+            result.addErrback(self._writeFailed)
+
+    def _writeFailed(self, failure: Failure) -> None:
+        if not failure.check(StateUnavailable):
+            _log.failure("Cache: a store operation failed", failure)
 
     def captureIntercepted(self, capture: _Capture) -> None:
         """
@@ -326,7 +433,7 @@ class CacheResource(Resource):
             if not validatorMatches(stale.headers, capture.headers):
                 # The 304 is not for what is stored (RFC 9111 section
                 # 4.3.4): drop it and ask again, unconditionally.
-                self.store.remove(stale.key)
+                self._written(self.store.remove(stale.key))
                 self.landed(capture.key)
                 capture.restore()
                 if not capture.background:
@@ -352,9 +459,9 @@ class CacheResource(Resource):
         )
         entry.initialAge = correctedInitialAge(headers, requestTime, now)
         entry.responseTime = now
-        self.store.resized(entry)
+        self._written(self.store.resized(entry))
 
-    def _storeResponse(self, capture: _Capture) -> None:
+    def _storeResponse(self, capture: _Capture) -> bool | Deferred[bool]:
         request = capture.request
         now = self.reactor.seconds()
         responseCC = capture.responseCC
@@ -389,7 +496,7 @@ class CacheResource(Resource):
             ),
             cacheControl=responseCC,
         )
-        self.store.put(entry)
+        return self.store.put(entry)
 
     def _serve(self, request: Any, entry: CacheEntry, label: bytes) -> None:
         """
