@@ -30,6 +30,7 @@ from twisted_rproxy.config import (
     parseSize,
     validateEndpoint,
 )
+from twisted_rproxy.config.discovery import DiscoveryConfig
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples")
 
@@ -2313,3 +2314,163 @@ class UnixServerTests(ConfigTestMixin):
         server = self.serverFor(f"http://unix:{path}")
         self.assertEqual(server.socketPath, os.path.normpath(path))
         self.assertEqual(server.host, "localhost")
+
+
+class DiscoveryConfigTests(ConfigTestMixin):
+    """
+    DNS discovery entries of a pool's C{servers} (C{dns}, C{srv}) and
+    C{[server] resolvers}.
+    """
+
+    def test_contract(self) -> None:
+        """
+        The contract's example loads: a unix socket, a C{dns} entry and an
+        C{srv} entry, and C{resolvers}.
+        """
+        config = self.load(
+            '[server]\nresolvers = ["127.0.0.1:53"]\n'
+            "[pools.app]\nservers = [\n"
+            '    "http://unix:/run/app.sock",\n'
+            '    { dns = "app.internal", port = 8000, refresh = "10s" },\n'
+            '    { srv = "_http._tcp.api.internal", refresh = "10s" },\n'
+            "]\n" + ROUTE
+        )
+        self.assertEqual(config.server.resolvers, (("127.0.0.1", 53),))
+        pool = config.pools["app"]
+        self.assertEqual([s.socketPath for s in pool.servers], ["/run/app.sock"])
+        self.assertEqual(
+            pool.discovery,
+            (
+                DiscoveryConfig(
+                    kind="dns",
+                    name="app.internal",
+                    port=8000,
+                    refresh=10.0,
+                    key="pools.app.servers[1]",
+                ),
+                DiscoveryConfig(
+                    kind="srv",
+                    name="_http._tcp.api.internal",
+                    refresh=10.0,
+                    key="pools.app.servers[2]",
+                ),
+            ),
+        )
+
+    def test_defaults(self) -> None:
+        """
+        Without C{resolvers}, the system's; an entry is resolved every 30s
+        by default, over http, with weight 1; its name is normalized.
+        """
+        config = parseConfig(
+            withPool(servers=[{"dns": "App.Internal.", "port": 80}]), "f.toml", "."
+        )
+        self.assertEqual(config.server.resolvers, ())
+        (entry,) = config.pools["app"].discovery
+        self.assertEqual(
+            (entry.name, entry.refresh, entry.scheme, entry.weight),
+            ("app.internal", 30.0, "http", 1),
+        )
+        self.assertEqual(config.pools["app"].servers, ())
+
+    def test_https(self) -> None:
+        """
+        C{scheme = "https"} with C{tls_server_name} and C{weight}; the pool's
+        C{tls_*} keys apply to a pool whose only https servers are
+        discovered.
+        """
+        entry = {
+            "dns": "app.internal",
+            "port": 8443,
+            "scheme": "https",
+            "tls_server_name": "App.Example",
+            "weight": 4,
+        }
+        config = parseConfig(withPool(servers=[entry], tls_verify=False), "f.toml", ".")
+        pool = config.pools["app"]
+        self.assertEqual(
+            (pool.discovery[0].tlsServerName, pool.discovery[0].weight),
+            ("app.example", 4),
+        )
+        self.assertFalse(pool.tlsVerify)
+
+    def test_resolvers(self) -> None:
+        """
+        Resolvers are IP addresses with an optional port.
+        """
+        config = parseConfig(
+            withServer(resolvers=["10.0.0.53", "127.0.0.1:5353", "::1", "[::1]:54"]),
+            "f.toml",
+            ".",
+        )
+        self.assertEqual(
+            config.server.resolvers,
+            (("10.0.0.53", 53), ("127.0.0.1", 5353), ("::1", 53), ("::1", 54)),
+        )
+
+    def test_badResolvers(self) -> None:
+        """
+        A resolver that is not an IP address (and port), or a value that is
+        not a list of them, is refused naming its key.
+        """
+        for value, key, fragment in [
+            ("127.0.0.1", "server.resolvers", "expected a list"),
+            ([], "server.resolvers", "at least one"),
+            (["dns.example"], "server.resolvers[0]", "not a name"),
+            (["127.0.0.1:0"], "server.resolvers[0]", "invalid port '0'"),
+            (["127.0.0.1", "1.2.3.4:x"], "server.resolvers[1]", "invalid port"),
+            ([53], "server.resolvers[0]", "expected a string"),
+            (["[::1"], "server.resolvers[0]", "invalid DNS server"),
+        ]:
+            error = self.assertDataError(withServer(resolvers=value), key)
+            self.assertIn(fragment, error.message)
+
+    def test_badEntries(self) -> None:
+        """
+        A bad discovery entry is refused naming the file and its key.
+        """
+        key = "pools.app.servers[1]"
+        for entry, where, fragment in [
+            ({"dns": "app.internal"}, ".port", "is required"),
+            ({"dns": "app.internal", "port": 70000}, ".port", "1 to 65535"),
+            ({"dns": "app.internal", "port": "80"}, ".port", "expected an integer"),
+            ({"dns": "bad name", "port": 80}, ".dns", "invalid DNS name"),
+            ({"dns": "a." + "b" * 64, "port": 80}, ".dns", "invalid DNS name"),
+            ({"dns": "10.0.0.1", "port": 80}, ".dns", "is an IP address"),
+            ({"dns": 3, "port": 80}, ".dns", "expected a name"),
+            ({"srv": "api.internal"}, ".srv", "expected _SERVICE._PROTOCOL.NAME"),
+            ({"srv": "_http._tcp.api", "port": 80}, ".port", "from its SRV record"),
+            ({"srv": "_http._tcp.api", "weight": 2}, ".weight", "from its SRV"),
+            ({"dns": "a", "srv": "_a._tcp.b"}, "", "either dns"),
+            ({"dns": "a", "port": 1, "refresh": "500ms"}, ".refresh", "at least 1s"),
+            ({"dns": "a", "port": 1, "refresh": "soon"}, ".refresh", "duration"),
+            ({"dns": "a", "port": 1, "scheme": "ftp"}, ".scheme", "expected"),
+            ({"dns": "a", "port": 1, "tls_server_name": "x"}, ".tls_server_name", ""),
+            ({"dns": "a", "port": 1, "prot": 1}, ".prot", "unknown key"),
+        ]:
+            error = self.assertDataError(
+                withPool(servers=["http://127.0.0.1:8001", entry]), key + where
+            )
+            self.assertIn(fragment, error.message)
+
+    def test_duplicateEntry(self) -> None:
+        """
+        The same discovery entry twice in a pool is refused on the second.
+        """
+        entry = {"dns": "app.internal", "port": 80}
+        error = self.assertDataError(
+            withPool(servers=[entry, dict(entry, refresh="5s")]),
+            "pools.app.servers[1]",
+        )
+        self.assertIn("pools.app.servers[0]", error.message)
+
+    def test_errorNamesFile(self) -> None:
+        """
+        In a file, the error names the file and the key.
+        """
+        self.assertConfigError(
+            '[pools.app]\nservers = [{ dns = "app.internal" }]\n' + ROUTE,
+            "pools.app.servers[0].port",
+            "is required: the port of every server found, like { dns = "
+            '"app.internal", port = 8000 }',
+        )

@@ -155,7 +155,10 @@ def renderPage(status: dict[str, Any], refresh: float) -> str:
                 + _weight(server)
                 + "</td></tr>"
             )
-        parts.append("</table></section>")
+        parts.append("</table>")
+        if pool.get("discovery"):
+            parts.append(_discoveryTable(pool["discovery"]))
+        parts.append("</section>")
 
     changes: list[dict[str, Any]] = status.get("runtime_changes", [])
     if changes:
@@ -269,6 +272,42 @@ def _weight(server: dict[str, Any]) -> str:
     if server["effectiveWeight"] < 1:
         text += f" ({server['effectiveWeight']:.0%})"
     return text
+
+
+def _discoveryTable(entries: list[dict[str, Any]]) -> str:
+    """
+    A pool's DNS discovery entries: what each resolves, its servers, when
+    it last resolved and why it last failed.
+    """
+
+    def when(seconds: float | None) -> str:
+        if seconds is None:
+            return "never"
+        return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+    parts = [
+        "<table><tr><th>DNS discovery</th><th>Servers found</th>"
+        "<th>Last resolution</th><th>Last success</th><th>Last error</th></tr>"
+    ]
+    for entry in entries:
+        failing = entry["failures"] > 0
+        error = _e(entry["lastError"] or "—")
+        if failing:
+            kept = (
+                f"keeping the {len(entry['servers'])} servers of its last answer"
+                if entry["servers"]
+                else "no server found yet"
+            )
+            error = f"<b>{error}</b> ({entry['failures']} failures in a row; {kept})"
+        parts.append(
+            ('<tr class="err">' if failing else "<tr>")
+            + f"<td><code>{_e(entry['entry'])}</code></td>"
+            f"<td>{_e(len(entry['servers']))}</td>"
+            f"<td>{when(entry['lastResolution'])}</td>"
+            f"<td>{when(entry['lastSuccess'])}</td><td>{error}</td></tr>"
+        )
+    parts.append("</table>")
+    return "".join(parts)
 
 
 def _changesSection(changes: list[dict[str, Any]]) -> str:

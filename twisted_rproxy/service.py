@@ -12,7 +12,11 @@ from attrs import evolve
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList, gatherResults, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IResolver,
+    IStreamServerEndpoint,
+)
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
@@ -26,6 +30,7 @@ from twisted_rproxy.interfaces import IProxyReactor, IProxyStatus
 from twisted_rproxy.listening import adoptListener, listeningDescription
 from twisted_rproxy.policies import listenerPolicy, policedFactory
 from twisted_rproxy.pool import BackendPool
+from twisted_rproxy.pool.discovery import ServerDiscovery, closeResolver, makeResolver
 from twisted_rproxy.router import Router
 from twisted_rproxy.server import ProxyRequest, ProxySite
 from twisted_rproxy.state import SharedState
@@ -54,6 +59,8 @@ class ProxyService(MultiService):
     @ivar sharedState: The client of the shared Redis of C{[state]}, or
         L{None} without one; kept across reloads that leave C{[state]} as it
         is, connections included.
+    @ivar discoveries: The L{ServerDiscovery} of each pool with DNS
+        discovery entries, by pool name.
     """
 
     def __init__(self, config: Config, reactor: IProxyReactor) -> None:
@@ -66,6 +73,12 @@ class ProxyService(MultiService):
             name: BackendPool(reactor, poolConfig)
             for name, poolConfig in config.pools.items()
         }
+        #: The DNS client of discovery, made with the first pool that needs it.
+        self._resolver: IResolver | None = None
+        self.discoveries: dict[str, ServerDiscovery] = {}
+        self._discover(self.pools, {})
+        #: Discoveries replaced by a reload, until their queries are over.
+        self._retiredDiscoveries: list[Deferred[None]] = []
         self.sharedState: SharedState | None = None
         if config.state is not None:
             self.sharedState = SharedState(reactor, config.state)
@@ -140,8 +153,35 @@ class ProxyService(MultiService):
         self._listening.addErrback(self._listenFailed)
         for pool in self.pools.values():
             pool.startHealthChecks()
+        for discovery in self.discoveries.values():
+            discovery.start()
         if self.admin is not None:
             self.admin.startListening()
+
+    def _discover(
+        self, pools: dict[str, BackendPool], previous: dict[str, ServerDiscovery]
+    ) -> None:
+        """
+        Make the L{ServerDiscovery} of each of C{pools} that has DNS
+        discovery entries and none yet, starting from the servers of the
+        one of its name in C{previous} (the pools a reload replaces).
+        """
+        discoveries: dict[str, ServerDiscovery] = {}
+        for name, pool in pools.items():
+            if not pool.config.discovery:
+                continue
+            current = self.discoveries.get(name)
+            if current is not None and current.pool is pool:
+                discoveries[name] = current
+                continue
+            if self._resolver is None:
+                self._resolver = makeResolver(
+                    self.reactor, self.config.server.resolvers
+                )
+            discoveries[name] = ServerDiscovery(
+                self.reactor, self._resolver, pool, previous.get(name)
+            )
+        self.discoveries = discoveries
 
     def _endpoint(self, description: str) -> IStreamServerEndpoint:
         """
@@ -201,6 +241,16 @@ class ProxyService(MultiService):
             pools[name] = BackendPool(self.reactor, poolConfig)
             if self.running:
                 pools[name].startHealthChecks()
+        oldDiscoveries = self.discoveries
+        self._discover(pools, oldDiscoveries)
+        for name, discovery in oldDiscoveries.items():
+            if self.discoveries.get(name) is not discovery:
+                stopping = discovery.stop()
+                self._retiredDiscoveries.append(stopping)
+                stopping.addCallback(self._discoveryRetired, stopping)
+        if self.running:
+            for discovery in self.discoveries.values():
+                discovery.start()
         sharedState = self._reloadedState(config)
         cacheStores = buildStores(
             config.caches, self.cacheStores, sharedState=sharedState
@@ -257,6 +307,9 @@ class ProxyService(MultiService):
         if current is not None and current.config == config.state:
             return current
         return SharedState(self.reactor, config.state)
+
+    def _discoveryRetired(self, _: None, stopping: Deferred[None]) -> None:
+        self._retiredDiscoveries.remove(stopping)
 
     def _stateRetired(self, _: None, stopping: Deferred[None]) -> None:
         self._retiredStates.remove(stopping)
@@ -335,9 +388,20 @@ class ProxyService(MultiService):
                 [pool.close() for pool in self.pools.values()] + retiring
             )
 
+        # Answers that come in from now on are ignored; the queries under
+        # way end within their timeouts, then the resolver's connections
+        # are closed.
+        resolving: Deferred[Any] = DeferredList(
+            [d.stop() for d in self.discoveries.values()] + self._retiredDiscoveries
+        )
+        resolver = self._resolver
+        if resolver is not None:
+            resolving.addCallback(lambda _: closeResolver(resolver))
+
         def closeState(_: object) -> Deferred[list[tuple[bool, None]]]:
             # Last: requests drained above may still have used it.
-            closing = list(self._retiredStates)
+            closing: list[Deferred[Any]] = list(self._retiredStates)
+            closing.append(resolving)
             if self.sharedState is not None:
                 closing.append(self.sharedState.stop())
             return DeferredList(closing)

@@ -9,45 +9,20 @@ from collections.abc import Mapping
 
 from attrs import field, frozen
 
-from twisted_rproxy.config.base import (
-    _BARE_KEY as _BARE_KEY,
-)
-from twisted_rproxy.config.base import (
-    _HEADER_VALUE as _HEADER_VALUE,
-)
-from twisted_rproxy.config.base import (
-    _HOST_HEADER_VALUE as _HOST_HEADER_VALUE,
-)
-from twisted_rproxy.config.base import (
-    _HOST_LABEL as _HOST_LABEL,
-)
-from twisted_rproxy.config.base import (
-    _HOST_NAME as _HOST_NAME,
-)
-from twisted_rproxy.config.base import (
-    _POOL_NAME as _POOL_NAME,
-)
-from twisted_rproxy.config.base import (
-    _TOKEN as _TOKEN,
-)
-from twisted_rproxy.config.base import (
-    _URL_PATH as _URL_PATH,
-)
-from twisted_rproxy.config.base import (
-    _VIA_PSEUDONYM as _VIA_PSEUDONYM,
-)
-from twisted_rproxy.config.base import (
-    COMMAND_LINE as COMMAND_LINE,
-)
-from twisted_rproxy.config.base import (
-    NOT_SUPPORTED as NOT_SUPPORTED,
-)
-from twisted_rproxy.config.base import (
-    ConfigError as ConfigError,
-)
-from twisted_rproxy.config.base import (
-    _typeName as _typeName,
-)
+from twisted_rproxy.config.base import _BARE_KEY as _BARE_KEY
+from twisted_rproxy.config.base import _HEADER_VALUE as _HEADER_VALUE
+from twisted_rproxy.config.base import _HOST_HEADER_VALUE as _HOST_HEADER_VALUE
+from twisted_rproxy.config.base import _HOST_LABEL as _HOST_LABEL
+from twisted_rproxy.config.base import _HOST_NAME as _HOST_NAME
+from twisted_rproxy.config.base import _POOL_NAME as _POOL_NAME
+from twisted_rproxy.config.base import _TOKEN as _TOKEN
+from twisted_rproxy.config.base import _URL_PATH as _URL_PATH
+from twisted_rproxy.config.base import _VIA_PSEUDONYM as _VIA_PSEUDONYM
+from twisted_rproxy.config.base import COMMAND_LINE as COMMAND_LINE
+from twisted_rproxy.config.base import NOT_SUPPORTED as NOT_SUPPORTED
+from twisted_rproxy.config.base import ConfigError as ConfigError
+from twisted_rproxy.config.base import _typeName as _typeName
+from twisted_rproxy.config.discovery import DiscoveryConfig
 from twisted_rproxy.config.hashing import BALANCERS, HashOn, parseHashOn
 from twisted_rproxy.config.state import StateConfig
 
@@ -94,6 +69,8 @@ class BackendServer:
     @ivar tlsServerName: For an C{https} server, its own name to verify and
         send by SNI (a server entry's C{tls_server_name}), before the pool's
         L{PoolConfig.tlsServerName}; else L{None}.
+    @ivar priority: The failover order (an SRV record's priority): while a
+        server of the lowest priority is healthy, only those serve.
     """
 
     url: str
@@ -103,6 +80,7 @@ class BackendServer:
     weight: int = 1
     socketPath: str | None = None
     tlsServerName: str | None = None
+    priority: int = 0
 
 
 @frozen
@@ -180,7 +158,9 @@ class PoolConfig:
     A named pool of backend servers (C{[pools.NAME]}).
 
     @ivar name: The pool's name.
-    @ivar servers: The servers, at least one, in file order.
+    @ivar servers: The servers given as URLs, in file order.
+    @ivar discovery: The DNS discovery entries (C{dns}, C{srv}), whose
+        servers join C{servers} at run time; at least one of the two.
     @ivar balance: The balancing method: C{"round-robin"},
         C{"least-requests"}, C{"random-two"} or C{"hash"}.
     @ivar maxConnections: Connections per server, at least 1.
@@ -246,6 +226,7 @@ class PoolConfig:
     retryBudget: RetryBudgetConfig = RetryBudgetConfig()
     retryStatuses: tuple[int, ...] = (502, 503, 504)
     slowStart: float = 0.0
+    discovery: tuple[DiscoveryConfig, ...] = ()
 
     @hashBy.default
     def _hashBy(self) -> HashOn | None:
@@ -471,6 +452,8 @@ class ServerConfig:
     @ivar listeners: L{ListenerConfig} by endpoint string, for the
         endpoints given as tables in C{listen} (of C{[server]} or
         C{[[tls]]}).
+    @ivar resolvers: The C{(address, port)} of the DNS servers that DNS
+        discovery asks, or empty for the system's (C{/etc/resolv.conf}).
     """
 
     listen: tuple[str, ...] = _DEFAULT_LISTEN
@@ -502,6 +485,7 @@ class ServerConfig:
     accessLogFormat: str = "combined"
     allowConnect: bool = False
     tunnelIdleTimeout: float = 300.0
+    resolvers: tuple[tuple[str, int], ...] = ()
 
 
 #: The admin listener when C{[admin]} gives none: loopback only.

@@ -10,6 +10,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted_rproxy.config.backendurl import _checkUnixServerNames, _serverName
+from twisted_rproxy.config.dnsentries import (
+    _checkDistinctDiscovery,
+    _parseDiscoveryEntry,
+    isDiscoveryEntry,
+)
 from twisted_rproxy.config.hashing import parseHashOn
 from twisted_rproxy.config.model import (
     _BALANCERS,
@@ -111,12 +116,26 @@ def _parsePool(
         )
     if not rawServers:
         raise table.error("servers", "must list at least one backend server")
-    serverKeys = [f"{table.keyOf('servers')}[{i}]" for i in range(len(rawServers))]
+    allKeys = [f"{table.keyOf('servers')}[{i}]" for i in range(len(rawServers))]
+    # URLs and tables with a url are servers; tables with dns or srv find
+    # servers at run time.
+    serverKeys = [
+        key
+        for key, entry in zip(allKeys, rawServers, strict=True)
+        if not isDiscoveryEntry(entry)
+    ]
     servers = tuple(
-        _parseServerEntry(entry, source, serverKeys[index])
+        _parseServerEntry(entry, source, allKeys[index])
         for index, entry in enumerate(rawServers)
+        if not isDiscoveryEntry(entry)
     )
     _checkDistinctServers(servers, source, serverKeys)
+    discovery = tuple(
+        _parseDiscoveryEntry(entry, source, allKeys[index])
+        for index, entry in enumerate(rawServers)
+        if isDiscoveryEntry(entry)
+    )
+    _checkDistinctDiscovery(discovery, source)
 
     defaults = PoolConfig(name=name, servers=servers)
     balance = table.optionalString("balance")
@@ -152,8 +171,15 @@ def _parsePool(
         pendingTimeout=table.timeout("pending_timeout", defaults.pendingTimeout),
         hostHeader=hostHeader,
         retries=table.integer("retries", defaults.retries, 0),
+        discovery=discovery,
         **_parsePoolBalancing(table, balance, defaults),
-        **_parsePoolTLS(table, servers, baseDirectory or os.getcwd()),
+        **_parsePoolTLS(
+            table,
+            servers,
+            baseDirectory or os.getcwd(),
+            serverKeys,
+            any(entry.scheme == "https" for entry in discovery),
+        ),
     )
 
 
@@ -359,18 +385,25 @@ _TLS_ENDPOINTS = ("ssl:", "tls:", "le:", "lets:", "txsni:")
 
 
 def _parsePoolTLS(
-    table: _Table, servers: Sequence[BackendServer], baseDirectory: str
+    table: _Table,
+    servers: Sequence[BackendServer],
+    baseDirectory: str,
+    serverKeys: Sequence[str],
+    discoversHTTPS: bool,
 ) -> dict[str, Any]:
     """
     The C{tls_*} keys of a pool, as L{PoolConfig} arguments.
+
+    @param serverKeys: The key of each of C{servers}.
+    @param discoversHTTPS: Whether a discovery entry of the pool finds
+        C{https} servers.
     """
     names = ("tls_ca", "tls_verify", "tls_server_name", "tls_client_certificate")
     given = [name for name in names if table.has(name)]
-    serverKeys = [f"{table.keyOf('servers')}[{i}]" for i in range(len(servers))]
     if not given:
         _checkUnixServerNames(servers, None, True, table.source, serverKeys)
         return {}
-    if not any(server.scheme == "https" for server in servers):
+    if not discoversHTTPS and not any(server.scheme == "https" for server in servers):
         raise table.error(
             given[0], "applies to https:// servers only; this pool has none"
         )

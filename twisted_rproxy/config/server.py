@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from twisted_rproxy.config.dnsentries import _parseResolvers
 from twisted_rproxy.config.model import (
     _HEADER_VALUE,
     _TOKEN,
@@ -55,6 +56,7 @@ _SERVER_KEYS = (
     "min_body_rate",
     "min_body_rate_grace",
     "client_ip_headers",
+    "resolvers",
 )
 
 
@@ -273,6 +275,7 @@ def _parseServer(value: object, source: str, baseDirectory: str) -> ServerConfig
         tunnelIdleTimeout=table.timeout(
             "tunnel_idle_timeout", defaults.tunnelIdleTimeout
         ),
+        resolvers=_parseResolvers(table),
     )
 
 

@@ -17,7 +17,8 @@ C{https}), L{request} (one exchange's bookkeeping), L{connection} (the HTTP/1.1
 client protocol), L{backend} (one server and its connections), L{health}
 (active checks, outlier ejection, slow start), L{status} (what the admin
 page shows), L{control} (run-time changes of the servers: admin states,
-weights, the server set), L{backendpool} (the pool). Each declares, as a typing
+weights, the server set), L{backendpool} (the pool), L{discovery} (DNS
+discovery of a pool's servers, which drives it). Each declares, as a typing
 protocol, what it needs of the one above it. This module re-exports.
 """
 

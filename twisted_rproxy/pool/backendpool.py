@@ -22,6 +22,7 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import Logger
 
 from twisted_rproxy.balance import balancerFor
+from twisted_rproxy.discovery import failoverTier
 from twisted_rproxy.health import RetryBudget, eligibleServers
 from twisted_rproxy.interfaces import IBalancer, IResponseReceiver
 from twisted_rproxy.messages import (
@@ -36,7 +37,7 @@ from twisted_rproxy.pool.control import ServerControl
 from twisted_rproxy.pool.dial import connectServer
 from twisted_rproxy.pool.health import HealthChecker, OutlierDetector, SlowStart
 from twisted_rproxy.pool.request import _Exchange
-from twisted_rproxy.pool.status import PoolStatus, serverStatus
+from twisted_rproxy.pool.status import DiscoverySource, PoolStatus, serverStatus
 from twisted_rproxy.tls import backendConnectionCreators
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class BackendPool(ServerControl):
         self.servers = [Backend(self, server) for server in config.servers]
         # The servers that take new requests; a new list whenever health
         # changes, never changed in place (balancers may cache by identity).
-        self._eligible: list[Backend] = list(self.servers)
+        self._eligible: list[Backend] = failoverTier(self.servers)
         self.panic = False
         self._pending: deque[_Exchange] = deque()
         self.closed = False
@@ -106,6 +107,9 @@ class BackendPool(ServerControl):
         )
         # Made once per pool: trust roots and client certificates are read here.
         self._tlsCreators = backendConnectionCreators(config)
+        #: What finds its servers by DNS (C{config.discovery}), for the
+        #: status; set by it.
+        self.discovery: DiscoverySource | None = None
 
     def __repr__(self) -> str:
         return f"<BackendPool {self.name!r} servers={self.servers!r}>"
@@ -187,10 +191,15 @@ class BackendPool(ServerControl):
             start.
 
         Only servers that are ready (L{Backend.accepting}) take new
-        requests, in a panic too; the panic threshold counts those.
+        requests, in a panic too. Of those, only the servers of the lowest
+        priority with a healthy server take part (SRV priorities: the
+        failover order; every other server has priority 0), and the panic
+        threshold counts those.
         """
         ready = [server for server in self.servers if server.accepting]
-        eligible, panic = eligibleServers(ready, self.config.panicThreshold)
+        eligible, panic = eligibleServers(
+            failoverTier(ready), self.config.panicThreshold
+        )
         if panic != self.panic:
             self.panic = panic
             if panic:
@@ -238,6 +247,7 @@ class BackendPool(ServerControl):
                 serverStatus(s, s in self._eligible, self._checked(s))
                 for s in self.servers
             ),
+            discovery=self.discovery.status() if self.discovery is not None else (),
         )
 
     def _checked(self, backend: Backend) -> bool:

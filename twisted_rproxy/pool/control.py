@@ -31,9 +31,10 @@ _log = Logger()
 def serverIdentity(server: BackendServer) -> BackendServer:
     """
     What makes two entries the same server: everything but how its URL was
-    written and its weight (its scheme, host and port, or its socket path).
+    written, its weight and its priority (its scheme, host and port, or its
+    socket path).
     """
-    return evolve(server, url="", weight=1)
+    return evolve(server, url="", weight=1, priority=0)
 
 
 class ServerControl:

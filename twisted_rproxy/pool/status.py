@@ -1,11 +1,11 @@
 """
-What a pool shows of itself: L{PoolStatus} and L{ServerStatus}, for the
-admin page and the metrics.
+What a pool shows of itself: L{PoolStatus}, L{ServerStatus} and
+L{DiscoveryStatus}, for the admin page and the metrics.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from attrs import frozen
 
@@ -71,6 +71,47 @@ class ServerStatus:
 
 
 @frozen
+class DiscoveryStatus:
+    """
+    One DNS discovery entry's state (see
+    L{twisted_rproxy.pool.discovery.ServerDiscovery}).
+
+    @ivar entry: What is resolved (C{"dns app.internal port 8000"}).
+    @ivar key: The entry's key in the configuration.
+    @ivar servers: The URLs of the servers of its last good answer: the
+        ones it keeps in the pool while resolution fails.
+    @ivar lastResolution: When it was last resolved, successfully or not
+        (reactor time), or L{None} before its first answer.
+    @ivar lastSuccess: When an answer last gave servers, or L{None}.
+    @ivar lastError: Why the last resolution failed (or, when only one of
+        its queries failed, what that one said), or L{None}.
+    @ivar failures: Resolutions failed in a row.
+    @ivar nextResolution: When it is resolved next, or L{None} while it
+        is being resolved (or is stopped).
+    """
+
+    entry: str
+    key: str
+    servers: tuple[str, ...]
+    lastResolution: float | None
+    lastSuccess: float | None
+    lastError: str | None
+    failures: int
+    nextResolution: float | None
+
+
+class DiscoverySource(Protocol):
+    """
+    What finds a pool's servers by DNS, as the pool's status reads it.
+    """
+
+    def status(self) -> tuple[DiscoveryStatus, ...]:
+        """
+        The state of each of its entries.
+        """
+
+
+@frozen
 class PoolStatus:
     """
     A pool's state (see L{BackendPool.status}).
@@ -80,6 +121,7 @@ class PoolStatus:
     @ivar requests: Requests submitted.
     @ivar retries: Retries made on another server.
     @ivar retriesRefused: Retries the retry budget refused.
+    @ivar discovery: The state of its DNS discovery entries, if any.
     """
 
     name: str
@@ -91,6 +133,7 @@ class PoolStatus:
     retries: int
     retriesRefused: int
     servers: tuple[ServerStatus, ...]
+    discovery: tuple[DiscoveryStatus, ...] = ()
 
 
 def serverStatus(backend: Backend, serving: bool, checked: bool) -> ServerStatus:

@@ -13,11 +13,11 @@ once when it ends, never once per operation.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import field, frozen
-from twisted.internet.defer import CancelledError, Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -231,32 +231,43 @@ class SharedState:
         keyList = list(keys)
         argList = list(args)
 
-        async def run(handler: Any) -> Any:
-            try:
-                return await handler.execute_command(
-                    "EVALSHA", script.sha1, len(keyList), *keyList, *argList
+        def run(handler: Any) -> Deferred[Any]:
+            def noScript(failure: Failure) -> Any:
+                failure.trap(*responseErrors())
+                if not str(failure.value).startswith("NOSCRIPT"):
+                    return failure
+                return handler.execute_command(
+                    "EVAL", script.source, len(keyList), *keyList, *argList
                 )
-            except responseErrors() as e:
-                if not str(e).startswith("NOSCRIPT"):
-                    raise
-            return await handler.execute_command(
-                "EVAL", script.source, len(keyList), *keyList, *argList
+
+            result: Deferred[Any] = handler.execute_command(
+                "EVALSHA", script.sha1, len(keyList), *keyList, *argList
             )
+            return result.addErrback(noScript)
 
         return self._bounded("EVALSHA", run)
 
     def _bounded(
-        self, what: str, operation: Callable[[Any], Awaitable[Any]]
+        self, what: str, operation: Callable[[Any], Deferred[Any]]
     ) -> Deferred[Any]:
         """
         Run C{operation} on the pool, within the timeout, and keep count of
         the outage it may be part of.
         """
-        result: Deferred[Any] = Deferred.fromCoroutine(self._attempt(operation))
+        handler = self._handler
+        result: Deferred[Any]
+        if handler is not None and poolSize(handler) > 0:
+            # The common case, without a coroutine: a connection is up.
+            try:
+                result = operation(handler)
+            except Exception:
+                result = fail()
+        else:
+            result = Deferred.fromCoroutine(self._attempt(operation))
         result.addTimeout(self.config.timeout, self.reactor)
         return result.addCallbacks(self._succeeded, self._failed, errbackArgs=(what,))
 
-    async def _attempt(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def _attempt(self, operation: Callable[[Any], Deferred[Any]]) -> Any:
         handler = self._handler
         if handler is None:
             raise StateUnavailable("the shared state is not running")
