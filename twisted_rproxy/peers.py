@@ -58,6 +58,48 @@ _NAME = re.compile(r"worker-(\d+)\.(?:json|sock)\Z")
 MAX_SOCKET_PATH = 103
 
 
+def listenPrivate(
+    reactor: IReactorUNIX, path: str, factory: Factory, what: str, otherwise: str
+) -> IListeningPort | None:
+    """
+    Listen on the UNIX socket C{path} (mode 0600), replacing a stale one.
+
+    @param what: What the socket is for, starting the log lines.
+    @param otherwise: What happens without it, ending the log line that
+        says it could not be made.
+    @return: The port, or L{None} (logged) if it could not listen.
+    """
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        _log.error(
+            "{what}: {path} is too long a socket path: {otherwise}",
+            what=what,
+            path=path,
+            otherwise=otherwise,
+        )
+        return None
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        _log.error(
+            "{what}: cannot remove {path}: {error}", what=what, path=path, error=e
+        )
+    try:
+        port: IListeningPort = reactor.listenUNIX(path, factory, mode=0o600)
+    except CannotListenError as e:
+        _log.error(
+            "{what}: cannot listen on {path} ({error}): {otherwise}",
+            what=what,
+            path=path,
+            error=e,
+            otherwise=otherwise,
+        )
+        return None
+    return port
+
+
+
 def snapshotPath(directory: str, worker: int) -> str:
     """
     The file worker C{worker} writes its counts to.
@@ -210,34 +252,13 @@ class WorkerTotals:
         )
 
     def _listen(self) -> None:
-        path = socketPath(self.directory, self.worker)
-        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-            _log.warn(
-                "Worker counts: {path} is too long a socket path; totals use "
-                "the counts files (up to {interval} s old)",
-                path=path,
-                interval=self.interval,
-            )
-            return
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            _log.error(
-                "Worker counts: cannot remove {path}: {error}", path=path, error=e
-            )
-        try:
-            self._port = self.reactor.listenUNIX(
-                path, _TellFactory(self.answer), mode=0o600
-            )
-        except CannotListenError as e:
-            _log.error(
-                "Worker counts: cannot listen on {path} ({error}); totals use "
-                "the counts files",
-                path=path,
-                error=e,
-            )
+        self._port = listenPrivate(
+            self.reactor,
+            socketPath(self.directory, self.worker),
+            _TellFactory(self.answer),
+            "Worker counts",
+            f"totals use the counts files (up to {self.interval} s old)",
+        )
 
     def current(self) -> WorkerSnapshot:
         """

@@ -20,13 +20,12 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUNIX
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_rproxy.peers import MAX_SOCKET_PATH
+from twisted_rproxy.peers import listenPrivate
 
 __all__ = ["ControlListener", "askWorkers", "controlSocketPath"]
 
@@ -121,35 +120,14 @@ class ControlListener:
 
         @return: Whether it listens.
         """
-        path = self.path
-        if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-            _log.error(
-                "Worker control: {path} is too long a socket path: run-time "
-                "changes made on the admin listener will not reach this worker",
-                path=path,
-            )
-            return False
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            _log.error(
-                "Worker control: cannot remove {path}: {error}", path=path, error=e
-            )
-        try:
-            self._port = self.reactor.listenUNIX(
-                path, _CommandFactory(self.handler), mode=0o600
-            )
-        except CannotListenError as e:
-            _log.error(
-                "Worker control: cannot listen on {path} ({error}): run-time "
-                "changes made on the admin listener will not reach this worker",
-                path=path,
-                error=e,
-            )
-            return False
-        return True
+        self._port = listenPrivate(
+            self.reactor,
+            self.path,
+            _CommandFactory(self.handler),
+            "Worker control",
+            "run-time changes made on the admin listener will not reach this worker",
+        )
+        return self._port is not None
 
     def stop(self) -> Deferred[None]:
         """
