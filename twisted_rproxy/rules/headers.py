@@ -24,12 +24,33 @@ HOP_BY_HOP = frozenset(
 )
 
 
+_NO_TOKENS: frozenset[bytes] = frozenset()
+
+# The values nearly every Connection header has, answered without parsing
+# (each connection: close request reads it twice).
+_COMMON_TOKENS: dict[bytes, frozenset[bytes]] = {
+    value: frozenset([value.lower()])
+    for value in (
+        b"close",
+        b"Close",
+        b"keep-alive",
+        b"Keep-Alive",
+        b"upgrade",
+        b"Upgrade",
+    )
+}
+
+
 def connectionTokens(values: Sequence[bytes] | None) -> frozenset[bytes]:
     """
     The lowercased header names listed in C{Connection} header values.
     """
     if not values:
-        return frozenset()
+        return _NO_TOKENS
+    if len(values) == 1:
+        common = _COMMON_TOKENS.get(values[0])
+        if common is not None:
+            return common
     return frozenset(
         token.strip(b" \t").lower() for value in values for token in value.split(b",")
     )
