@@ -406,10 +406,10 @@ class _Flights:
         self.looks = 0
 
     def claimFetch(self, key: bytes, ttl: float) -> Deferred[bytes | None]:
-        raise NotImplementedError
+        raise AssertionError("only the wait is under test: nothing claims")
 
     def releaseFetch(self, key: bytes, token: bytes) -> None:
-        raise NotImplementedError
+        raise AssertionError("only the wait is under test: nothing releases")
 
     def awaitEntry(self, key: bytes) -> Deferred[tuple[bool, list[CacheEntry]]]:
         self.looks += 1

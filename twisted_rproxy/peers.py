@@ -134,16 +134,25 @@ def readSnapshot(path: str) -> WorkerSnapshot | None:
         return None
 
 
-class _Answer(Protocol):
+class AnswerReader(Protocol):
     """
-    Reads a sibling's answer: everything it sends until it closes.
+    Sends C{request} (if any) to a sibling's socket, then reads its answer:
+    everything it sends until it closes, at most C{limit} bytes.
+
+    @ivar done: Fires with the answer, or fails (too long an answer).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, request: bytes = b"") -> None:
         self.limit = limit
+        self.request = request
         self.chunks: list[bytes] = []
         self.size = 0
         self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        if self.request:
+            assert self.transport is not None
+            self.transport.write(self.request)
 
     def dataReceived(self, data: bytes) -> None:
         self.size += len(data)
@@ -152,7 +161,7 @@ class _Answer(Protocol):
             return
         self.chunks.append(data)
 
-    def fail(self, error: Exception) -> None:
+    def fail(self, error: BaseException) -> None:
         if not self.done.called:
             self.done.errback(Failure(error))
         if self.transport is not None:
@@ -360,7 +369,7 @@ class WorkerTotals:
         path = socketPath(self.directory, index)
         if not os.path.exists(path):
             return succeed(fromFile())
-        protocol = _Answer(self.maxAnswer)
+        protocol = AnswerReader(self.maxAnswer)
         endpoint = UNIXClientEndpoint(self.reactor, path, timeout=self.timeout)
         factory = Factory.forProtocol(lambda: protocol)
         factory.noisy = False

@@ -21,11 +21,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IListeningPort, IReactorTime, IReactorUNIX
-from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from twisted_rproxy.peers import listenPrivate
+from twisted_rproxy.peers import AnswerReader, listenPrivate
 
 __all__ = ["ControlListener", "askWorkers", "controlSocketPath"]
 
@@ -148,39 +148,6 @@ class ControlListener:
         return stopping.addBoth(removed)
 
 
-class _Reply(Protocol):
-    """
-    Sends one command, reads the answer until the worker closes.
-    """
-
-    def __init__(self, command: bytes) -> None:
-        self.command = command
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.done: Deferred[bytes] = Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(self.command)
-
-    def dataReceived(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.size > MAX_MESSAGE:
-            self.fail(ValueError(f"answer over {MAX_MESSAGE} bytes"))
-            return
-        self.chunks.append(data)
-
-    def fail(self, error: BaseException) -> None:
-        if not self.done.called:
-            self.done.errback(Failure(error))
-        if self.transport is not None:
-            self.transport.abortConnection()  # type: ignore[attr-defined]
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if not self.done.called:
-            self.done.callback(b"".join(self.chunks))
-
-
 def _workers(directory: str) -> list[int]:
     try:
         names = os.listdir(directory)
@@ -236,7 +203,7 @@ def _ask(
     command: bytes,
     timeout: float,
 ) -> Deferred[Answer]:
-    protocol = _Reply(command)
+    protocol = AnswerReader(MAX_MESSAGE, command)
     endpoint = UNIXClientEndpoint(reactor, path, timeout=int(max(timeout, 1)))
     factory = Factory.forProtocol(lambda: protocol)
     factory.noisy = False

@@ -7,6 +7,7 @@ L{twisted_rproxy.pool.BackendPool}.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -37,10 +38,11 @@ def serverIdentity(server: BackendServer) -> BackendServer:
     return evolve(server, url="", weight=1, priority=0)
 
 
-class ServerControl:
+class ServerControl(ABC):
     """
-    The run-time changes of a pool's servers. L{BackendPool} is one; what
-    it holds that these read is declared here.
+    The run-time changes of a pool's servers, an abstract base of
+    L{BackendPool}: what it holds that these read is declared here, and the
+    three methods of the pool they call are abstract.
     """
 
     name: str
@@ -53,14 +55,23 @@ class ServerControl:
     _tlsCreators: dict[BackendServer, IOpenSSLClientConnectionCreator]
     _leaving: list[Backend]
 
+    @abstractmethod
     def healthChanged(self, cameBack: Backend | None = None) -> None:
-        raise NotImplementedError()
+        """
+        Recompute which servers serve (L{BackendPool.healthChanged}).
+        """
 
+    @abstractmethod
     def _beginSlowStart(self, backend: Backend) -> None:
-        raise NotImplementedError()
+        """
+        Start C{backend} light, if the pool has slow start.
+        """
 
+    @abstractmethod
     def _newBackend(self, server: BackendServer) -> Backend:
-        raise NotImplementedError()
+        """
+        A L{Backend} of this pool for C{server}.
+        """
 
     def findServer(self, identifier: str) -> Backend | None:
         """
