@@ -188,7 +188,12 @@ class DiscoveryLoopbackTests(LoopbackTestCase):
         self.assertEqual(failures, [])
         self.assertGreater(seen, 0)
         self.assertEqual(backends["127.0.0.3"].requests, seen)
-        self.assertGreaterEqual(backends["127.0.0.2"].requests, after + 80)
+        # Each of the eight clients may have had one request at the
+        # remaining backend, not yet answered, when it was counted: those
+        # are in "after" but not yet in "done".
+        self.assertGreaterEqual(backends["127.0.0.2"].requests, after + 80 - 8)
+        # Every request done reached a backend.
+        self.assertGreaterEqual(backends["127.0.0.2"].requests + seen, done[0])
 
     @asyncTest
     async def test_keepsServingWhenDNSStops(self) -> None:
