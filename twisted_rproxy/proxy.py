@@ -307,6 +307,11 @@ class _ProxyExchange:
         self.request.write(data)
 
     def responseFinished(self) -> None:
+        # The exchange and its pool handle refer to each other: letting go
+        # of the handle lets reference counting free both (and the request)
+        # at once, instead of leaving a cycle per request to the garbage
+        # collector.
+        self.handle = None
         request = self.request
         if self.producing:
             self.producing = False
@@ -315,6 +320,7 @@ class _ProxyExchange:
             request.finish()
 
     def requestFailed(self, reason: BackendError) -> None:  # type: ignore[override]
+        self.handle = None
         request = self.request
         if self.producing:
             self.producing = False
@@ -353,6 +359,7 @@ class _ProxyExchange:
     def clientGone(self, reason: Failure) -> None:
         handle = self.handle
         if handle is not None:
+            self.handle = None
             handle.cancel()  # type: ignore[attr-defined]
 
 
