@@ -125,6 +125,25 @@ class IResponseReceiver(Interface):
         """
 
 
+class IInterimReceiver(Interface):
+    """
+    An L{IResponseReceiver} that also takes the backend's interim (1xx)
+    responses, such as C{103 Early Hints}, as they arrive, before
+    C{responseStarted}. A receiver that does not provide it never hears of
+    them. C{100 Continue} is not passed on (the proxy answers a client's
+    C{Expect} itself), nor is C{101} (a protocol switch is a tunnel's).
+    """
+
+    def interimResponse(
+        status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """
+        An interim response head arrived; more may follow, then the final
+        one. Its headers are the backend's, hop-by-hop ones included: they
+        belong to this interim response only, never to the final one.
+        """
+
+
 class IFilterFactory(Interface):
     """
     A filter plugin: what C{getPlugins(IFilterFactory, twisted_rproxy.plugins)}
@@ -158,7 +177,11 @@ class IFilterFactory(Interface):
             its C{plugin} key: TOML values (L{str}, L{int}, L{float},
             L{bool}, lists, tables as mappings).
         @return: An object providing L{IRequestFilter}, L{IResponseFilter},
-            L{IErrorFilter}, or several of them.
+            L{IErrorFilter}, or several of them. It may have a C{close()}
+            method (returning L{None}, a L{Deferred} or a coroutine): the
+            service calls it once when a reload or a stop retires the
+            filter, after the requests through it (see
+            L{twisted_rproxy.filterenv.FilterSet.retire}).
         @raise twisted_rproxy.filters.FilterOptionError: For a bad option:
             the configuration reports it as C{filters.NAME.OPTION}.
         """
@@ -203,6 +226,20 @@ class IFilterEnvironment(Interface):
         Report something about the filter's configuration that is allowed
         but probably not meant (C{--check} prints it, the start logs it):
         one sentence, without the filter's name (which is added).
+        """
+
+    def connectionPool(name: str = "default") -> object:
+        """
+        A persistent L{twisted.web.client.HTTPConnectionPool} on C{reactor}
+        for the filter's own HTTP requests, the same one for the same
+        C{name}; the proxy closes its connections when the filter is
+        retired. Making it does no I/O.
+        """
+
+    def httpClient() -> object:
+        """
+        A C{treq.HTTPClient} over L{connectionPool} (treq must be
+        installed), or the stub client a test gave the environment.
         """
 
 
@@ -331,6 +368,15 @@ class ICacheStore(Interface):
     key's backend request (C{claimFetch}, C{releaseFetch}, C{awaitEntry}:
     see L{twisted_rproxy.cache.flight.SharedFlights}), so that one process
     fetches and the others wait for what it stores.
+
+    B{Streaming (optional).} A store may offer C{openWriter(entry)}, which
+    the cache looks up with C{getattr}: given the entry a response will
+    become (its head, an empty body), it returns an L{ICacheBodyWriter}
+    that takes the body as it arrives (then C{put} is not called), or
+    L{None} to decline.  Its C{get} may return entries whose body stays
+    in the store: those have C{bodyLength} and an C{openBody()} returning a
+    Deferred that fires with a streaming producer (C{producePieces
+    (consumer, pieces)}) or L{None} if the body is gone.
     """
 
     maxSize = Attribute("The most bytes the store holds, an L{int}.")
@@ -383,6 +429,33 @@ class ICacheStore(Interface):
         """
         An iterator over the primary keys stored (those held in this
         process, for a store shared with others).
+        """
+
+
+class ICacheBodyWriter(Interface):
+    """
+    The body of a response on its way into a store (see L{ICacheStore}'s
+    optional C{openWriter}), written as it arrives.
+    """
+
+    def write(data: bytes) -> None:
+        """
+        Append a piece of the body (in order); the writer may give up (too
+        large, a failure), and then ignores the rest.
+        """
+
+    def finish(entry: CacheEntry) -> bool | Deferred[bool]:
+        """
+        The body is complete: store it as C{entry}'s (whose own C{body} is
+        empty, its C{Content-Length} the length written).
+
+        @return: Whether it was stored, or a Deferred firing with it.
+        """
+
+    def discard() -> None:
+        """
+        Store nothing (the response failed or is not to be stored); what was
+        written is removed.
         """
 
 
@@ -473,6 +546,24 @@ class IProxyRequest(IRequest):
         "lost before a response started: None for 499 (the client left), or "
         "the status of the proxy's own reason to close it."
     )
+
+    def writeInterim(
+        status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> bool:
+        """
+        Send the client an interim (1xx) response now, ahead of the final
+        one: a status line and C{headers} over HTTP/1.1, a C{HEADERS} frame
+        without C{END_STREAM} over HTTP/2. Nothing of it is kept: the final
+        response's status and headers are untouched.
+
+        It is not sent, and L{False} returned, to an HTTP/1.0 client (RFC
+        9110 section 15.2), once the final response started or finished,
+        or after the client went away.
+
+        @param headers: Already rewritten for the client (no hop-by-hop
+            header).
+        @return: Whether it was sent.
+        """
 
 
 class ITunnelChannel(Interface):

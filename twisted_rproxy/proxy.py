@@ -23,7 +23,12 @@ from zope.interface import implementer
 from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.balance import requestHashKey
 from twisted_rproxy.config import CLIENT_IP_HEADERS
-from twisted_rproxy.interfaces import IProxyRequest, IResponseReceiver, ITunnelChannel
+from twisted_rproxy.interfaces import (
+    IInterimReceiver,
+    IProxyRequest,
+    IResponseReceiver,
+    ITunnelChannel,
+)
 from twisted_rproxy.pages import errorBody, reasonPhrase, renderError
 from twisted_rproxy.pool import (
     BackendError,
@@ -252,10 +257,11 @@ def refuseMethod(request: IRequest, allow: bytes) -> None:
     request.finish()
 
 
-@implementer(IResponseReceiver)
+@implementer(IResponseReceiver, IInterimReceiver)
 class _ProxyExchange:
     """
-    Carries one backend response to the client's request.
+    Carries one backend response to the client's request, and the interim
+    (1xx) responses before it.
     """
 
     __slots__ = ("request", "proxied", "policy", "handle", "producing")
@@ -270,6 +276,27 @@ class _ProxyExchange:
         self.policy = policy
         self.handle: object = None
         self.producing = False
+
+    def interimResponse(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        """
+        Pass an interim response (C{103 Early Hints}, C{102 Processing}...)
+        on to the client at once, without its hop-by-hop and hidden
+        headers, as RFC 9110 section 15.2 asks of a proxy. It goes straight
+        to the client connection (L{IProxyRequest.writeInterim}): a cache
+        or a filter watching the response sees only the final one, and its
+        headers never join the final response's. A request that does not
+        provide L{IProxyRequest} (the proxy embedded in another C{Site})
+        does not get it.
+        """
+        if not self.proxied:
+            return
+        self.request.writeInterim(
+            status,
+            reason or reasonPhrase(status),
+            downstreamHeaders(headers, self.policy),
+        )
 
     def responseStarted(
         self,

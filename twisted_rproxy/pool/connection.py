@@ -22,7 +22,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_rproxy._twisted import writeThrough
-from twisted_rproxy.interfaces import IResponseReceiver
+from twisted_rproxy.interfaces import IInterimReceiver, IResponseReceiver
 from twisted_rproxy.messages import (
     BackendError,
     BackendProtocolError,
@@ -44,6 +44,18 @@ if TYPE_CHECKING:
     from twisted_rproxy.config import BackendServer
 
 _log = Logger()
+
+#: The most interim (1xx) responses passed on to the receiver for one
+#: exchange; later ones are read and dropped.
+MAX_INTERIM_FORWARDED = 10
+
+#: The most bytes of interim heads (status lines and headers) passed on for
+#: one exchange: what the client connection may have to buffer for them.
+MAX_INTERIM_BYTES = 65536
+
+#: The most interim responses read for one exchange, passed on or not: a
+#: backend sending more is broken (or hostile) and the exchange fails.
+MAX_INTERIM_RESPONSES = 100
 
 
 class ConnectionOwner(TypingProtocol):
@@ -160,6 +172,9 @@ class BackendConnection(Protocol):
         self._timeoutCall: IDelayedCall | None = None
         self._lastRead = 0.0
         self.exchanges = 0
+        # Interim responses of the current exchange: read, and bytes passed on.
+        self._interimCount = 0
+        self._interimBytes = 0
 
     def connectionMade(self) -> None:
         first, self._first = self._first, None
@@ -175,6 +190,8 @@ class BackendConnection(Protocol):
         self._exchange = exchange
         exchange.connection = self
         self._gotBytes = False
+        self._interimCount = 0
+        self._interimBytes = 0
         request = exchange.request
         self._parser.expect(request.method)
         clock = self._clock
@@ -243,8 +260,33 @@ class BackendConnection(Protocol):
 
     def interimHead(self, head: ResponseHead) -> None:
         """
-        A 1xx head: skipped, the final one follows.
+        A 1xx head, the final one to follow: passed on to a receiver that
+        takes them (L{IInterimReceiver}), as it arrives.
+
+        A C{100 Continue} is dropped: the proxy answers a client's
+        C{Expect} itself and does not forward it, so the backend's says
+        nothing the client needs. Past L{MAX_INTERIM_FORWARDED} heads or
+        L{MAX_INTERIM_BYTES} of them, the rest are dropped; past
+        L{MAX_INTERIM_RESPONSES}, the exchange fails as a protocol error.
         """
+        exchange = self._exchange
+        assert exchange is not None
+        self._interimCount += 1
+        if self._interimCount > MAX_INTERIM_RESPONSES:
+            self.protocolError(f"more than {MAX_INTERIM_RESPONSES} interim responses")
+            return
+        status, reason, headers = head[0], head[1], head[2]
+        receiver = exchange.receiver
+        if status == 100 or not IInterimReceiver.providedBy(receiver):
+            return
+        size = len(reason) + 14 + sum(len(n) + len(v) + 4 for n, v in headers)
+        if (
+            self._interimCount > MAX_INTERIM_FORWARDED
+            or self._interimBytes + size > MAX_INTERIM_BYTES
+        ):
+            return
+        self._interimBytes += size
+        IInterimReceiver(receiver).interimResponse(status, reason, headers)
 
     def responseHead(self, head: ResponseHead) -> Callable[[bytes], None]:
         """
@@ -443,8 +485,6 @@ class BackendConnection(Protocol):
             failure = BackendProtocolError("backend closed the connection mid-response")
         _log.warn("Backend {url}: {why}", url=backend.server.url, why=str(failure))
         backend.responseFailed(exchange, failure, beforeResponse)
-
-
 
 
 @implementer(IResponseReceiver)

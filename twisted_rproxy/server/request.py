@@ -6,7 +6,7 @@ written without a round trip through twisted.web's L{Headers}.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes as unquote
@@ -22,6 +22,7 @@ from twisted.web.http import (
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from twisted_rproxy._twisted import requestGone, writeInterimHTTP2
 from twisted_rproxy.interfaces import IProxyRequest
 from twisted_rproxy.messages import RequestBodyStream
 from twisted_rproxy.pages import reasonPhrase, renderError
@@ -308,6 +309,40 @@ class ProxyRequest(Request):
                     self.responseHeaders.addRawHeader(name, value)
             self._addOwnHeaders()
         Request.write(self, data)
+
+    def writeInterim(
+        self, status: int, reason: bytes, headers: Sequence[tuple[bytes, bytes]]
+    ) -> bool:
+        """
+        Send the client an interim (1xx) response now, ahead of the final
+        one (see L{IProxyRequest.writeInterim}): over HTTP/1.1 its status
+        line and C{headers}, over HTTP/2 a C{HEADERS} frame that does not
+        end the stream; never to an HTTP/1.0 client (RFC 9110 section
+        15.2). The request's own status and headers are untouched.
+
+        @param headers: Header lines already checked (no CR, LF or NUL, token
+            names: the backend parser's) and rewritten for the client.
+        @return: Whether it was sent.
+        """
+        channel = self.channel
+        if (
+            channel is None
+            or self.startedWriting
+            or self.finished
+            or requestGone(self)
+            or not 100 <= status < 200
+        ):
+            return False
+        if type(channel) is ProxyHTTPChannel:
+            if self.clientproto != b"HTTP/1.1" or channel.tunnel is not None:
+                return False
+            head = [b"HTTP/1.1 %d " % (status,), reason, b"\r\n"]
+            for name, value in headers:
+                head += (name, b": ", value, b"\r\n")
+            head.append(b"\r\n")
+            channel.writeSequence(head)
+            return True
+        return writeInterimHTTP2(channel, status, headers)
 
     def _addOwnHeaders(self) -> None:
         headers = self.responseHeaders
