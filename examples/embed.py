@@ -26,7 +26,7 @@ from twisted_rproxy import (
     ProxyResource,
     backendServers,
 )
-from twisted_rproxy.testing import buildFilter
+from twisted_rproxy.filters import buildFilter
 
 
 def buildRoot(pool: BackendPool, reactor: IReactorTime) -> Resource:
@@ -37,7 +37,9 @@ def buildRoot(pool: BackendPool, reactor: IReactorTime) -> Resource:
     """
     root = Resource()
     root.putChild(b"", Data(b"<h1>My application</h1>\n", "text/html"))
-    stampApi = buildFilter("headers", {"response": {"set": {"X-Via-App": "embed"}}})
+    stampApi = buildFilter(
+        "headers", {"response": {"set": {"X-Via-App": "embed"}}}, reactor, "stamp"
+    )
     api = FilterChain(
         ProxyResource(pool, stripPrefix=b"/api"), [("stamp", stampApi)], reactor
     )

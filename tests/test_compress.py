@@ -97,9 +97,7 @@ class DecideTests(SynchronousTestCase):
         response = headers(
             content_type="text/html; charset=utf-8", content_length="5000"
         )
-        self.assertEqual(
-            decide(self.policy, 200, self.accepts, response), ("br", True)
-        )
+        self.assertEqual(decide(self.policy, 200, self.accepts, response), ("br", True))
 
     def test_notCompressed(self) -> None:
         """
@@ -274,14 +272,18 @@ class FilterTests(SynchronousTestCase):
         compressFilter = CompressFilter(CompressionPolicy(encodings=("gzip",)))
         head = ResponseHead(304, b"Not Modified", headers(etag='"v1"'))
         result = compressFilter.filterResponse(
-            self.Request("gzip"), None, head  # type: ignore[arg-type]
+            self.Request("gzip"),
+            None,
+            head,  # type: ignore[arg-type]
         )
         self.assertIsNone(result)
         self.assertEqual(head.headers.getRawHeaders(b"etag"), [b'W/"v1"'])
         self.assertEqual(head.headers.getRawHeaders(b"vary"), [b"Accept-Encoding"])
         plain = ResponseHead(304, b"Not Modified", headers(etag='"v1"'))
         compressFilter.filterResponse(
-            self.Request(None), None, plain  # type: ignore[arg-type]
+            self.Request(None),
+            None,
+            plain,  # type: ignore[arg-type]
         )
         self.assertEqual(plain.headers.getRawHeaders(b"etag"), [b'"v1"'])
         self.assertFalse(plain.headers.hasHeader(b"vary"))
@@ -347,8 +349,8 @@ class OptionsTests(SynchronousTestCase):
             ({"min_size": "lots"}, "min_size"),
             ({"min_size": [1]}, "min_size"),
             ({"types": "text/html"}, "types"),
-            ({"types": ["html"]}, "types"),
-            ({"encodings": ["deflate"]}, "encodings"),
+            ({"types": ["html"]}, "types[0]"),
+            ({"encodings": ["gzip", "deflate"]}, "encodings[1]"),
             ({"encodings": []}, "encodings"),
             ({"lvl": 5}, "lvl"),
         ]

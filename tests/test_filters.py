@@ -437,17 +437,39 @@ class ResponseHookTests(SynchronousTestCase):
         self.assertTrue(response.complete)
         self.assertEqual(response.body, b"ABCDEF<end>")
 
-    def test_headGetsNoTransform(self) -> None:
+    def test_headFramedLikeGet(self) -> None:
         """
-        A HEAD response keeps its length and nothing is transformed.
+        A HEAD response whose GET would be transformed says what the GET
+        would: no backend C{Content-Length} (it is not the transformed
+        body's), C{Transfer-Encoding: chunked} like the GET; no body.
+        """
+        responses = {}
+        for method in (b"GET", b"HEAD"):
+            harness = FilterHarness(
+                [("upper", HeadHook(lambda r, c, h: Upper(b"<end>")))],
+                CannedResource(headers=[(b"Content-Length", b"2")], chunks=[b"ok"]),
+            )
+            responses[method] = harness.request(method=method)
+        get, head = responses[b"GET"], responses[b"HEAD"]
+        self.assertEqual(get.body, b"OK<end>")
+        for name in (b"content-length", b"transfer-encoding"):
+            self.assertEqual(head.header(name), get.header(name), name)
+        self.assertEqual(head.header(b"content-length"), [])
+        self.assertEqual(head.header(b"transfer-encoding"), [b"chunked"])
+        self.assertTrue(head.raw.endswith(b"\r\n\r\n"))
+        self.assertNotIn(b"<end>", head.raw)
+
+    def test_headWithoutTransformKeepsLength(self) -> None:
+        """
+        A HEAD response no filter transforms keeps the backend's length.
         """
         harness = FilterHarness(
-            [("upper", HeadHook(lambda r, c, h: Upper(b"<end>")))],
+            [("none", HeadHook(lambda r, c, h: None))],
             CannedResource(headers=[(b"Content-Length", b"2")], chunks=[b""]),
         )
         response = harness.request(method=b"HEAD")
         self.assertEqual(response.header(b"content-length"), [b"2"])
-        self.assertTrue(response.raw.endswith(b"\r\n\r\n"))
+        self.assertEqual(response.header(b"transfer-encoding"), [])
 
 
 class HeadersFilterTests(SynchronousTestCase):

@@ -20,7 +20,8 @@ A hook that raises answers 500 (or, once the head is out, closes the
 connection), logged with the filter's name; the other requests go on.
 
 Routes without filters get no L{FilterChain} at all, so they pay nothing.
-The response hooks are run by L{_FilteredResponse}, a
+The response hooks are run by a
+L{twisted_rproxy.filterresponse.FilteredResponse}, a
 L{twisted_rproxy.intercept.ResponseInterceptor} that a chain installs on
 each request of its route: every writer of the response goes through it,
 and the proxy's fast head-writing path
@@ -38,11 +39,9 @@ from urllib.parse import unquote_to_bytes
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.plugin import getPlugins
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
@@ -51,19 +50,22 @@ from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.config.routes import FilterOptionError, setFilterValidator
 from twisted_rproxy.filterenv import (
     FilterEnvironment,
+    FilterSet,
     buildConfiguredFilter,
     collectWarnings,
 )
-from twisted_rproxy.intercept import ResponseInterceptor, foldPassedHeaders
+from twisted_rproxy.filteroptions import FilterOptions
+from twisted_rproxy.filterresponse import FilteredResponse as _FilteredResponse
+from twisted_rproxy.filterresponse import abortResponse as _abort
+from twisted_rproxy.filterresponse import logFailure as _logFailure
 from twisted_rproxy.interfaces import (
-    IBodyTransform,
     IErrorFilter,
     IFilterFactory,
     IRequestFilter,
     IResponseFilter,
 )
 from twisted_rproxy.messages import FilterResponse, RequestContext, ResponseHead
-from twisted_rproxy.pages import errorBody, reasonPhrase, renderError, setStatus
+from twisted_rproxy.pages import renderError, setStatus
 from twisted_rproxy.state import SharedState
 
 if TYPE_CHECKING:
@@ -73,16 +75,17 @@ __all__ = [
     "FilterChain",
     "FilterEnvironment",
     "FilterOptionError",
+    "FilterOptions",
     "FilterResponse",
+    "FilterSet",
     "RequestContext",
+    "buildFilter",
     "buildFilterChain",
     "ResponseHead",
     "filterFactories",
     "filterWarnings",
     "findFilterFactory",
 ]
-
-_log = Logger()
 
 
 def filterFactories() -> dict[str, list[IFilterFactory]]:
@@ -128,34 +131,6 @@ def filterWarnings(config: Config) -> list[str]:
     return collectWarnings(config, findFilterFactory)
 
 
-def _logFailure(failure: Failure, name: str, hook: str, request: IRequest) -> None:
-    _log.failure(
-        "Filter {filter!r} failed in its {hook} hook for {method} {uri}",
-        failure,
-        filter=name,
-        hook=hook,
-        method=request.method.decode("latin-1"),
-        uri=request.uri.decode("latin-1"),
-    )
-
-
-def _abort(request: Any) -> None:
-    """
-    Close a response that can't be completed, whatever the channel.
-    """
-    channel = request.channel
-    if channel is None:
-        return
-    forceClose = getattr(channel, "forceClose", None)
-    if forceClose is not None:
-        forceClose()
-        return
-    transport = getattr(channel, "transport", None)
-    target = transport if transport is not None else channel
-    abort = getattr(target, "abortConnection", None) or target.loseConnection
-    abort()
-
-
 def _hookResult(result: object) -> Deferred[object] | None:
     """
     A L{Deferred} for a hook's result that is not ready, or L{None}.
@@ -169,134 +144,6 @@ def _hookResult(result: object) -> Deferred[object] | None:
 
 _RESULT_TYPES = "None or a FilterResponse"
 
-# How a filtered response failed: replaced by a 500 page before its head
-# was written, or aborted after.
-_REPLACED = "replaced"
-_ABORTED = "aborted"
-
-
-class _FilteredResponse(ResponseInterceptor):
-    """
-    The response side of one request of a L{FilterChain}: an interceptor
-    that runs the response hooks once before the head is written, and the
-    body transforms on each write and at the end.
-    """
-
-    __slots__ = ("context", "hooks", "transforms", "failed")
-
-    def __init__(
-        self,
-        request: Any,
-        context: RequestContext,
-        hooks: Sequence[tuple[str, Callable[..., Any]]],
-    ) -> None:
-        self.context = context
-        self.hooks = hooks
-        self.transforms: list[tuple[str, IBodyTransform]] = []
-        self.failed = ""
-        ResponseInterceptor.__init__(self, request)
-
-    def head(self) -> None:
-        request = self.request
-        context = self.context
-        context.mark("responseStarted")
-        # So that hooks see and change every header.
-        foldPassedHeaders(request)
-        headers = request.responseHeaders
-        code, phrase = request.code, request.code_message
-        head = ResponseHead(code, phrase, headers)
-        for name, hook in self.hooks:
-            try:
-                transform = hook(request, context, head)
-                if transform is not None and not IBodyTransform.providedBy(transform):
-                    raise TypeError(
-                        f"filterResponse returned {transform!r}, expected None "
-                        "or an IBodyTransform"
-                    )
-            except Exception:
-                _logFailure(Failure(), name, "response", request)
-                self._replaceWithError()
-                return
-            if transform is not None:
-                self.transforms.append((name, transform))
-        if head.code != code:
-            request.code = head.code
-            if head.phrase == phrase:
-                head.phrase = reasonPhrase(head.code)
-        request.code_message = head.phrase
-        request.responseHeaders = head.headers
-        if self.transforms:
-            if request.method == b"HEAD" or request.code in NO_BODY_CODES:
-                self.transforms = []
-            else:
-                head.headers.removeHeader(b"content-length")
-
-    def _replaceWithError(self) -> None:
-        """
-        Answer 500 in place of a response whose head a hook failed on; what
-        its writer still writes is dropped.
-        """
-        self.failed = _REPLACED
-        request = self.request
-        body = errorBody(500)
-        request.code = 500
-        request.code_message = reasonPhrase(500)
-        request.responseHeaders = Headers(
-            {
-                b"content-type": [b"text/html; charset=utf-8"],
-                b"content-length": [b"%d" % (len(body),)],
-                b"cache-control": [b"no-store"],
-            }
-        )
-        self.downWrite(body if request.method != b"HEAD" else b"")
-
-    def _transform(self, data: bytes) -> bytes | None:
-        for name, transform in self.transforms:
-            try:
-                data = transform.transform(data)
-            except Exception:
-                _logFailure(Failure(), name, "body transform", self.request)
-                self.failed = _ABORTED
-                _abort(self.request)
-                return None
-        return data
-
-    def body(self, data: bytes) -> None:
-        if self.failed:
-            return
-        if self.transforms and data:
-            transformed = self._transform(data)
-            if transformed is None:
-                return
-            if not transformed and self.request.startedWriting:
-                return
-            # (An empty first piece still writes the head.)
-            data = transformed
-        self.downWrite(data)
-
-    def end(self) -> None:
-        if self.failed:
-            if self.failed == _REPLACED:
-                self.downFinish()
-            # Aborted: the response is never finished as if whole.
-            return
-        if self.transforms:
-            rest = b""
-            for name, transform in self.transforms:
-                try:
-                    if rest:
-                        rest = transform.transform(rest)
-                    rest += transform.flush()
-                except Exception:
-                    _logFailure(Failure(), name, "body flush", self.request)
-                    self.failed = _ABORTED
-                    _abort(self.request)
-                    return
-            if rest:
-                self.downWrite(rest)
-        self.context.mark("finished")
-        self.downFinish()
-
 
 class FilterChain(Resource):
     """
@@ -306,6 +153,9 @@ class FilterChain(Resource):
         route's prefix once the request hooks let the request pass).
     @ivar filters: C{(name, filter)} pairs, in configuration order.
     @ivar sharedState: The client of C{[state]}, or L{None}.
+    @ivar filterSet: The L{FilterSet} its filters belong to, which sees
+        the requests it takes in (so that retiring the filters lets them
+        finish first), or L{None}.
     """
 
     isLeaf = True
@@ -317,6 +167,7 @@ class FilterChain(Resource):
         filters: Sequence[tuple[str, object]],
         reactor: IReactorTime,
         route: object = None,
+        filterSet: FilterSet | None = None,
     ) -> None:
         """
         @param resource: See L{resource}.
@@ -324,12 +175,14 @@ class FilterChain(Resource):
             L{IRequestFilter}, L{IResponseFilter} and L{IErrorFilter}.
         @param reactor: The reactor, given to hooks in their context.
         @param route: The route, given to hooks in their context.
+        @param filterSet: See L{filterSet}.
         """
         super().__init__()  # type: ignore[no-untyped-call]  # python/mypy#16653
         self.resource = resource
         self.filters = tuple(filters)
         self.reactor = reactor
         self.route = route
+        self.filterSet = filterSet
         self._requestHooks = [
             (name, f.filterRequest)
             for name, f in self.filters
@@ -370,6 +223,8 @@ class FilterChain(Resource):
             getattr(client, "host", "") or "",
             self.reactor.seconds(),
         )
+        if self.filterSet is not None:
+            self.filterSet.track(request)
         if self._responseHooks:
             _FilteredResponse(req, context, self._responseHooks)
         if self._errorHooks:
@@ -547,6 +402,7 @@ def buildFilterChain(
     reactor: IReactorTime,
     sharedState: SharedState | None = None,
     workers: int = 1,
+    filterSet: FilterSet | None = None,
 ) -> FilterChain:
     """
     The L{FilterChain} of a configured route around its C{resource}: each
@@ -557,6 +413,9 @@ def buildFilterChain(
         C{sharedState} and given to the filters that share their state;
         L{None} without C{[state]}.
     @param workers: The configured number of worker processes.
+    @param filterSet: Where the filters and their environments go, to be
+        closed when the tree is retired (see L{FilterSet.retire}); the
+        chain reports its requests to it.
 
     @raise LookupError: If a filter's plugin is not installed (a validated
         configuration has checked that already).
@@ -566,12 +425,53 @@ def buildFilterChain(
         filterConfig = filters[name]
         factory = findFilterFactory(filterConfig.plugin)
         environment = FilterEnvironment(name, reactor, sharedState, workers)
-        built.append(
-            (name, buildConfiguredFilter(factory, filterConfig.options, environment))
-        )
-    chain = FilterChain(resource, built, reactor, route)
+        made = buildConfiguredFilter(factory, filterConfig.options, environment)
+        built.append((name, made))
+        if filterSet is not None:
+            filterSet.add(name, made, environment)
+    chain = FilterChain(resource, built, reactor, route, filterSet)
     chain.sharedState = sharedState
     return chain
+
+
+def buildFilter(
+    plugin: str,
+    options: Mapping[str, object] | None = None,
+    reactor: IReactorTime | None = None,
+    name: str | None = None,
+    filterSet: FilterSet | None = None,
+    sharedState: SharedState | None = None,
+) -> object:
+    """
+    Build a filter of the installed plugin C{plugin} from C{options}, as a
+    C{[filters.NAME]} table would, for an application that mounts its own
+    L{FilterChain}: the plugin is found as the proxy finds it, and a
+    factory that takes an environment gets a L{FilterEnvironment} on
+    C{reactor}.
+
+    @param reactor: The reactor the filter's timers and clients run on;
+        without one, the filter is built as C{--check} builds it (on a
+        L{twisted.internet.task.Clock}), good for checking options only.
+    @param name: The filter's name (its environment's C{name}); the
+        plugin's by default.
+    @param filterSet: Where to keep the filter and its environment, so that
+        C{filterSet.retire()} closes them (the filter's C{close()}, then
+        its connection pools) when the application is done with them.
+    @param sharedState: The client of a C{[state]}, for plugins that share
+        their state.
+    @raise LookupError: If no such plugin is installed.
+    @raise FilterOptionError: For a bad option.
+    """
+    factory = findFilterFactory(plugin)
+    filterName = name if name is not None else plugin
+    if reactor is None:
+        environment = FilterEnvironment.forCheck(filterName)
+    else:
+        environment = FilterEnvironment(filterName, reactor, sharedState)
+    made = buildConfiguredFilter(factory, dict(options or {}), environment)
+    if filterSet is not None:
+        filterSet.add(filterName, made, environment)
+    return made
 
 
 def _validateFilter(

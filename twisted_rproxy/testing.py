@@ -14,15 +14,43 @@ server code, in memory, without sockets and without the global reactor.
 L{CannedResource} answers like a proxied backend (its headers take the
 proxy's own fast path) and may stream its body in timed pieces on the
 harness's clock, so that a test sees what left before the end.
+L{HarnessResponse.disconnect} makes the client go away mid-request (the
+filter's waiting L{Deferred} is cancelled, C{request.notifyFinish()}
+fails). L{StubHTTPClient} stands in for the treq client a filter gets from
+its environment (L{FilterHarness.environment}), answering with canned
+L{StubResponse}s.
+
+Defaults, all of them:
+
+  - L{FilterHarness.request} sends C{GET /} with one header, C{Host:
+    example.com}, from client C{10.0.0.1} port 40000 to C{127.0.0.1:8080},
+    HTTP/1.1 on a new connection; a body (or a C{POST}, C{PUT},
+    C{PATCH}) gets a C{Content-Length}.
+  - The harness's clock (a L{MemoryReactorClock}) starts at
+    C{1_700_000_000} (2023-11-14 22:13:20 UTC), so C{Date} headers are
+    plausible; it only moves when the test advances it.
+  - L{HarnessResponse.code} is C{0} until the head has arrived; C{headers}
+    is empty and C{body} C{b""} then, and C{complete} false.
+  - L{CannedResource} answers C{200} with no header and an empty body,
+    written at once; with an C{interval} and a C{clock}, the first piece
+    is written at once and each next one (then the end) C{interval}
+    seconds later. Its C{requests} holds one C{(method, uri, headers,
+    body)} tuple per request: C{bytes}, C{bytes}, a copy of the request's
+    L{Headers} and the C{bytes} of the body.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -30,6 +58,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.config import ServerConfig
+from twisted_rproxy.filterenv import FilterEnvironment, buildConfiguredFilter
 from twisted_rproxy.filters import FilterChain, findFilterFactory
 from twisted_rproxy.interfaces import IProxyRequest
 from twisted_rproxy.server import ProxySite
@@ -38,19 +67,199 @@ __all__ = [
     "CannedResource",
     "FilterHarness",
     "HarnessResponse",
+    "StubHTTPClient",
+    "StubResponse",
     "buildFilter",
 ]
 
 
-def buildFilter(plugin: str, options: Mapping[str, object] | None = None) -> object:
+def buildFilter(
+    plugin: str,
+    options: Mapping[str, object] | None = None,
+    environment: FilterEnvironment | None = None,
+) -> object:
     """
     Find the installed filter plugin C{plugin} the way the proxy does and
     build a filter from C{options}, as C{[filters.NAME]} would.
 
+    @param environment: Given to a factory that takes one (see
+        L{FilterHarness.environment}); without it such a factory is called
+        with the options alone.
     @raise LookupError: If no such plugin is installed.
     @raise twisted_rproxy.filters.FilterOptionError: For a bad option.
     """
-    return findFilterFactory(plugin).buildFilter(dict(options or {}))
+    factory = findFilterFactory(plugin)
+    if environment is None:
+        return factory.buildFilter(dict(options or {}))
+    return buildConfiguredFilter(factory, dict(options or {}), environment)
+
+
+class StubResponse:
+    """
+    A canned response of L{StubHTTPClient}, read as a treq response is.
+
+    @ivar code: The status code.
+    @ivar phrase: The reason phrase.
+    @ivar headers: The response headers, a L{Headers}.
+    @ivar body: The body.
+    """
+
+    def __init__(
+        self,
+        code: int = 200,
+        headers: Sequence[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+        phrase: bytes = b"",
+    ) -> None:
+        self.code = code
+        self.phrase = phrase
+        self.headers = Headers()
+        for name, value in headers:
+            self.headers.addRawHeader(name, value)
+        self.body = body
+
+    @property
+    def length(self) -> int:
+        """
+        The body's length.
+        """
+        return len(self.body)
+
+    def content(self) -> Deferred[bytes]:
+        """
+        The body, as C{treq.content} gives it.
+        """
+        return succeed(self.body)
+
+    def text(self, encoding: str = "utf-8") -> Deferred[str]:
+        """
+        The body decoded.
+        """
+        return succeed(self.body.decode(encoding))
+
+    def json(self) -> Deferred[Any]:
+        """
+        The body parsed as JSON.
+        """
+        return succeed(json.loads(self.body))
+
+
+class StubHTTPClient:
+    """
+    A stand-in for the C{treq.HTTPClient} a filter gets from
+    C{environment.httpClient()}: the same C{request}, C{get}, C{head},
+    C{post}, C{put}, C{patch} and C{delete} calls, answered with canned
+    L{StubResponse}s, without a network.
+
+    A request to a URL in C{responses} gets its response (a callable is
+    called with the method, URL, headers and data and returns one); any
+    other gets C{default} (a 404 by default). With C{hold} true, requests
+    wait in L{waiting} until the test calls L{release}; cancelling a
+    waiting request fails it as treq's would:
+    C{ResponseNeverReceived([Failure(CancelledError())])}.
+
+    @ivar requests: One C{(method, url, headers, data)} per request, in
+        order: C{bytes}, C{str}, a L{Headers} and what was given as
+        C{data} (or L{None}).
+    @ivar waiting: The held requests not answered yet: their L{Deferred}s
+        and the response each will get.
+    """
+
+    def __init__(
+        self,
+        responses: Mapping[str, Any] | None = None,
+        default: StubResponse | None = None,
+        hold: bool = False,
+    ) -> None:
+        self.responses = dict(responses or {})
+        self.default = default if default is not None else StubResponse(404)
+        self.hold = hold
+        self.requests: list[tuple[bytes, str, Headers, object]] = []
+        self.waiting: list[tuple[Deferred[StubResponse], StubResponse]] = []
+
+    def request(
+        self,
+        method: str | bytes,
+        url: str | bytes,
+        headers: Any = None,
+        data: object = None,
+        **kwargs: object,
+    ) -> Deferred[StubResponse]:
+        """
+        Record the request and answer it (or hold it).
+        """
+        rawMethod = method.encode("ascii") if isinstance(method, str) else method
+        textURL = url.decode("ascii") if isinstance(url, bytes) else url
+        sent = Headers()
+        if isinstance(headers, Headers):
+            sent = headers.copy()
+        elif headers:
+            for name, value in dict(headers).items():
+                values = value if isinstance(value, list) else [value]
+                for one in values:
+                    sent.addRawHeader(_bytes(name), _bytes(one))
+        self.requests.append((rawMethod.upper(), textURL, sent, data))
+        answer = self.responses.get(textURL, self.default)
+        if callable(answer):
+            answer = answer(rawMethod.upper(), textURL, sent, data)
+        if not self.hold:
+            return succeed(answer)
+
+        def cancel(waiting: Deferred[StubResponse]) -> None:
+            self.waiting[:] = [w for w in self.waiting if w[0] is not waiting]
+            waiting.errback(Failure(ResponseNeverReceived([Failure(CancelledError())])))
+
+        waiting: Deferred[StubResponse] = Deferred(cancel)
+        self.waiting.append((waiting, answer))
+        return waiting
+
+    def release(self) -> None:
+        """
+        Answer every held request.
+        """
+        waiting, self.waiting = self.waiting, []
+        for deferred, answer in waiting:
+            deferred.callback(answer)
+
+    def get(self, url: str | bytes, **kwargs: Any) -> Deferred[StubResponse]:
+        """
+        C{request("GET", url, ...)}.
+        """
+        return self.request(b"GET", url, **kwargs)
+
+    def head(self, url: str | bytes, **kwargs: Any) -> Deferred[StubResponse]:
+        """
+        C{request("HEAD", url, ...)}.
+        """
+        return self.request(b"HEAD", url, **kwargs)
+
+    def post(self, url: str | bytes, **kwargs: Any) -> Deferred[StubResponse]:
+        """
+        C{request("POST", url, ...)}.
+        """
+        return self.request(b"POST", url, **kwargs)
+
+    def put(self, url: str | bytes, **kwargs: Any) -> Deferred[StubResponse]:
+        """
+        C{request("PUT", url, ...)}.
+        """
+        return self.request(b"PUT", url, **kwargs)
+
+    def patch(self, url: str | bytes, **kwargs: Any) -> Deferred[StubResponse]:
+        """
+        C{request("PATCH", url, ...)}.
+        """
+        return self.request(b"PATCH", url, **kwargs)
+
+    def delete(self, url: str | bytes, **kwargs: Any) -> Deferred[StubResponse]:
+        """
+        C{request("DELETE", url, ...)}.
+        """
+        return self.request(b"DELETE", url, **kwargs)
+
+
+def _bytes(value: str | bytes) -> bytes:
+    return value.encode("latin-1") if isinstance(value, str) else value
 
 
 class CannedResource(Resource):
@@ -218,6 +427,18 @@ class HarnessResponse:
         """
         return list(self.headers.getRawHeaders(name) or [])
 
+    def disconnect(self) -> None:
+        """
+        The client goes away: its connection is lost, whatever the response
+        is doing. A request hook's waiting L{Deferred} is cancelled and
+        C{request.notifyFinish()} fails, as with a real client.
+        """
+        if self.transport.disconnected:
+            return
+        self.transport.loseConnection()
+        self.transport.disconnected = True
+        self.channel.connectionLost(Failure(ConnectionDone("the client went away")))
+
 
 class FilterHarness:
     """
@@ -255,6 +476,21 @@ class FilterHarness:
         # though it does not declare it.
         proxyReactor: Any = self.reactor
         self.site = ProxySite(self.chain, ServerConfig(), proxyReactor)
+
+    def environment(
+        self, name: str = "test", httpClient: object = None, workers: int = 1
+    ) -> FilterEnvironment:
+        """
+        An environment on the harness's clock to build a filter in (with
+        L{buildFilter}), as the proxy builds one, its C{httpClient()}
+        answering with C{httpClient} (a L{StubHTTPClient}) when given.
+
+        @param name: The filter's name.
+        @param workers: The number of workers it is told of.
+        """
+        return FilterEnvironment(
+            name, self.reactor, None, workers, stubClient=httpClient
+        )
 
     def request(
         self,

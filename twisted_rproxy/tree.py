@@ -20,7 +20,7 @@ from twisted_rproxy.config import (
     RouteConfig,
     ServerConfig,
 )
-from twisted_rproxy.filters import buildFilterChain
+from twisted_rproxy.filters import FilterSet, buildFilterChain
 from twisted_rproxy.interfaces import ICacheStore
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.proxy import ForwardingPolicy, ProxyResource
@@ -58,6 +58,7 @@ def buildRoute(
     caches: Mapping[str, CacheConfig] | None = None,
     stores: Mapping[str, ICacheStore] | None = None,
     sharedState: SharedState | None = None,
+    filterSet: FilterSet | None = None,
 ) -> Route:
     """
     The servable L{Route} for one route of the configuration.
@@ -73,6 +74,8 @@ def buildRoute(
         a cache.
     @param sharedState: The client of C{[state]}, handed to the route's
         filters; L{None} without one.
+    @param filterSet: Keeps the route's filters, to close them when the
+        tree is retired.
     """
     resource: IResource
     if route.pool is not None:
@@ -116,6 +119,7 @@ def buildRoute(
             reactor,
             sharedState=sharedState,
             workers=server.workers,
+            filterSet=filterSet,
         )
     return Route(
         path=route.path.encode("ascii"),
@@ -137,6 +141,7 @@ def buildResource(
     reactor: IReactorTime | None = None,
     stores: Mapping[str, ICacheStore] | None = None,
     sharedState: SharedState | None = None,
+    filterSet: FilterSet | None = None,
 ) -> Router:
     """
     The proxy's resource tree for C{config}, forwarding to C{pools} (one
@@ -149,9 +154,12 @@ def buildResource(
     @param sharedState: The client of C{config.state} (see
         L{twisted_rproxy.service.ProxyService.sharedState}), for the
         caches' stores and the filters; L{None} without one.
+    @param filterSet: Keeps every filter of the tree (see
+        L{twisted_rproxy.filters.FilterSet}), so that the service closes
+        them when a reload or a stop retires the tree.
     """
     if stores is None and config.caches:
-        stores = buildStores(config.caches, sharedState=sharedState)
+        stores = buildStores(config.caches, sharedState=sharedState, reactor=reactor)
     return Router(
         [
             buildRoute(
@@ -163,6 +171,7 @@ def buildResource(
                 config.caches,
                 stores,
                 sharedState,
+                filterSet,
             )
             for route in config.routes
         ]

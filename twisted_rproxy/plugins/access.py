@@ -24,6 +24,7 @@ from twisted.plugin import IPlugin
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from twisted_rproxy.filteroptions import FilterOptions
 from twisted_rproxy.filters import FilterOptionError, FilterResponse, RequestContext
 from twisted_rproxy.interfaces import IFilterFactory, IRequestFilter
 from twisted_rproxy.policies import AccessList
@@ -76,9 +77,7 @@ class AccessFactory:
     name = "access"
 
     def buildFilter(self, options: Mapping[str, object]) -> AccessFilter:
-        for key in options:
-            if key not in ("allow", "deny"):
-                raise FilterOptionError(key, "unknown key (expected allow or deny)")
+        FilterOptions(options).checkKeys(["allow", "deny"])
         allow = networkList(options, "allow")
         deny = networkList(options, "deny")
         if not allow and not deny:

@@ -42,6 +42,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from twisted_rproxy.filteroptions import FilterOptions
 from twisted_rproxy.filters import FilterOptionError, RequestContext, ResponseHead
 from twisted_rproxy.interfaces import IBodyTransform, IFilterFactory, IResponseFilter
 from twisted_rproxy.rules.negotiation import parseAcceptEncoding
@@ -288,71 +289,43 @@ class CompressFilter:
             headers.setRawHeaders(b"etag", [b"W/" + etag])
 
 
-def _integer(
-    options: Mapping[str, object], name: str, default: int, low: int, high: int
-) -> int:
-    value = options.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise FilterOptionError(name, f"expected an integer from {low} to {high}")
-    if not low <= value <= high:
-        raise FilterOptionError(name, f"must be from {low} to {high}, got {value}")
-    return value
-
-
 def parsePolicy(options: Mapping[str, object]) -> CompressionPolicy:
     """
     The policy of a C{[filters.NAME]} table of the C{compress} plugin.
 
     @raise FilterOptionError: Naming the bad option.
     """
-    from twisted_rproxy.config import ConfigError, parseSize
-
-    allowed = {"level", "brotli_quality", "min_size", "types", "encodings"}
-    for name in options:
-        if name not in allowed:
-            raise FilterOptionError(
-                name,
-                "unknown key (expected one of: " + ", ".join(sorted(allowed)) + ")",
-            )
-    level = _integer(options, "level", 6, 1, 9)
-    quality = _integer(options, "brotli_quality", 4, 0, 11)
-    minSize = 256
-    if "min_size" in options:
-        raw = options["min_size"]
-        if isinstance(raw, bool) or not isinstance(raw, (str, int)):
-            raise FilterOptionError("min_size", 'expected a size such as "1KiB"')
-        try:
-            minSize = parseSize(raw, "", "min_size")
-        except ConfigError as e:
-            raise FilterOptionError("min_size", e.message) from None
-    types = DEFAULT_TYPES
-    if "types" in options:
-        raw = options["types"]
-        if not isinstance(raw, list) or not all(
-            isinstance(t, str) and "/" in t for t in raw
-        ):
-            raise FilterOptionError(
-                "types", 'expected a list of content types such as "text/*"'
-            )
-        types = tuple(t.strip().lower() for t in raw)
+    read = FilterOptions(options)
+    read.checkKeys(["level", "brotli_quality", "min_size", "types", "encodings"])
+    level = read.integer("level", 6, 1, 9)
+    quality = read.integer("brotli_quality", 4, 0, 11)
+    minSize = read.size("min_size", 256)
+    types: tuple[str, ...] = DEFAULT_TYPES
+    if read.has("types"):
+        written = read.stringList("types", ())
+        for index, contentType in enumerate(written):
+            if "/" not in contentType:
+                raise read.error(
+                    f"types[{index}]",
+                    f'expected a content type such as "text/*", got {contentType!r}',
+                )
+        types = tuple(t.strip().lower() for t in written)
     encodings = CompressionPolicy().encodings
-    if "encodings" in options:
-        raw = options["encodings"]
-        if (
-            not isinstance(raw, list)
-            or not raw
-            or not all(isinstance(e, str) and e in _KNOWN_ENCODINGS for e in raw)
-        ):
-            raise FilterOptionError(
-                "encodings", 'expected a non-empty list of "br" and "gzip"'
-            )
-        if "br" in raw and _brotli is None:
+    if read.has("encodings"):
+        offered = read.stringList("encodings", (), allowEmpty=False)
+        for index, coding in enumerate(offered):
+            if coding not in _KNOWN_ENCODINGS:
+                raise read.error(
+                    f"encodings[{index}]",
+                    f"expected one of 'br', 'gzip', got {coding!r}",
+                )
+        if "br" in offered and _brotli is None:
             raise FilterOptionError(
                 "encodings",
                 "br needs the optional brotli package "
                 "(pip install 'twisted_rproxy[brotli]')",
             )
-        encodings = tuple(dict.fromkeys(raw))
+        encodings = tuple(dict.fromkeys(offered))
     return CompressionPolicy(
         encodings=encodings,
         types=types,

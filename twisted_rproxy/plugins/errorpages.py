@@ -22,7 +22,8 @@ from twisted.web.http import NO_BODY_CODES
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from twisted_rproxy.filters import FilterOptionError, RequestContext, ResponseHead
+from twisted_rproxy.filteroptions import FilterOptions
+from twisted_rproxy.filters import RequestContext, ResponseHead
 from twisted_rproxy.interfaces import IBodyTransform, IFilterFactory, IResponseFilter
 from twisted_rproxy.pages import errorBody
 
@@ -85,25 +86,12 @@ class ErrorPagesFactory:
     name = "error_pages"
 
     def buildFilter(self, options: Mapping[str, object]) -> ErrorPagesFilter:
-        for key in options:
-            if key != "statuses":
-                raise FilterOptionError(key, "unknown key (expected statuses)")
-        raw = options.get("statuses")
-        if raw is None:
+        read = FilterOptions(options)
+        read.checkKeys(["statuses"])
+        if not read.has("statuses"):
             return ErrorPagesFilter(None)
-        if not isinstance(raw, list) or not raw:
-            raise FilterOptionError("statuses", "expected a list of status codes")
-        for index, code in enumerate(raw):
-            if (
-                isinstance(code, bool)
-                or not isinstance(code, int)
-                or not (400 <= code <= 599)
-            ):
-                raise FilterOptionError(
-                    f"statuses[{index}]",
-                    f"expected a status from 400 to 599, got {code!r}",
-                )
-        return ErrorPagesFilter(frozenset(raw))
+        statuses = read.integerList("statuses", (), 400, 599, allowEmpty=False)
+        return ErrorPagesFilter(frozenset(statuses))
 
 
 #: What getPlugins finds.

@@ -42,7 +42,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from twisted_rproxy.config import ConfigError, parseDuration
+from twisted_rproxy.filteroptions import FilterOptions
 from twisted_rproxy.filters import FilterOptionError, FilterResponse, RequestContext
 from twisted_rproxy.interfaces import (
     IFilterEnvironment,
@@ -247,21 +247,6 @@ def _header(options: Mapping[str, object]) -> bytes | None:
     return keyOption[7:].strip().lower().encode("latin-1")
 
 
-def _delay(options: Mapping[str, object]) -> float:
-    delayOption = options.get("delay", 0)
-    if not isinstance(delayOption, (str, int, float)) or isinstance(
-        delayOption, bool
-    ):
-        raise FilterOptionError("delay", f"expected a duration, got {delayOption!r}")
-    try:
-        maxDelay = parseDuration(delayOption, "", "delay")
-    except ConfigError as e:
-        raise FilterOptionError("delay", e.message) from None
-    if maxDelay < 0:
-        raise FilterOptionError("delay", "must not be negative")
-    return maxDelay
-
-
 @implementer(IPlugin, IFilterFactory)
 class RateLimitFactory:
     """
@@ -300,9 +285,11 @@ class RateLimitFactory:
                     name, f"must be a whole number >= 1, got {value:g}"
                 )
         header = _header(options)
-        maxDelay = _delay(options)
+        read = FilterOptions(options)
+        maxDelay = read.duration("delay", 0.0)
         shared = options.get("shared", False)
         if not isinstance(shared, bool):
+            # (Its message predates FilterOptions; tests pin it.)
             raise FilterOptionError("shared", f"expected true or false, got {shared!r}")
         table = RateTable(rate, int(burst), int(maxKeys))
         if not shared:
