@@ -34,7 +34,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
 from twisted_rproxy._version import __version__
-from twisted_rproxy.adminapi import RuntimeControl, pathSegments, renderControl
+from twisted_rproxy.adminapi import (
+    RuntimeControl,
+    acmeInfo,
+    certificatesInfo,
+    pathSegments,
+    renderControl,
+)
 from twisted_rproxy.adminpage import renderPage
 from twisted_rproxy.config import AdminConfig
 from twisted_rproxy.interfaces import IProxyReactor
@@ -283,7 +289,13 @@ class Admin:
         if self.metrics is None:
             raise RuntimeError(MISSING)
         perWorker = workers if self.workerTotals is not None else None
-        return self.metrics.render(mergeWorkers(workers), perWorker, time.time())
+        return self.metrics.render(
+            mergeWorkers(workers),
+            perWorker,
+            time.time(),
+            certificates=certificatesInfo(self.service),
+            acme=acmeInfo(self.service),
+        )
 
     def status(self, workers: list[WorkerSnapshot] | None = None) -> dict[str, object]:
         """
@@ -353,6 +365,8 @@ class Admin:
             "routes": routes,
             "pools": pools,
             "caches": caches,
+            "certificates": certificatesInfo(service),
+            "acme": acmeInfo(service),
             "recent_errors": list(reversed(self.recentErrors)),
             "runtime_changes": list(reversed(self.control.changes)),
             "metrics": self.metrics is not None,

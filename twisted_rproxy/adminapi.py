@@ -42,6 +42,8 @@ __all__ = [
     "ControlError",
     "RuntimeControl",
     "ServerChange",
+    "acmeInfo",
+    "certificatesInfo",
     "checkWrite",
     "parseChange",
     "pathSegments",
@@ -509,6 +511,65 @@ def renderControl(
     changing.addCallback(write).addErrback(failed)
     done: int = NOT_DONE_YET
     return done
+
+
+def certificatesInfo(service: object) -> list[dict[str, object]]:
+    """
+    Each certificate the C{[[tls]]} listeners of C{service} (a
+    L{twisted_rproxy.service.ProxyService}) serve, once: its file, names,
+    expiry and OCSP state (L{twisted_rproxy.tls.OCSPStatus.asJSON}; its
+    C{state} is C{"off"} without stapling, C{"no responder"} when the
+    certificate names none).
+    """
+    seen: dict[str, dict[str, object]] = {}
+    for serverTLS in getattr(service, "tls", ()):
+        stapler = serverTLS.ocsp
+        for certificate in serverTLS.certificates:
+            path = certificate.config.certificate
+            if path in seen:
+                listen = seen[path]["listen"]
+                assert isinstance(listen, list)
+                listen.extend(serverTLS.config.listen)
+                continue
+            status = stapler.statusOf(certificate) if stapler is not None else None
+            if status is not None:
+                ocsp = status.asJSON()
+            else:
+                ocsp = {"state": "off" if stapler is None else "no responder"}
+            seen[path] = {
+                "certificate": path,
+                "names": list(certificate.names),
+                "listen": list(serverTLS.config.listen),
+                "not_after": certificate.notAfter.isoformat(),
+                "not_after_timestamp": certificate.notAfter.timestamp(),
+                "ocsp": ocsp,
+            }
+    return list(seen.values())
+
+
+def acmeInfo(service: object) -> list[dict[str, object]]:
+    """
+    Each certificate obtained from the ACME CA of C{service} (a
+    L{twisted_rproxy.service.ProxyService} with C{[acme]}): its domains,
+    expiry, next renewal and last renewal attempt (times in seconds since
+    the epoch, L{None} when there is none yet), and the last error.
+    """
+    manager = getattr(service, "acme", None)
+    if manager is None:
+        return []
+    return [
+        {
+            "name": status.name,
+            "domains": list(status.domains),
+            "not_after": status.notAfter,
+            "renew_at": status.renewAt,
+            "last_attempt": status.lastAttempt,
+            "last_success": status.lastSuccess,
+            "last_error": status.lastError,
+            "failures": status.failures,
+        }
+        for status in manager.status()
+    ]
 
 
 def pathSegments(path: bytes) -> list[str] | None:

@@ -195,6 +195,10 @@ def renderPage(status: dict[str, Any], refresh: float) -> str:
         f"<code>{_e(', '.join(status['bound']) or '—')}</code></td></tr>"
         "</table></section>"
     )
+    if status.get("certificates"):
+        parts.append(_certificatesSection(status["certificates"]))
+    if status.get("acme"):
+        parts.append(_acmeSection(status["acme"]))
 
     parts.append("<section><h2>Caches</h2>")
     if status["caches"]:
@@ -241,6 +245,79 @@ def renderPage(status: dict[str, Any], refresh: float) -> str:
         "twisted_rproxy admin</footer></body></html>"
     )
     return "".join(parts)
+
+
+def _certificatesSection(certificates: list[dict[str, Any]]) -> str:
+    """
+    The certificates served: names, expiry and OCSP stapling state.
+    """
+
+    def day(text: str | None) -> str:
+        return _e(text[:16].replace("T", " ") + " UTC") if text else "—"
+
+    rows = [
+        "<section><h2>Certificates</h2><table><tr><th>Certificate</th>"
+        "<th>Names</th><th>Expires</th><th>OCSP</th></tr>"
+    ]
+    for certificate in certificates:
+        ocsp = certificate["ocsp"]
+        state = ocsp["state"]
+        if state == "stapled":
+            text = f"stapled until {day(ocsp['stapled_until'])}"
+        elif state == "pending":
+            text = "fetching"
+        else:
+            text = _e(state)
+        if ocsp.get("last_error"):
+            text += (
+                f"<br><small>last error {day(ocsp['last_error_time'])}: "
+                f"{_e(ocsp['last_error'])}</small>"
+            )
+        bad = state == "failing" or certificate["not_after_timestamp"] < time.time()
+        rows.append(
+            ('<tr class="err">' if bad else "<tr>")
+            + f"<td><code>{_e(certificate['certificate'])}</code></td>"
+            f"<td>{_e(', '.join(certificate['names']))}</td>"
+            f"<td>{day(certificate['not_after'])}</td><td>{text}</td></tr>"
+        )
+    rows.append("</table></section>")
+    return "".join(rows)
+
+
+def _acmeSection(certificates: list[dict[str, Any]]) -> str:
+    """
+    The certificates obtained from the ACME CA: expiry, next renewal, and
+    the last renewal attempt with its error.
+    """
+
+    def when(seconds: float | None) -> str:
+        if seconds is None:
+            return "—"
+        return _e(time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds)))
+
+    rows = [
+        "<section><h2>Automatic certificates (ACME)</h2><table><tr>"
+        "<th>Domains</th><th>Expires</th><th>Next renewal</th>"
+        "<th>Last attempt</th><th>Result</th></tr>"
+    ]
+    for certificate in certificates:
+        error = certificate["last_error"]
+        if error:
+            result = f"failed ({certificate['failures']} in a row): {_e(error)}"
+        elif certificate["last_attempt"] is not None:
+            result = "ok"
+        else:
+            result = "—"
+        bad = error or certificate["not_after"] is None
+        rows.append(
+            ('<tr class="err">' if bad else "<tr>")
+            + f"<td>{_e(', '.join(certificate['domains']))}</td>"
+            f"<td>{when(certificate['not_after'])}</td>"
+            f"<td>{when(certificate['renew_at'])}</td>"
+            f"<td>{when(certificate['last_attempt'])}</td><td>{result}</td></tr>"
+        )
+    rows.append("</table></section>")
+    return "".join(rows)
 
 
 def _adminState(server: dict[str, Any]) -> str:

@@ -22,7 +22,7 @@ over a family never counts a request twice.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from twisted_rproxy.totals import (
@@ -64,6 +64,8 @@ class Metrics:
         totals: Snapshot,
         workers: Sequence[WorkerSnapshot] | None = None,
         now: float = 0.0,
+        certificates: Sequence[Mapping[str, Any]] = (),
+        acme: Sequence[Mapping[str, Any]] = (),
     ) -> bytes:
         """
         The metrics in Prometheus' text format.
@@ -72,11 +74,19 @@ class Metrics:
         @param workers: Each worker's snapshot, for the C{rproxy_worker_*}
             families; L{None} for a proxy without workers (no such family).
         @param now: The wall-clock time now, for the snapshots' age.
+        @param certificates: The certificates served, as
+            L{twisted_rproxy.adminapi.certificatesInfo} gives them, for the
+            C{rproxy_tls_*} families.
+        @param acme: The certificates obtained from an ACME CA, as
+            L{twisted_rproxy.adminapi.acmeInfo} gives them, for the
+            C{rproxy_acme_*} families.
         """
         from prometheus_client import CollectorRegistry, generate_latest
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Collector(totals, workers, now))
+        registry.register(_CertificateCollector(certificates))
+        registry.register(_ACMECollector(acme))
         return bytes(generate_latest(registry))
 
 
@@ -181,3 +191,100 @@ class _Collector:
                 [worker], 0 if snapshot.live else max(self.now - snapshot.time, 0)
             )
         yield from (requests, connections, up, starts, age)
+
+
+class _CertificateCollector:
+    """
+    The C{rproxy_tls_*} families: each certificate's expiry, and its OCSP
+    stapling state (for those that name a responder).
+    """
+
+    def __init__(self, certificates: Sequence[Mapping[str, Any]]) -> None:
+        self.certificates = certificates
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        expiry = GaugeMetricFamily(
+            "rproxy_tls_certificate_expiry_timestamp_seconds",
+            "When each certificate served expires (notAfter, Unix time).",
+            labels=["certificate", "names"],
+        )
+        stapled = GaugeMetricFamily(
+            "rproxy_tls_ocsp_stapled",
+            "1 when an OCSP response is stapled for the certificate, else 0.",
+            labels=["certificate"],
+        )
+        until = GaugeMetricFamily(
+            "rproxy_tls_ocsp_response_expiry_timestamp_seconds",
+            "When the stapled OCSP response expires (its nextUpdate, Unix time).",
+            labels=["certificate"],
+        )
+        failures = GaugeMetricFamily(
+            "rproxy_tls_ocsp_consecutive_failures",
+            "Failed OCSP fetches since the last good one.",
+            labels=["certificate"],
+        )
+        errors = CounterMetricFamily(
+            "rproxy_tls_ocsp_fetch_errors",
+            "Failed OCSP fetches since the start.",
+            labels=["certificate"],
+        )
+        for certificate in self.certificates:
+            path = str(certificate["certificate"])
+            expiry.add_metric(
+                [path, ",".join(certificate["names"])],
+                certificate["not_after_timestamp"],
+            )
+            ocsp = certificate["ocsp"]
+            if "responder" not in ocsp:
+                continue
+            stapled.add_metric([path], 1 if ocsp["state"] == "stapled" else 0)
+            if ocsp["stapled_until_timestamp"] is not None:
+                until.add_metric([path], ocsp["stapled_until_timestamp"])
+            failures.add_metric([path], ocsp["failures"])
+            errors.add_metric([path], ocsp["errors"])
+        yield from (expiry, stapled, until, failures, errors)
+
+
+class _ACMECollector:
+    """
+    The C{rproxy_acme_*} families: each automatic certificate's expiry and
+    its last renewal attempt.
+    """
+
+    def __init__(self, certificates: Sequence[Mapping[str, Any]]) -> None:
+        self.certificates = certificates
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        expiry = GaugeMetricFamily(
+            "rproxy_acme_certificate_expiry_timestamp_seconds",
+            "When the certificate obtained from the ACME CA expires (Unix time).",
+            labels=["certificate"],
+        )
+        attempt = GaugeMetricFamily(
+            "rproxy_acme_last_renewal_attempt_timestamp_seconds",
+            "When this process last ordered the certificate (Unix time).",
+            labels=["certificate"],
+        )
+        success = GaugeMetricFamily(
+            "rproxy_acme_last_renewal_success",
+            "1 when the last order of the certificate succeeded, 0 when it failed.",
+            labels=["certificate"],
+        )
+        failures = GaugeMetricFamily(
+            "rproxy_acme_consecutive_failures",
+            "Orders of the certificate that failed in a row.",
+            labels=["certificate"],
+        )
+        for certificate in self.certificates:
+            name = [str(certificate["name"])]
+            if certificate["not_after"] is not None:
+                expiry.add_metric(name, certificate["not_after"])
+            if certificate["last_attempt"] is not None:
+                attempt.add_metric(name, certificate["last_attempt"])
+                success.add_metric(name, 0 if certificate["last_error"] else 1)
+            failures.add_metric(name, certificate["failures"])
+        yield from (expiry, attempt, success, failures)

@@ -23,9 +23,11 @@ from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from twisted_rproxy.acme import ACMEManager, HTTP01Resource
 from twisted_rproxy.admin import Admin
 from twisted_rproxy.cache import buildStores
 from twisted_rproxy.config import Config
+from twisted_rproxy.filters import FilterSet
 from twisted_rproxy.interfaces import IProxyReactor, IProxyStatus
 from twisted_rproxy.listening import adoptListener, listeningDescription
 from twisted_rproxy.policies import listenerPolicy, policedFactory
@@ -34,7 +36,7 @@ from twisted_rproxy.pool.discovery import ServerDiscovery, closeResolver, makeRe
 from twisted_rproxy.router import Router
 from twisted_rproxy.server import ProxyRequest, ProxySite
 from twisted_rproxy.state import SharedState
-from twisted_rproxy.tls import HTTPSRedirect, ServerTLS
+from twisted_rproxy.tls import HTTPSRedirect, OCSPStapler, ServerTLS
 from twisted_rproxy.tree import buildResource
 
 _log = Logger()
@@ -54,6 +56,7 @@ class ProxyService(MultiService):
     @ivar site: The L{ProxySite} serving every listener (the plain-HTTP ones
         excepted when a C{[[tls]]} group redirects them to https).
     @ivar tls: The L{ServerTLS} of each C{[[tls]]} group, in order.
+    @ivar ocsp: The L{OCSPStapler} of their certificates.
     @ivar cacheStores: The store of each C{[caches.NAME]}, by name; kept
         across reloads.
     @ivar sharedState: The client of the shared Redis of C{[state]}, or
@@ -83,9 +86,18 @@ class ProxyService(MultiService):
         if config.state is not None:
             self.sharedState = SharedState(reactor, config.state)
         # The caches' stores outlive reloads (see reload).
-        self.cacheStores = buildStores(config.caches, sharedState=self.sharedState)
+        self.cacheStores = buildStores(
+            config.caches, sharedState=self.sharedState, reactor=reactor
+        )
+        #: The filters of the running tree; a reload retires them.
+        self.filterSet = FilterSet(reactor)
         self.router: Router = buildResource(
-            config, self.pools, reactor, self.cacheStores, self.sharedState
+            config,
+            self.pools,
+            reactor,
+            self.cacheStores,
+            self.sharedState,
+            self.filterSet,
         )
         #: Shared states replaced by a reload, until they are closed.
         self._retiredStates: list[Deferred[None]] = []
@@ -96,7 +108,8 @@ class ProxyService(MultiService):
             return self.router.bodyPolicy(request, server)
 
         self.site = ProxySite(self.router, server, reactor, bodyPolicy)
-        self.tls = [ServerTLS(group) for group in config.tls]
+        self.ocsp = OCSPStapler(reactor)
+        self.tls = [ServerTLS(group, self.ocsp) for group in config.tls]
         if config.tls and config.tls[0].hsts is not None:
             # Every group has the same (config.py checks it).
             self.site.hstsHeader = b"max-age=%d" % (config.tls[0].hsts,)
@@ -107,6 +120,17 @@ class ProxyService(MultiService):
         if any(group.redirectHttp for group in config.tls):
             self._redirect = HTTPSRedirect()
             self.plainSite = ProxySite(self._redirect, server, reactor)
+        #: The certificates of C{acme_domains}, or L{None} without C{[acme]}.
+        self.acme: ACMEManager | None = None
+        if config.acme is not None:
+            self.acme = ACMEManager(
+                reactor,
+                config.acme,
+                list(zip(config.tls, self.tls, strict=True)),
+                self.sharedState,
+            )
+            if config.acme.challenge == "http-01":
+                self._answerHTTP01(self.acme)
         self._ports: list[IListeningPort] = []
         #: Listening sockets inherited from a supervising process (see
         #: L{twisted_rproxy.workers}), by endpoint description: the file
@@ -117,6 +141,8 @@ class ProxyService(MultiService):
             self.admin = Admin(self, config.admin, reactor)
         self._listening: Deferred[list[IListeningPort]] | None = None
         self._retiring: list[Deferred[None]] = []
+        #: Filter sets replaced by a reload, until they are closed.
+        self._retiringFilters: list[Deferred[None]] = []
 
     def startService(self) -> None:
         """
@@ -149,6 +175,9 @@ class ProxyService(MultiService):
                     listening.addCallback(self._redirectTo)
                 waiting.append(listening)
             serverTLS.startWatching(self.reactor)
+        self.ocsp.start()
+        if self.acme is not None:
+            self.acme.start()
         self._listening = gatherResults(waiting, consumeErrors=True)
         self._listening.addErrback(self._listenFailed)
         for pool in self.pools.values():
@@ -253,9 +282,12 @@ class ProxyService(MultiService):
                 discovery.start()
         sharedState = self._reloadedState(config)
         cacheStores = buildStores(
-            config.caches, self.cacheStores, sharedState=sharedState
+            config.caches, self.cacheStores, sharedState=sharedState, reactor=self.reactor
         )
-        router = buildResource(config, pools, self.reactor, cacheStores, sharedState)
+        filterSet = FilterSet(self.reactor)
+        router = buildResource(
+            config, pools, self.reactor, cacheStores, sharedState, filterSet
+        )
         self.cacheStores = cacheStores
         if sharedState is not self.sharedState:
             oldState, self.sharedState = self.sharedState, sharedState
@@ -266,6 +298,9 @@ class ProxyService(MultiService):
                 stopping.addCallback(self._stateRetired, stopping)
             if sharedState is not None and self.running:
                 sharedState.start()
+            if self.acme is not None:
+                # Its order lock moves to the new Redis (or to the file).
+                self.acme.setSharedState(sharedState)
         if config.server != self.config.server:
             _log.warn("Reload: changes to [server] take effect at the next restart")
             config = evolve(config, server=self.config.server)
@@ -277,9 +312,22 @@ class ProxyService(MultiService):
                 "restart (certificate files are read again now)"
             )
             config = evolve(config, tls=self.config.tls)
+        if config.acme != self.config.acme:
+            _log.warn("Reload: changes to [acme] take effect at the next restart")
+            config = evolve(config, acme=self.config.acme)
         self.config = config
         self.router = router
-        self.site.resource = router
+        # The old filters close once the requests through them are done
+        # (or drain_timeout has passed).
+        oldFilters, self.filterSet = self.filterSet, filterSet
+        closingFilters = oldFilters.retire(self.config.server.drainTimeout)
+        if not closingFilters.called:
+            self._retiringFilters.append(closingFilters)
+            closingFilters.addCallback(
+                lambda _: self._retiringFilters.remove(closingFilters)
+            )
+        if not isinstance(self.site.resource, HTTP01Resource):
+            self.site.resource = router
         self.pools = pools
         for name, pool in old.items():
             if pools.get(name) is not pool:
@@ -321,6 +369,17 @@ class ProxyService(MultiService):
         self._ports.append(port)
         _log.info("Listening on {address}", address=port.getHost())
         return port
+
+    def _answerHTTP01(self, acme: ACMEManager) -> None:
+        """
+        Answer the CA's HTTP-01 challenges on the plain listeners, before
+        the routes and the redirect to https.
+        """
+        redirect = self._redirect
+        if redirect is not None:
+            self.plainSite.resource = HTTP01Resource(acme.responder, lambda: redirect)
+        else:
+            self.site.resource = HTTP01Resource(acme.responder, lambda: self.router)
 
     def _redirectTo(self, port: IListeningPort) -> IListeningPort:
         if self._redirect is not None:
@@ -378,8 +437,14 @@ class ProxyService(MultiService):
         super().stopService()  # type: ignore[no-untyped-call]  # python/mypy#16653
         for serverTLS in self.tls:
             serverTLS.stopWatching()
+        self.ocsp.stop()
+        # An order under way stops at its next step (bounded), and frees
+        # its lock before the shared state closes.
+        acmeStopped = self.acme.stop() if self.acme is not None else None
         ports, self._ports = self._ports, []
         stopping = [Deferred.fromCoroutine(_stop(port)) for port in ports]
+        if acmeStopped is not None:
+            stopping.append(acmeStopped)
 
         def closePools(_: object) -> Deferred[list[tuple[bool, None]]]:
             # Pools retired by a reload may still finish their last requests.
@@ -415,7 +480,14 @@ class ProxyService(MultiService):
 
         if self.admin is not None:
             stopping.append(self.admin.stopListening())
-        closed = DeferredList(stopping).addCallback(drain).addCallback(closePools)
+        def closeFilters(_: object) -> Deferred[list[tuple[bool, None]]]:
+            # After the drain, before the pools and the shared state they
+            # may use: each filter's close() is waited for, bounded.
+            retiring = [self.filterSet.retire(), *self._retiringFilters]
+            return DeferredList(retiring)
+
+        closed = DeferredList(stopping).addCallback(drain)
+        closed.addCallback(closeFilters).addCallback(closePools)
         return closed.addCallback(closeState).addCallback(lambda _: None)
 
 

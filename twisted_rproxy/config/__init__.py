@@ -28,6 +28,8 @@ else:  # pragma: no cover
 
 from attrs import evolve
 
+from twisted_rproxy.config.acme import ACME_EXTRA, ACMEConfig, acmeClientAvailable
+from twisted_rproxy.config.acmetable import _checkACME, _parseACME
 from twisted_rproxy.config.backendurl import (
     _checkUnixServerNames,
     unixSocketWarnings,
@@ -107,6 +109,9 @@ from twisted_rproxy.config.values import (
 )
 
 __all__ = [
+    "ACME_EXTRA",
+    "ACMEConfig",
+    "acmeClientAvailable",
     "FilterOptionError",
     "FilterValidator",
     "setFilterValidator",
@@ -161,6 +166,7 @@ _TOP_LEVEL_KEYS = (
     "admin",
     "caches",
     "state",
+    "acme",
 )
 
 
@@ -193,7 +199,9 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
     filters = (
         _parseFilters(data["filters"], source, state) if "filters" in data else {}
     )
-    caches = _parseCaches(data["caches"], source) if "caches" in data else {}
+    caches = (
+        _parseCaches(data["caches"], source, baseDirectory) if "caches" in data else {}
+    )
     admin = _parseAdmin(data["admin"], source) if "admin" in data else None
     _checkCacheStores(caches, state, source)
 
@@ -222,6 +230,8 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
             # One table of listener settings for every endpoint, [server]'s
             # and [[tls]]'s (they are distinct: _parseTLSList checks it).
             server = evolve(server, listeners={**server.listeners, **tlsListeners})
+    acme = _parseACME(data["acme"], source, baseDirectory) if "acme" in data else None
+    _checkACME(acme, tls, server, source)
     return Config(
         source=source,
         server=server,
@@ -232,6 +242,7 @@ def parseConfig(data: Mapping[str, object], source: str, baseDirectory: str) -> 
         admin=admin,
         caches=caches,
         state=state,
+        acme=acme,
     )
 
 

@@ -22,6 +22,7 @@ from twisted_rproxy.config.base import COMMAND_LINE as COMMAND_LINE
 from twisted_rproxy.config.base import NOT_SUPPORTED as NOT_SUPPORTED
 from twisted_rproxy.config.base import ConfigError as ConfigError
 from twisted_rproxy.config.base import _typeName as _typeName
+from twisted_rproxy.config.acme import ACMEConfig
 from twisted_rproxy.config.discovery import DiscoveryConfig
 from twisted_rproxy.config.hashing import BALANCERS, HashOn, parseHashOn
 from twisted_rproxy.config.state import StateConfig
@@ -319,10 +320,17 @@ class CacheConfig:
         backend request.
     @ivar coalesceWait: The longest a coalesced request waits before it
         goes to the backend itself.
-    @ivar statusHeader: Whether responses carry C{X-Cache}.
+    @ivar statusHeader: Whether responses carry C{X-Cache} and a
+        C{Cache-Status} member (RFC 9211) naming the cache.
+    @ivar targeted: The targeted cache-control fields (RFC 9213) this
+        cache obeys before C{Cache-Control}, most specific first; empty
+        for C{Cache-Control} alone.
     @ivar purgeFrom: Networks (CIDR) allowed to send C{PURGE}.
-    @ivar store: Where entries are kept: C{"memory"} (this process) or
-        C{"redis"} (the shared C{[state]}, seen by every proxy using it).
+    @ivar store: Where entries are kept: C{"memory"} (this process),
+        C{"redis"} (the shared C{[state]}, seen by every proxy using it) or
+        C{"disk"} (files under C{path}).
+    @ivar path: With C{store = "disk"}, the absolute path of the directory
+        of its files (C{""} otherwise).
     @ivar localSize: With C{store = "redis"}, the bytes of an in-process
         layer in front of Redis (0 for none).
     @ivar localTTL: The longest the in-process layer answers for a key
@@ -342,10 +350,12 @@ class CacheConfig:
     coalesce: bool = True
     coalesceWait: float = 5.0
     statusHeader: bool = False
+    targeted: tuple[str, ...] = ("CDN-Cache-Control",)
     purgeFrom: tuple[str, ...] = ()
     store: str = "memory"
     localSize: int = 0
     localTTL: float = 1.0
+    path: str = ""
 
 
 @frozen
@@ -526,7 +536,8 @@ class TLSConfig:
 
     @ivar listen: Twisted server endpoint strings of plain stream endpoints
         (C{"tcp:8443"}); TLS is layered on them.
-    @ivar certificates: The certificates, at least one; the client's SNI
+    @ivar certificates: The certificates (at least one without
+        C{acmeDomains}); the client's SNI
         name picks one by the names it holds, the first is the default.
     @ivar protocols: The Mozilla profile: C{"intermediate"} (TLS 1.2 and
         1.3) or C{"modern"} (TLS 1.3 only).
@@ -539,6 +550,11 @@ class TLSConfig:
         given, clients must present a certificate issued by one of them.
     @ivar watchInterval: Seconds between checks of the certificate files for
         changes (reloaded when changed), or L{None} to reload on SIGHUP only.
+    @ivar ocspStapling: Whether the OCSP responses of the certificates that
+        name a responder are fetched and stapled to handshakes.
+    @ivar acmeDomains: The domains of the certificate obtained from the CA
+        of C{[acme]} for this group (one certificate naming them all), beside
+        or instead of C{certificates}.
     """
 
     listen: tuple[str, ...]
@@ -549,6 +565,8 @@ class TLSConfig:
     redirectHttp: bool = False
     clientCA: str | None = None
     watchInterval: float | None = None
+    ocspStapling: bool = True
+    acmeDomains: tuple[str, ...] = ()
 
 
 @frozen
@@ -566,6 +584,7 @@ class Config:
     @ivar caches: The caches by name (C{[caches.NAME]}).
     @ivar state: The shared Redis (C{[state]}), or L{None} for state kept
         in each process.
+    @ivar acme: The CA of automatic certificates (C{[acme]}), or L{None}.
     """
 
     source: str
@@ -577,3 +596,4 @@ class Config:
     admin: AdminConfig | None = None
     caches: Mapping[str, CacheConfig] = field(factory=dict)
     state: StateConfig | None = None
+    acme: ACMEConfig | None = None

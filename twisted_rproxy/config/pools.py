@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from twisted_rproxy.config.acmetable import _parseACMEDomains
 from twisted_rproxy.config.backendurl import _checkUnixServerNames, _serverName
 from twisted_rproxy.config.dnsentries import (
     _checkDistinctDiscovery,
@@ -370,6 +371,8 @@ _TLS_KEYS = (
     "redirect_http",
     "client_ca",
     "watch_interval",
+    "ocsp_stapling",
+    "acme_domains",
 )
 
 
@@ -471,12 +474,13 @@ def _parseTLS(
     # listener's own settings.
     listen, listeners = _listenEntries(table, ())
 
-    rawCertificates = table.data.get("certificates")
+    acmeDomains = _parseACMEDomains(table)
+    rawCertificates = table.data.get("certificates", [] if acmeDomains else None)
     if rawCertificates is None:
         raise table.error(
             "certificates",
             'is required: a list of PEM files like ["site.pem"] or tables like '
-            '{ certificate = "c.pem", key = "k.pem" }',
+            '{ certificate = "c.pem", key = "k.pem" } (or acme_domains)',
         )
     if isinstance(rawCertificates, (str, Mapping)):
         rawCertificates = [rawCertificates]
@@ -485,7 +489,7 @@ def _parseTLS(
             "certificates",
             f"expected a list of certificates, got {_typeName(rawCertificates)}",
         )
-    if not rawCertificates:
+    if not rawCertificates and not acmeDomains:
         raise table.error("certificates", "must list at least one certificate")
     certificates = tuple(
         _parseCertificateEntry(
@@ -531,6 +535,8 @@ def _parseTLS(
         redirectHttp=table.boolean("redirect_http", False),
         clientCA=clientCA,
         watchInterval=table.timeout("watch_interval", 0.0) or None,
+        ocspStapling=table.boolean("ocsp_stapling", True),
+        acmeDomains=acmeDomains,
     )
     return group, listeners
 

@@ -11,6 +11,11 @@ The modules, each importing only those before it:
   - L{certificates <twisted_rproxy.tls.certificates>}: reading and checking
     certificate and key files (L{loadCertificate}, L{checkTLSFiles}, for
     C{--check} and start-up alike);
+  - L{ocspcheck <twisted_rproxy.tls.ocspcheck>}: OCSP decisions (whether a
+    responder's answer may be stapled, L{checkResponse}; when to fetch
+    again);
+  - L{ocsp <twisted_rproxy.tls.ocsp>}: OCSP stapling (L{OCSPStapler}:
+    responses fetched, cached, refreshed and stapled to handshakes);
   - L{server <twisted_rproxy.tls.server>}: the listeners' contexts, the
     choice of a certificate by SNI (L{chooseCertificate}), ALPN, reload
     (L{ServerTLS});
@@ -34,6 +39,8 @@ from twisted_rproxy.tls.certificates import (
     loadCertificate,
 )
 from twisted_rproxy.tls.client import backendConnectionCreators, describeTLSFailure
+from twisted_rproxy.tls.ocsp import OCSPStapler
+from twisted_rproxy.tls.ocspcheck import OCSPStatus, checkResponse
 from twisted_rproxy.tls.server import (
     CURVES,
     INTERMEDIATE_CIPHERS,
@@ -52,10 +59,13 @@ __all__ = [
     "CertificateError",
     "HTTPSRedirect",
     "LoadedCertificate",
+    "OCSPStapler",
+    "OCSPStatus",
     "ServerTLS",
     "backendConnectionCreators",
     "certificateNames",
     "certificateWarnings",
+    "checkResponse",
     "checkTLSFiles",
     "chooseCertificate",
     "clientCertificateSubject",

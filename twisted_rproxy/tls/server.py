@@ -12,11 +12,15 @@ connection.
 
 from __future__ import annotations
 
+import datetime
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from attrs import frozen
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IReactorTime
 from twisted.internet.task import LoopingCall
@@ -24,16 +28,21 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted_rproxy import _twisted
-from twisted_rproxy.config import TLSConfig
+from twisted_rproxy.config import CertificateConfig, TLSConfig
 from twisted_rproxy.tls.certificates import (
     CertificateError,
     LoadedCertificate,
+    PrivateKey,
+    certificateNames,
     loadCertificate,
     loadClientCA,
 )
+from twisted_rproxy.tls.ocsp import OCSPStapler
 
 __all__ = [
+    "ACME_TLS_1",
     "CURVES",
+    "ChallengeCertificates",
     "INTERMEDIATE_CIPHERS",
     "TLS13_CIPHERS",
     "ServerTLS",
@@ -66,6 +75,15 @@ CURVES = b"X25519:prime256v1:secp384r1"
 _OP_PRIORITIZE_CHACHA = 0x00200000
 
 _SESSION_ID = b"twisted_rproxy"
+
+#: The ALPN protocol of the ACME TLS-ALPN-01 challenge (RFC 8737).
+ACME_TLS_1 = b"acme-tls/1"
+
+#: Gives the TLS-ALPN-01 certificate and key for a client's SNI name while
+#: a challenge for it is under way, else L{None}.
+ChallengeCertificates = Callable[
+    [str | None], "tuple[x509.Certificate, PrivateKey] | None"
+]
 
 
 def chooseCertificate(
@@ -120,10 +138,15 @@ def serverContext(
     config: TLSConfig,
     certificate: LoadedCertificate,
     clientCA: Sequence[x509.Certificate] = (),
+    selectProtocol: Callable[[SSL.Connection, list[bytes]], bytes] | None = None,
 ) -> SSL.Context:
     """
     A pyOpenSSL server context for one certificate of a C{[[tls]]} group,
     with the group's profile and ALPN protocols.
+
+    @param selectProtocol: Chooses the ALPN protocol from a client's offer
+        instead of the group's choice (the first of C{h2}, C{http/1.1} the
+        client offers).
     """
     context = SSL.Context(SSL.TLS_METHOD)
     options = (
@@ -153,7 +176,8 @@ def serverContext(
     context.check_privatekey()
     protocols = (b"h2", b"http/1.1") if config.http2 else (b"http/1.1",)
     context.set_alpn_select_callback(
-        lambda connection, offered: _selectProtocol(offered, protocols)
+        selectProtocol
+        or (lambda connection, offered: _selectProtocol(offered, protocols))
     )
     if clientCA:
         store = context.get_cert_store()
@@ -180,6 +204,40 @@ class _Served:
     byName: Mapping[str, int]
 
 
+def placeholderCertificate(names: Sequence[str]) -> LoadedCertificate:
+    """
+    A self-signed certificate for C{names}, served by a group whose only
+    certificate comes from an ACME CA until the CA issued it.
+    """
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "localhost")]
+    )
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return LoadedCertificate(
+        config=CertificateConfig(certificate="<placeholder>", key="<placeholder>"),
+        names=certificateNames(leaf),
+        notBefore=leaf.not_valid_before_utc,
+        notAfter=leaf.not_valid_after_utc,
+        certificate=leaf,
+        chain=(),
+        key=key,
+    )
+
+
 def _fileStamp(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
@@ -199,17 +257,29 @@ class ServerTLS:
     connections as they are.
 
     @ivar config: The group's configuration.
+    @ivar ocsp: The L{OCSPStapler} its contexts staple from, or L{None}.
+    @ivar challengeCertificates: Where the TLS-ALPN-01 certificates of the
+        ACME challenges under way are found, or L{None}.
     """
 
-    def __init__(self, config: TLSConfig) -> None:
+    def __init__(self, config: TLSConfig, ocsp: OCSPStapler | None = None) -> None:
         """
         Read every certificate of C{config}.
 
+        @param ocsp: What staples OCSP responses to the handshakes (when the
+            group's C{ocsp_stapling} is on): told the certificates served,
+            installed on their contexts.
         @raise CertificateError: If one cannot be used.
         """
         self.config = config
+        self.ocsp = ocsp if config.ocspStapling else None
         clientCA = loadClientCA(config.clientCA) if config.clientCA else []
         certificates = tuple(loadCertificate(c) for c in config.certificates)
+        self.challengeCertificates: ChallengeCertificates | None = None
+        #: The certificates obtained from an ACME CA, by name.
+        self._managed: dict[str, LoadedCertificate] = {}
+        self._placeholder: LoadedCertificate | None = None
+        self._clientCA: Sequence[x509.Certificate] = clientCA
         self._served = self._serve(certificates, clientCA)
         self._stamps = self._currentStamps()
         self._watcher: LoopingCall | None = None
@@ -226,10 +296,56 @@ class ServerTLS:
         certificates: tuple[LoadedCertificate, ...],
         clientCA: Sequence[x509.Certificate],
     ) -> _Served:
-        contexts = tuple(serverContext(self.config, c, clientCA) for c in certificates)
+        files = len(certificates)
+        certificates = certificates[:files] + tuple(self._managed.values())
+        if not certificates:
+            if self._placeholder is None:
+                self._placeholder = placeholderCertificate(self.config.acmeDomains)
+            certificates = (self._placeholder,)
+        contexts = tuple(
+            serverContext(self.config, c, clientCA, self._selectProtocol)
+            for c in certificates
+        )
         for context in contexts:
             context.set_tlsext_servername_callback(self._serverNameReceived)
-        return _Served(certificates, contexts, namesIndex(certificates))
+        if self.ocsp is not None:
+            for context, certificate in zip(contexts, certificates, strict=True):
+                self.ocsp.install(context, certificate)
+            self.ocsp.serve(self, certificates)
+        byName = namesIndex(certificates)
+        for index in reversed(range(files, len(certificates))):
+            # A name obtained from the CA is served with that certificate.
+            byName.update(dict.fromkeys(certificates[index].names, index))
+        return _Served(certificates, contexts, byName)
+
+    def setManagedCertificate(self, name: str, certificate: LoadedCertificate) -> None:
+        """
+        Serve C{certificate} (obtained from an ACME CA) for its names from
+        the next handshake on, in place of the one of the same C{name};
+        established connections keep theirs.
+        """
+        self._managed[name] = certificate
+        files = len(self.config.certificates)
+        self._served = self._serve(self._served.certificates[:files], self._clientCA)
+
+    def _selectProtocol(
+        self, connection: SSL.Connection, offered: list[bytes]
+    ) -> bytes:
+        """
+        The ALPN choice: C{acme-tls/1} with the challenge's certificate for
+        the CA validating a TLS-ALPN-01 challenge, else the group's choice.
+        """
+        challenges = self.challengeCertificates
+        if ACME_TLS_1 in offered and challenges is not None:
+            raw = connection.get_servername()
+            found = challenges(raw.decode("ascii", "replace") if raw else None)
+            if found is not None:
+                certificate, key = found
+                connection.use_certificate(certificate)
+                connection.use_privatekey(key)
+                return ACME_TLS_1
+        protocols = (b"h2", b"http/1.1") if self.config.http2 else (b"http/1.1",)
+        return _selectProtocol(offered, protocols)
 
     def _serverNameReceived(self, connection: SSL.Connection) -> None:
         served = self._served
@@ -273,7 +389,7 @@ class ServerTLS:
         clientCA: Sequence[x509.Certificate] = []
         if self.config.clientCA:
             try:
-                clientCA = loadClientCA(self.config.clientCA)
+                clientCA = self._clientCA = loadClientCA(self.config.clientCA)
             except CertificateError as e:
                 _log.error(
                     "TLS reload: {error}; keeping the certificates in service",
