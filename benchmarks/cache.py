@@ -4,8 +4,9 @@ The cost of a cache hit beside a proxied miss: requests/s and the proxy's
 CPU time per request for the same 1 KiB and 64 KiB responses, served by an
 nginx backend under two locations, one cacheable (C{Cache-Control:
 max-age=3600}, so every request after the first is a hit) and one with
-C{Cache-Control: no-store} (so every request goes to the backend). Reuses
-benchmarks/run.py's functions.
+C{Cache-Control: no-store} (so every request goes to the backend). The
+same for a disk cache (C{store = "disk"}) with 1 KiB and 1 MiB responses,
+under C{/disk/}. Reuses benchmarks/run.py's functions.
 
     python benchmarks/cache.py [--duration 10] [--warmup 2] [--connections 50]
 
@@ -17,17 +18,33 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run  # noqa: E402
 
+_LOCATION = '{{{{ alias {{www}}/; add_header Cache-Control "{policy}"; }}}}'
 BACKEND_CONF = run.BACKEND_CONF.replace(
     "location / {{ }}",
-    'location /hit/ {{ alias {www}/; add_header Cache-Control "max-age=3600"; }}\n'
-    '        location /miss/ {{ alias {www}/; add_header Cache-Control "no-store"; }}',
+    "\n        ".join(
+        f"location {prefix}/{kind}/ " + _LOCATION.format(policy=policy)
+        for prefix in ("", "/disk")
+        for kind, policy in (("hit", "max-age=3600"), ("miss", "no-store"))
+    ),
 )
+
+#: The rows: store, response size, kind, path prefix.
+ROWS = [
+    (store, size, kind, prefix)
+    for store, sizes, prefix in (
+        ("memory", ("1k", "64k"), ""),
+        ("disk", ("1k", "1m"), "/disk"),
+    )
+    for size in sizes
+    for kind in ("hit", "miss")
+]
 
 
 def startBackend(procs: run.Processes, workdir: Path, cpu: str) -> int:
@@ -49,7 +66,7 @@ def startBackend(procs: run.Processes, workdir: Path, cpu: str) -> int:
 
 def writeConfig(workdir: Path, port: int, backendPort: int) -> Path:
     """
-    A proxy whose only route is cached.
+    A proxy whose routes are cached: C{/disk/} on disk, the rest in memory.
     """
     path = workdir / "cache.toml"
     path.write_text(
@@ -61,6 +78,15 @@ def writeConfig(workdir: Path, port: int, backendPort: int) -> Path:
                 f'servers = ["http://{run.HOST}:{backendPort}"]',
                 "[caches.main]",
                 'max_size = "64MiB"',
+                "[caches.disk]",
+                'store = "disk"',
+                f'path = "{workdir / "disk-cache"}"',
+                'max_size = "256MiB"',
+                'max_object_size = "2MiB"',
+                "[[routes]]",
+                'path = "/disk/"',
+                'pool = "app"',
+                'cache = "disk"',
                 "[[routes]]",
                 'pool = "app"',
                 'cache = "main"',
@@ -89,21 +115,26 @@ def main() -> int:
             cwd=args.workdir,
         )
         run.waitForPort(port, proc, run.PROXY_READY_TIMEOUT)
-        print("| response | path | req/s | proxy CPU µs/request | p50 ms | p99 ms |")
-        print("|---|---|---:|---:|---:|---:|")
-        for size in ("1k", "64k"):
-            for kind in ("hit", "miss"):
-                scenario = run.Scenario(f"{size} {kind}", f"/{kind}/{size}")
-                status, body = run.fetch(port, scenario.path)
-                if status != 200 or len(body) != run.BODY_SIZES[size]:
-                    raise run.BenchError(f"{scenario.path}: {status}, {len(body)}")
-                row = run.measureLoad(procs, args, scenario, "proxy", port, proc.pid)
-                print(
-                    f"| {size} | {kind} | {row.rps:.0f} "
-                    f"| {row.proxyCpuUsPerRequest:.1f} "
-                    f"| {row.p50Ms:.2f} | {row.p99Ms:.2f} |",
-                    flush=True,
-                )
+        print(
+            "| store | response | path | req/s | proxy CPU µs/request "
+            "| p50 ms | p99 ms |"
+        )
+        print("|---|---|---|---:|---:|---:|---:|")
+        for store, size, kind, prefix in ROWS:
+            path = f"{prefix}/{kind}/{size}"
+            scenario = run.Scenario(f"{store} {size} {kind}", path)
+            status, body = run.fetch(port, scenario.path)
+            if status != 200 or len(body) != run.BODY_SIZES[size]:
+                raise run.BenchError(f"{scenario.path}: {status}, {len(body)}")
+            # The disk store writes in a thread: let the first response in.
+            time.sleep(0.5)
+            row = run.measureLoad(procs, args, scenario, "proxy", port, proc.pid)
+            print(
+                f"| {store} | {size} | {kind} | {row.rps:.0f} "
+                f"| {row.proxyCpuUsPerRequest:.1f} "
+                f"| {row.p50Ms:.2f} | {row.p99Ms:.2f} |",
+                flush=True,
+            )
     finally:
         procs.stopAll()
         shutil.rmtree(args.workdir, ignore_errors=True)

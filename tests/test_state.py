@@ -299,9 +299,9 @@ class StateTableTests(ConfigTestMixin):
             '"redis" needs a [state] table (its redis URL) to store in',
         )
         self.assertConfigError(
-            VALID + '[caches.main]\nstore = "disk"\n',
+            VALID + '[caches.main]\nstore = "ssd"\n',
             "caches.main.store",
-            'must be "memory" or "redis", got \'disk\'',
+            'must be "memory", "redis" or "disk", got \'ssd\'',
         )
 
 

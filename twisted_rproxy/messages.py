@@ -13,11 +13,13 @@ interfaces can name them; the modules that use them re-export them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO
 
-from attrs import define, field, frozen
+from attrs import define, field, frozen, setters
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport
+from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
@@ -28,6 +30,7 @@ from twisted_rproxy.rules.cachecontrol import CacheControl, parseCacheControl
 __all__ = [
     "ENTRY_OVERHEAD",
     "IDEMPOTENT_METHODS",
+    "VARIANT_OVERHEAD",
     "BackendError",
     "BackendProtocolError",
     "BackendRequest",
@@ -357,15 +360,69 @@ class RequestContext:
             return None
 
 
-#: Bytes counted for each entry beyond its head and body: the objects that
-#: hold it. An estimate, so that many tiny entries still count.
-ENTRY_OVERHEAD = 256
+#: Bytes counted for each entry beyond the objects it holds: its place in a
+#: store's index (an ordered dict's slot and link, amortized over the dict's
+#: spare room), as measured with tracemalloc; see L{CacheEntry.computeSize}.
+ENTRY_OVERHEAD = 112
+
+#: Bytes counted in addition for an entry that C{Vary} selects: its share of
+#: the dict of its primary key's variants.
+VARIANT_OVERHEAD = 128
+
+#: Separates the names and values of a stored head (see L{_packHead}).
+_NUL = b"\x00"
+
+#: The standard reason phrases, so that entries share one object each.
+_REASONS = {phrase: phrase for phrase in RESPONSES.values()}
+
+
+def _held(obj: object) -> int:
+    """
+    The bytes the allocator hands out for C{obj}: its size rounded up to
+    the 16 bytes that pymalloc (and malloc) align blocks to.
+    """
+    return (sys.getsizeof(obj) + 15) & ~15
+
+
+def _bytesHeld(data: bytes) -> int:
+    # The empty bytes object is a shared singleton.
+    return _held(data) if data else 0
+
+
+#: A float or a large int: each entry holds three floats, its size, and a
+#: status above 256 (smaller ints are shared).
+_NUMBER = _held(1.0e9)
+
+
+def _packHead(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> bytes | tuple[tuple[bytes, bytes], ...]:
+    """
+    Stored headers as one bytes object: names and values alternating,
+    separated by NUL (which no field holds: RFC 9110 section 5.5).  Two
+    small objects a field would otherwise cost, and their tuple, are most
+    of what a small entry holds.  Headers with a NUL are kept as a tuple.
+    """
+    fields: list[bytes] = []
+    for name, value in headers:
+        fields.append(name)
+        fields.append(value)
+    packed = _NUL.join(fields)
+    if packed.count(_NUL) != max(len(fields) - 1, 0):
+        return tuple(zip(fields[::2], fields[1::2], strict=True))
+    return packed
+
+
+def _sharedReason(reason: bytes) -> bytes:
+    return _REASONS.get(reason, reason)
 
 
 @define(eq=False)
 class CacheEntry:
     """
-    One stored response.
+    One stored response, held compactly: its headers are one bytes object
+    (L{headers} makes the list of pairs on each read) and a standard reason
+    phrase is shared.
 
     @ivar key: The primary cache key (see L{twisted_rproxy.cache.resource}).
     @ivar variant: The secondary key: the normalized values of the request
@@ -373,42 +430,84 @@ class CacheEntry:
     @ivar varyOn: The lowercased names listed in C{Vary}.
     @ivar status: The status code.
     @ivar reason: The reason phrase.
-    @ivar headers: The stored headers (C{Content-Length} always among
-        them), in order.
     @ivar body: The whole body.
     @ivar responseTime: When the response (or its last revalidation)
         arrived.
     @ivar initialAge: Its corrected initial age then (RFC 9111 section
         4.2.3).
     @ivar lifetime: Its freshness lifetime, in seconds.
-    @ivar cacheControl: Its parsed C{Cache-Control}.
+    @ivar cacheControl: Its parsed C{Cache-Control}.  Entries with the same
+        directives may share one (a L{twisted_rproxy.cache.MemoryStore}
+        does, and counts it once); it is never changed in place.
+    @ivar size: The bytes the entry is counted for (L{computeSize}).
+    @ivar countedControl: What the store that holds this entry counted its
+        C{cacheControl} under (L{None} until one does).
     """
 
     key: bytes
     variant: bytes
     varyOn: tuple[bytes, ...]
     status: int
-    reason: bytes
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
+    reason: bytes = field(converter=_sharedReason)
+    _head: bytes | tuple[tuple[bytes, bytes], ...] = field(
+        alias="headers", converter=_packHead, on_setattr=setters.NO_OP, repr=False
+    )
+    body: bytes = field(repr=False)
     responseTime: float
     initialAge: float
     lifetime: float
     cacheControl: CacheControl = field(factory=lambda: parseCacheControl([]))
     size: int = field(init=False)
+    countedControl: tuple[type, str] | None = field(
+        init=False, default=None, repr=False
+    )
 
     @size.default
     def _size(self) -> int:
         return self.computeSize()
 
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """
+        The stored headers (C{Content-Length} always among them), in order:
+        a new list on each read, so change them by assigning a list (then
+        tell the store, L{twisted_rproxy.interfaces.ICacheStore.resized}).
+        """
+        head = self._head
+        if isinstance(head, bytes):
+            # Pairs of the fields; none for the empty head.
+            fields = iter(head.split(_NUL))
+            return list(zip(fields, fields, strict=False))
+        return list(head)
+
+    @headers.setter
+    def headers(self, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        self._head = _packHead(headers)
+
     def computeSize(self) -> int:
         """
-        The bytes this entry is counted for.
+        The bytes this entry is counted for: what the objects it holds
+        take in memory (as C{sys.getsizeof} sees them, rounded as the
+        allocator rounds), and L{ENTRY_OVERHEAD} for its place in a store.
+        Not its C{cacheControl}, which entries may share: the store counts
+        each one it holds once.
         """
-        return (
-            ENTRY_OVERHEAD
-            + len(self.key)
-            + len(self.variant)
-            + len(self.body)
-            + sum(len(name) + len(value) + 4 for name, value in self.headers)
-        )
+        size = ENTRY_OVERHEAD + _held(self) + 4 * _NUMBER
+        size += _bytesHeld(self.key) + _bytesHeld(self.variant)
+        size += _bytesHeld(self.body)
+        if self.reason is not _REASONS.get(self.reason):
+            size += _bytesHeld(self.reason)
+        if not -5 <= self.status <= 256:
+            # Larger ints are objects of their own.
+            size += _NUMBER
+        if self.varyOn:
+            size += VARIANT_OVERHEAD + _held(self.varyOn)
+            size += sum(_bytesHeld(name) for name in self.varyOn)
+        head = self._head
+        if isinstance(head, bytes):
+            size += _bytesHeld(head)
+        else:
+            size += _held(head) + sum(
+                _held(pair) + _bytesHeld(pair[0]) + _bytesHeld(pair[1]) for pair in head
+            )
+        return size

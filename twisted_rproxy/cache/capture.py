@@ -7,6 +7,8 @@ response (the proxy's fast path with C{passedHeaders} included) goes
 through them.
 
 What to do with what was captured is the cache's (L{CaptureOwner}).
+L{_Stamp} adds the cache's C{Cache-Status} member (RFC 9211) to a response
+passed through uncaptured, after the backend's own members.
 """
 
 from __future__ import annotations
@@ -14,16 +16,37 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
-from twisted_rproxy.cache.keys import Pairs
-from twisted_rproxy.cache.policy import CacheControl, isStorable, parseCacheControl
-from twisted_rproxy.cache.status import MISS, REVALIDATED, STALE, STATUS_HEADER
+from twisted_rproxy.cache.keys import Pairs, requestPairs
+from twisted_rproxy.cache.policy import (
+    CacheControl,
+    FreshnessLimits,
+    correctedInitialAge,
+    freshnessLifetime,
+    isStorable,
+    secondaryKey,
+    storedHeaders,
+    updateStoredHeaders,
+    varyNames,
+)
+from twisted_rproxy.cache.status import (
+    CACHE_STATUS,
+    FWD_MISS,
+    MISS,
+    REVALIDATED,
+    STALE,
+    STATUS_HEADER,
+    cacheStatusMember,
+)
 from twisted_rproxy.config import CacheConfig
 from twisted_rproxy.intercept import ResponseInterceptor
+from twisted_rproxy.interfaces import ICacheBodyWriter, ICacheStore
 from twisted_rproxy.messages import CacheEntry
+from twisted_rproxy.rules.cachecontrol import directivesFor, freshnessHeaders
 
 __all__: list[str] = []
 
@@ -42,15 +65,46 @@ def responsePairs(request: Any) -> Pairs:
     return pairs
 
 
+def appendCacheStatus(request: Any, member: bytes) -> None:
+    """
+    Add a member to the C{Cache-Status} of a response whose head is final
+    but not yet written: after the backend's own (RFC 9211 section 2: the
+    list grows towards the client), whether the proxy passes those as they
+    are or they are in C{responseHeaders}.
+    """
+    passed = getattr(request, "passedHeaders", None)
+    if passed is not None:
+        passed.append((CACHE_STATUS, member))
+    else:
+        request.responseHeaders.addRawHeader(CACHE_STATUS, member)
+
+
+def _dated(headers: Pairs, now: float) -> Pairs:
+    """
+    C{headers}, with a C{Date} of C{now} added if they have none (as the
+    store keeps them).
+    """
+    if not any(name.lower() == b"date" for name, _ in headers):
+        # Below this layer; imported here only for the stored head's date.
+        from twisted_rproxy.server import httpDate
+
+        headers.append((b"Date", httpDate(now)))
+    return headers
+
+
 class CaptureOwner(Protocol):
     """
     What a L{_Capture} reads of its cache and reports to it.
     """
 
     reactor: IReactorTime
+    store: ICacheStore
     config: CacheConfig
     statusHeader: bool
     stats: dict[bytes, int]
+    targeted: tuple[bytes, ...]
+    limits: FreshnessLimits
+    statusName: bytes
 
     def requestCacheControl(self, request: IRequest) -> CacheControl:
         """
@@ -86,8 +140,14 @@ class _Capture(ResponseInterceptor):
     @ivar intercepted: L{REVALIDATED} or L{STALE} when the response is kept
         from the client (a 304 to a revalidation; an error that a stale
         response may replace), else L{None}.
-    @ivar storing: Whether the response is accumulated for the store.
+    @ivar storing: Whether the response is accumulated for the store: in
+        C{chunks}, or, for a store that takes bodies as they arrive (its
+        optional C{openWriter}), by C{writer}.
+    @ivar writer: The store's L{ICacheBodyWriter} taking the body, if any.
     @ivar done: Whether the response completed or was abandoned.
+    @ivar fwd: Why the request went forward (RFC 9211 section 2.2).
+    @ivar collapsed: L{False} when it waited for another's backend request
+        in vain first, else L{None}.
     """
 
     __slots__ = (
@@ -101,12 +161,15 @@ class _Capture(ResponseInterceptor):
         "done",
         "intercepted",
         "storing",
+        "writer",
         "chunks",
         "size",
         "status",
         "reason",
         "headers",
         "responseCC",
+        "fwd",
+        "collapsed",
     )
 
     def __init__(
@@ -118,6 +181,8 @@ class _Capture(ResponseInterceptor):
         revalidating: bool,
         saved: dict[bytes, list[bytes]],
         background: bool = False,
+        fwd: bytes = FWD_MISS,
+        collapsed: bool | None = None,
     ) -> None:
         """
         @param owner: The cache.
@@ -131,6 +196,8 @@ class _Capture(ResponseInterceptor):
             validators for a revalidation (L{restore} puts them back).
         @param background: Whether C{request} is a background revalidation
             (whose response no client sees).
+        @param fwd: See L{fwd}.
+        @param collapsed: See L{collapsed}.
         """
         self.owner = owner
         self.key = key
@@ -142,12 +209,15 @@ class _Capture(ResponseInterceptor):
         self.done = False
         self.intercepted: bytes | None = None
         self.storing = False
+        self.writer: ICacheBodyWriter | None = None
         self.chunks: list[bytes] = []
         self.size = 0
         self.status = 0
         self.reason = b""
         self.headers: Pairs = []
         self.responseCC: CacheControl | None = None
+        self.fwd = fwd
+        self.collapsed = collapsed
         ResponseInterceptor.__init__(self, request)
 
     def head(self) -> None:
@@ -164,15 +234,15 @@ class _Capture(ResponseInterceptor):
                 self.intercepted = STALE
             if self.intercepted is not None:
                 return
-        responseCC = self.responseCC = parseCacheControl(
-            v for n, v in headers if n.lower() == b"cache-control"
-        )
+        # RFC 9213: a targeted field, when valid, instead of Cache-Control
+        # and Expires.
+        responseCC = self.responseCC = directivesFor(headers, owner.targeted)
         storable = isStorable(
             b"GET",
             status,
             owner.requestCacheControl(request),
             responseCC,
-            headers,
+            freshnessHeaders(headers, responseCC),
             request.requestHeaders.hasHeader(b"authorization"),
         )
         if storable:
@@ -181,11 +251,31 @@ class _Capture(ResponseInterceptor):
                 if name.lower() == b"content-length":
                     length = int(value) if value.isdigit() else None
             storable = length is None or length <= owner.config.maxObjectSize
+        if storable:
+            storable = self._openWriter(owner)
         self.storing = storable
         if owner.statusHeader and not self.background:
             request.responseHeaders.setRawHeaders(STATUS_HEADER, [MISS])
+            now = owner.reactor.seconds()
+            appendCacheStatus(
+                request, self.forwardStatus(now, owner.limits, owner.statusName)
+            )
         owner.stats[MISS] += 1
         request.cacheStatus = "miss"
+
+    def _openWriter(self, owner: CaptureOwner) -> bool:
+        """
+        With a store that takes bodies as they arrive, begin writing this
+        one to it, so that a large body is never held here.
+
+        @return: Whether the response is still to be stored (the store may
+            decline it).
+        """
+        opener = getattr(owner.store, "openWriter", None)
+        if opener is None:
+            return True
+        self.writer = opener(self.storedEntry(owner.reactor.seconds(), owner.limits))
+        return self.writer is not None
 
     def body(self, data: bytes) -> None:
         if self.intercepted is not None:
@@ -196,9 +286,17 @@ class _Capture(ResponseInterceptor):
                 # Too large after all: pass the rest through, uncached.
                 self.storing = False
                 self.chunks = []
+                self._discard()
+            elif self.writer is not None:
+                self.writer.write(data)
             else:
                 self.chunks.append(data)
         self.downWrite(data)
+
+    def _discard(self) -> None:
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            writer.discard()
 
     def abandon(self, reason: object = None) -> None:
         """
@@ -209,6 +307,7 @@ class _Capture(ResponseInterceptor):
             return
         self.done = True
         self.chunks = []
+        self._discard()
         self.owner.landed(self.key)
 
     def end(self) -> None:
@@ -223,6 +322,104 @@ class _Capture(ResponseInterceptor):
         self.owner.captureCompleted(self)
         self.chunks = []
         self.downFinish()
+
+    def storedEntry(self, now: float, limits: FreshnessLimits) -> CacheEntry:
+        """
+        The entry the complete response becomes: its headers as stored (RFC
+        9111 section 3.1), its actual C{Content-Length}, a C{Date} if it had
+        none, its variant, age and freshness.
+
+        @param now: The time it completed.
+        """
+        responseCC = self.responseCC
+        assert responseCC is not None
+        # With a writer, the body is the store's already.
+        body = b"" if self.writer is not None else b"".join(self.chunks)
+        headers = storedHeaders(self.headers, responseCC)
+        lengthValue = b"%d" % (self.size if self.writer is not None else len(body),)
+        for index, (name, _) in enumerate(headers):
+            if name.lower() == b"content-length":
+                headers[index] = (name, lengthValue)
+                break
+        else:
+            headers.append((b"Content-Length", lengthValue))
+        headers = _dated(headers, now)
+        names = varyNames(headers)
+        variant = secondaryKey(names, requestPairs(self.request)) if names else b""
+        return CacheEntry(
+            key=self.key,
+            variant=variant,
+            varyOn=tuple(names),
+            status=self.status,
+            reason=self.reason,
+            headers=headers,
+            body=body,
+            responseTime=now,
+            initialAge=correctedInitialAge(self.headers, self.requestTime, now),
+            lifetime=self._lifetime(headers, limits),
+            cacheControl=responseCC,
+        )
+
+    def commit(
+        self, store: ICacheStore, now: float, limits: FreshnessLimits
+    ) -> bool | Deferred[bool]:
+        """
+        Store the complete response in C{store}: finish its writer, or put
+        the entry.
+
+        @param now: The time it completed.
+        @return: What C{put} (or the writer's C{finish}) returns.
+        """
+        entry = self.storedEntry(now, limits)
+        writer, self.writer = self.writer, None
+        if writer is not None:
+            return writer.finish(entry)
+        return store.put(entry)
+
+    def freshen(self, entry: CacheEntry, now: float, limits: FreshnessLimits) -> None:
+        """
+        Update a stored response from this 304 (RFC 9111 section 4.3.4):
+        its headers, directives (a targeted field's, RFC 9213), freshness
+        and age.
+
+        @param now: The time the 304 completed.
+        """
+        entry.headers = updateStoredHeaders(entry.headers, self.headers)
+        entry.cacheControl = responseCC = directivesFor(
+            entry.headers, self.owner.targeted
+        )
+        entry.lifetime = freshnessLifetime(
+            entry.status,
+            responseCC,
+            freshnessHeaders(entry.headers, responseCC),
+            limits,
+        )
+        entry.initialAge = correctedInitialAge(self.headers, self.requestTime, now)
+        entry.responseTime = now
+
+    def _lifetime(self, headers: Pairs, limits: FreshnessLimits) -> float:
+        responseCC = self.responseCC
+        assert responseCC is not None
+        return freshnessLifetime(
+            self.status, responseCC, freshnessHeaders(headers, responseCC), limits
+        )
+
+    def forwardStatus(self, now: float, limits: FreshnessLimits, name: bytes) -> bytes:
+        """
+        The cache's C{Cache-Status} member (RFC 9211) for this response,
+        which went forward and is passed on: why, whether it is stored, and
+        then its freshness as it will be stored.
+
+        @param now: The time its head is final.
+        @param name: The cache's name, serialized.
+        """
+        ttl = None
+        if self.storing:
+            ttl = self._lifetime(_dated(list(self.headers), now), limits)
+            ttl -= correctedInitialAge(self.headers, self.requestTime, now)
+        return cacheStatusMember(
+            name, fwd=self.fwd, ttl=ttl, stored=self.storing, collapsed=self.collapsed
+        )
 
     def restore(self) -> None:
         """
@@ -265,4 +462,27 @@ class _Invalidator(ResponseInterceptor):
     def head(self) -> None:
         request = self.request
         self.invalidate(request, request.code, responsePairs(request))
+        self.detach()
+
+
+class _Stamp(ResponseInterceptor):
+    """
+    Adds the cache's C{Cache-Status} member to a response the cache passes
+    through without capturing it, once its head is final; then steps
+    aside.
+    """
+
+    __slots__ = ("member",)
+
+    def __init__(self, request: Any, member: bytes) -> None:
+        """
+        @param request: The request passed through.
+        @param member: The member (see
+            L{twisted_rproxy.cache.status.cacheStatusMember}).
+        """
+        self.member = member
+        ResponseInterceptor.__init__(self, request)
+
+    def head(self) -> None:
+        appendCacheStatus(self.request, self.member)
         self.detach()

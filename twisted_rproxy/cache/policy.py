@@ -26,6 +26,7 @@ __all__ = [
     "CACHEABLE_BY_DEFAULT",
     "CacheControl",
     "Decision",
+    "ageSeconds",
     "FreshnessLimits",
     "Headers",
     "correctedInitialAge",
@@ -221,12 +222,25 @@ def correctedInitialAge(
     dateValue = _first(responseHeaders, b"date")
     date = parseHTTPDate(dateValue) if dateValue is not None else None
     apparentAge = max(0.0, responseTime - date) if date is not None else 0.0
-    ageValue = _first(responseHeaders, b"age")
-    age = 0
-    if ageValue is not None and ageValue.strip().isdigit():
-        age = int(ageValue.strip())
+    age = ageSeconds(_first(responseHeaders, b"age"))
     responseDelay = responseTime - requestTime
     return max(apparentAge, age + responseDelay)
+
+
+def ageSeconds(value: bytes | None) -> int:
+    """
+    The seconds an C{Age} field value says (RFC 9111 section 5.1): of a
+    list, the first member; 0 (ignored) unless it is a plain non-negative
+    integer (no sign, no fraction); at most 2**31 (section 1.2.2).
+
+    @param value: The field's first line, or L{None} without one.
+    """
+    if value is None:
+        return 0
+    first = value.split(b",", 1)[0].strip(b" \t")
+    if not first.isdigit():
+        return 0
+    return min(int(first), 2**31)
 
 
 def currentAge(initialAge: float, responseTime: float, now: float) -> float:

@@ -35,14 +35,13 @@ from twisted.web.server import NOT_DONE_YET
 
 from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.cache.background import CONDITIONAL, _BackgroundRequest
-from twisted_rproxy.cache.capture import _Capture, _Invalidator
+from twisted_rproxy.cache.capture import _Capture, _Invalidator, _Stamp
 from twisted_rproxy.cache.flight import Flights, SharedFlights, awaitShared
 from twisted_rproxy.cache.keys import (
     CacheKeys,
     Pairs,
     invalidate,
     renderPurge,
-    requestPairs,
     selectEntry,
 )
 from twisted_rproxy.cache.policy import (
@@ -50,33 +49,35 @@ from twisted_rproxy.cache.policy import (
     CacheControl,
     Decision,
     FreshnessLimits,
-    correctedInitialAge,
     currentAge,
     decide,
-    freshnessLifetime,
     parseCacheControl,
-    secondaryKey,
     staleIfErrorAllowed,
-    storedHeaders,
-    updateStoredHeaders,
     validatorMatches,
     validators,
-    varyNames,
 )
 from twisted_rproxy.cache.serving import serveEntry
 from twisted_rproxy.cache.status import (
     BYPASS,
+    FWD_METHOD,
+    FWD_MISS,
+    FWD_REQUEST,
+    FWD_STALE,
+    FWD_VARY_MISS,
     HIT,
     MISS,
     REVALIDATED,
     STALE,
     STATUS_HEADER,
+    cacheStatusMember,
 )
 from twisted_rproxy.cache.store import CacheEntry
 from twisted_rproxy.config import CacheConfig
 from twisted_rproxy.interfaces import ICacheStore
 from twisted_rproxy.pages import renderError
+from twisted_rproxy.rules.cachecontrol import directivesFor
 from twisted_rproxy.rules.networks import parseNetworks
+from twisted_rproxy.rules.structured import serializeNameItem
 from twisted_rproxy.state import StateUnavailable
 
 __all__ = ["CacheResource", "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
@@ -84,6 +85,10 @@ __all__ = ["CacheResource", "HIT", "MISS", "STALE", "REVALIDATED", "BYPASS"]
 _log = Logger()
 
 _NO_DIRECTIVES = parseCacheControl(())
+
+#: What a lookup that failed answers: no entries, and no way to tell a
+#: miss of the URI from one of its variants (RFC 9211 section 2.2).
+_LOOKUP_FAILED: list[CacheEntry] = []
 
 
 class CacheResource(Resource):
@@ -94,6 +99,9 @@ class CacheResource(Resource):
     @ivar store: Where responses are kept.
     @ivar config: The cache's settings.
     @ivar stats: Responses by C{X-Cache} status, counted.
+    @ivar targeted: The lowercased names of the targeted fields (RFC 9213)
+        whose directives this cache obeys before C{Cache-Control}.
+    @ivar statusName: Its name in C{Cache-Status} (RFC 9211 section 2).
     """
 
     isLeaf = True
@@ -126,6 +134,8 @@ class CacheResource(Resource):
             staleIfError=config.staleIfError,
         )
         self.statusHeader = config.statusHeader
+        self.targeted = tuple(name.lower().encode("ascii") for name in config.targeted)
+        self.statusName = serializeNameItem(config.name)
         self._keys = CacheKeys(config.key)
         self._purgeFrom = parseNetworks(config.purgeFrom)
         self._flights = Flights(reactor)
@@ -164,13 +174,13 @@ class CacheResource(Resource):
         req: Any = request
         method = request.method
         if method == b"GET" or method == b"HEAD":
-            self._lookup(req, False)
+            self._lookup(req, b"")
         elif method == b"PURGE":
             renderPurge(req, self._keys, self.store, self._purgeFrom)
         else:
             if method not in SAFE_METHODS:
                 _Invalidator(req, self._invalidate)
-            self._pass(req, BYPASS)
+            self._pass(req, BYPASS, FWD_METHOD)
         return NOT_DONE_YET
 
     def requestCacheControl(self, request: IRequest) -> CacheControl:
@@ -178,22 +188,29 @@ class CacheResource(Resource):
             request.requestHeaders.getRawHeaders(b"cache-control") or ()
         )
 
-    def _lookup(self, request: Any, coalesced: bool) -> None:
+    def _lookup(self, request: Any, collapsed: bytes) -> None:
+        """
+        Look a request up.
+
+        @param collapsed: Why it went forward the first time it was looked
+            up, when it waited for another's backend request since;
+            C{b""} for its first look.
+        """
         if requestGone(request):
             return
         key = self.keyFor(request)
         entries = self.store.get(key)
         if isinstance(entries, Deferred):
             entries.addErrback(self._lookupFailed)
-            entries.addCallback(self._looked, request, key, coalesced)
+            entries.addCallback(self._looked, request, key, collapsed)
             entries.addErrback(self._failedLater, request, key)
             return
-        self._looked(entries, request, key, coalesced)
+        self._looked(entries, request, key, collapsed)
 
     def _lookupFailed(self, failure: Failure) -> list[CacheEntry]:
         if not failure.check(StateUnavailable):
             _log.failure("Cache lookup failed: served as a miss", failure)
-        return []
+        return _LOOKUP_FAILED
 
     def _failedLater(self, failure: Failure, request: Any, key: bytes) -> None:
         """
@@ -209,10 +226,12 @@ class CacheResource(Resource):
             request.processingFailed(failure)
 
     def _looked(
-        self, entries: list[CacheEntry], request: Any, key: bytes, coalesced: bool
+        self, entries: list[CacheEntry], request: Any, key: bytes, collapsed: bytes
     ) -> None:
         """
         Go on with a request once the store answered its lookup.
+
+        @param collapsed: See L{_lookup}.
         """
         if requestGone(request):
             return
@@ -221,6 +240,13 @@ class CacheResource(Resource):
         ccValues = requestHeaders.getRawHeaders(b"cache-control")
         requestCC = parseCacheControl(ccValues) if ccValues else _NO_DIRECTIVES
         if entry is not None:
+            responseCC = entry.cacheControl
+            if responseCC.field is None and self.targeted:
+                # Read back from a store that keeps no parsed directives:
+                # chosen once (RFC 9213), then kept with the entry.
+                entry.cacheControl = responseCC = directivesFor(
+                    entry.headers, self.targeted
+                )
             now = self.reactor.seconds()
             age = currentAge(entry.initialAge, entry.responseTime, now)
             pragma = (
@@ -229,59 +255,98 @@ class CacheResource(Resource):
                 in b",".join(requestHeaders.getRawHeaders(b"pragma") or ()).lower()
             )
             decision = decide(
-                age, entry.lifetime, requestCC, entry.cacheControl, self.limits, pragma
+                age, entry.lifetime, requestCC, responseCC, self.limits, pragma
             )
-            if decision is Decision.FRESH:
+            if decision is Decision.FRESH and not collapsed:
                 self._serve(request, entry, HIT)
                 return
-            if decision is Decision.STALE:
-                self._serve(request, entry, STALE)
+            if decision is not Decision.VALIDATE:
+                self._serveLooked(request, key, entry, decision, collapsed)
                 return
-            if decision is Decision.STALE_REVALIDATE:
-                self._serve(request, entry, STALE)
-                self._refresh(request, key, entry)
-                return
+            fwd = FWD_STALE
+            if self.statusHeader and (
+                decide(age, entry.lifetime, _NO_DIRECTIVES, responseCC, self.limits)
+                is not Decision.VALIDATE
+            ):
+                # Usable but for what the request asked (RFC 9211 2.2).
+                fwd = FWD_REQUEST
+        elif entries is _LOOKUP_FAILED:
+            fwd = FWD_MISS
+        else:
+            fwd = FWD_VARY_MISS if entries else FWD_MISS
         if requestCC.has(b"only-if-cached"):
             # RFC 9111 section 5.2.1.7.
             renderError(request, 504)
             return
         if request.method != b"GET" or requestCC.has(b"no-store"):
-            self._pass(request, MISS)
+            self._pass(request, MISS, fwd, collapsed)
             return
         if entry is None and requestHeaders.hasHeader(b"range"):
             # Only complete responses are stored: a range of something not
             # stored goes to the backend as it is.
-            self._pass(request, MISS)
+            self._pass(request, MISS, fwd, collapsed)
             return
         flights = self._flights
         if key in flights:
-            if self.config.coalesce and not coalesced:
+            if self.config.coalesce and not collapsed:
                 # Wait for the backend request in flight for the same key,
                 # at most coalesceWait; then look again (and go to the
                 # backend if what came back was not stored).
                 flights.wait(
-                    key, partial(self._lookup, request, True), self.config.coalesceWait
+                    key, partial(self._lookup, request, fwd), self.config.coalesceWait
                 )
                 return
         elif self.config.coalesce:
             flights.start(key)
-            if entry is None and not coalesced and self._shared is not None:
-                self._claim(self._shared, request, key)
+            if entry is None and not collapsed and self._shared is not None:
+                self._claim(self._shared, request, key, fwd)
                 return
-        self._fetch(request, key, entry)
+        self._fetch(request, key, entry, fwd, False if collapsed else None)
 
-    def _claim(self, shared: SharedFlights, request: Any, key: bytes) -> None:
+    def _serveLooked(
+        self,
+        request: Any,
+        key: bytes,
+        entry: CacheEntry,
+        decision: Decision,
+        collapsed: bytes,
+    ) -> None:
+        """
+        Serve a stored response that C{decision} allows (fresh, or stale
+        without validation); when the request waited for another's backend
+        request, it is said to have gone forward, collapsed (RFC 9211
+        section 2.6), else to be a hit.
+        """
+        refresh = decision is Decision.STALE_REVALIDATE
+        label = HIT if decision is Decision.FRESH else STALE
+        self._serve(
+            request,
+            entry,
+            label,
+            fwd=collapsed,
+            collapsed=True if collapsed else None,
+            detail=b"stale-while-revalidate" if refresh else b"",
+        )
+        if refresh:
+            self._refresh(request, key, entry)
+
+    def _claim(
+        self, shared: SharedFlights, request: Any, key: bytes, fwd: bytes
+    ) -> None:
         """
         A cold key that other proxies may be fetching too: fetch it if this
         one takes its lock; else wait (at most coalesceWait) for the entry
         the holder stores, and fetch only if none comes.
+
+        @param fwd: Why the request goes forward (RFC 9211 section 2.2).
         """
+        waited: list[bool] = []
 
         def fetch() -> None:
             if requestGone(request):
                 self.landed(key)
                 return
-            self._fetch(request, key, None)
+            self._fetch(request, key, None, fwd, False if waited else None)
 
         def found(entries: list[CacheEntry]) -> bool:
             if requestGone(request):
@@ -291,11 +356,12 @@ class CacheResource(Resource):
                 return False
             # The local waiters look again (and find it too).
             self.landed(key)
-            self._looked(entries, request, key, True)
+            self._looked(entries, request, key, fwd)
             return True
 
         def claimed(token: bytes | None) -> None:
             if token is None:
+                waited.append(True)
                 awaitShared(
                     self.reactor, shared, key, self.config.coalesceWait, found, fetch
                 )
@@ -317,14 +383,23 @@ class CacheResource(Resource):
             self._shared.releaseFetch(key, token)
         self._flights.land(key)
 
-    def _pass(self, request: Any, label: bytes) -> None:
+    def _pass(
+        self, request: Any, label: bytes, fwd: bytes, collapsed: bytes = b""
+    ) -> None:
         """
         Send a request to the child without storing its response.
+
+        @param fwd: Why it goes forward (RFC 9211 section 2.2).
+        @param collapsed: See L{_lookup}.
         """
         self.stats[label] += 1
         request.cacheStatus = label.decode("ascii").lower()
         if self.statusHeader:
             request.responseHeaders.setRawHeaders(STATUS_HEADER, [label])
+            waited = False if collapsed else None
+            _Stamp(
+                request, cacheStatusMember(self.statusName, fwd=fwd, collapsed=waited)
+            )
         self._renderChild(request)
 
     def _renderChild(self, request: Any) -> None:
@@ -333,10 +408,21 @@ class CacheResource(Resource):
         except Exception:
             request.processingFailed(Failure())
 
-    def _fetch(self, request: Any, key: bytes, stale: CacheEntry | None) -> None:
+    def _fetch(
+        self,
+        request: Any,
+        key: bytes,
+        stale: CacheEntry | None,
+        fwd: bytes,
+        collapsed: bool | None,
+    ) -> None:
         """
         Send a request to the child and capture the response; with a stored
         response, as a revalidation with its validators.
+
+        @param fwd: Why it goes forward (RFC 9211 section 2.2).
+        @param collapsed: L{False} if it waited for another's backend
+            request in vain, else L{None}.
         """
         saved: dict[bytes, list[bytes]] = {}
         revalidating = False
@@ -350,7 +436,9 @@ class CacheResource(Resource):
             for name, value in validators(stale.headers):
                 requestHeaders.setRawHeaders(name, [value])
                 revalidating = True
-        capture = _Capture(self, request, key, stale, revalidating, saved)
+        capture = _Capture(
+            self, request, key, stale, revalidating, saved, fwd=fwd, collapsed=collapsed
+        )
         request.notifyFinish().addErrback(capture.abandon)
         self._renderChild(request)
 
@@ -366,7 +454,9 @@ class CacheResource(Resource):
             background = _BackgroundRequest(request)
             for name, value in validators(stale.headers):
                 background.requestHeaders.setRawHeaders(name, [value])
-            capture = _Capture(self, background, key, stale, True, {}, background=True)
+            capture = _Capture(
+                self, background, key, stale, True, {}, background=True, fwd=FWD_STALE
+            )
             background.backgroundChannel.onAbort = capture.abandon
             resource = getChildForRequest(self.resource, background)
             background.render(resource)  # type: ignore[no-untyped-call]
@@ -437,70 +527,43 @@ class CacheResource(Resource):
                 self.landed(capture.key)
                 capture.restore()
                 if not capture.background:
-                    self._pass(request, MISS)
+                    self._pass(request, MISS, capture.fwd)
                 return
-            self._freshen(stale, capture.headers, capture.requestTime)
+            capture.freshen(stale, self.reactor.seconds(), self.limits)
+            self._written(self.store.resized(stale))
         self.landed(capture.key)
         capture.restore()
         if not capture.background:
-            self._serve(request, stale, label)
-
-    def _freshen(self, entry: CacheEntry, headers: Pairs, requestTime: float) -> None:
-        """
-        Update a stored response from a 304 (RFC 9111 section 4.3.4).
-        """
-        now = self.reactor.seconds()
-        entry.headers = updateStoredHeaders(entry.headers, headers)
-        entry.cacheControl = parseCacheControl(
-            v for n, v in entry.headers if n.lower() == b"cache-control"
-        )
-        entry.lifetime = freshnessLifetime(
-            entry.status, entry.cacheControl, entry.headers, self.limits
-        )
-        entry.initialAge = correctedInitialAge(headers, requestTime, now)
-        entry.responseTime = now
-        self._written(self.store.resized(entry))
+            self._serve(
+                request,
+                stale,
+                label,
+                fwd=capture.fwd,
+                fwdStatus=capture.status,
+                collapsed=capture.collapsed,
+                detail=b"stale-if-error" if label == STALE else b"",
+            )
 
     def _storeResponse(self, capture: _Capture) -> bool | Deferred[bool]:
-        request = capture.request
-        now = self.reactor.seconds()
-        responseCC = capture.responseCC
-        assert responseCC is not None
-        body = b"".join(capture.chunks)
-        headers = storedHeaders(capture.headers, responseCC)
-        lengthValue = b"%d" % (len(body),)
-        for index, (name, _) in enumerate(headers):
-            if name.lower() == b"content-length":
-                headers[index] = (name, lengthValue)
-                break
-        else:
-            headers.append((b"Content-Length", lengthValue))
-        if not any(name.lower() == b"date" for name, _ in headers):
-            from twisted_rproxy.server import httpDate
+        return capture.commit(self.store, self.reactor.seconds(), self.limits)
 
-            headers.append((b"Date", httpDate(now)))
-        names = varyNames(headers)
-        variant = secondaryKey(names, requestPairs(request)) if names else b""
-        entry = CacheEntry(
-            key=capture.key,
-            variant=variant,
-            varyOn=tuple(names),
-            status=capture.status,
-            reason=capture.reason,
-            headers=headers,
-            body=body,
-            responseTime=now,
-            initialAge=correctedInitialAge(capture.headers, capture.requestTime, now),
-            lifetime=freshnessLifetime(
-                capture.status, responseCC, headers, self.limits
-            ),
-            cacheControl=responseCC,
-        )
-        return self.store.put(entry)
-
-    def _serve(self, request: Any, entry: CacheEntry, label: bytes) -> None:
+    def _serve(
+        self,
+        request: Any,
+        entry: CacheEntry,
+        label: bytes,
+        fwd: bytes = b"",
+        fwdStatus: int = 0,
+        collapsed: bool | None = None,
+        detail: bytes = b"",
+    ) -> None:
         """
         Answer a request from a stored response (see L{serveEntry}).
+
+        @param label: The C{X-Cache} status.
+        @param fwd: Why the request went forward, if it did (then it is no
+            hit: RFC 9211 section 2.1); the other parameters are those of
+            L{cacheStatusMember}.
         """
         if requestGone(request):
             return
@@ -508,4 +571,25 @@ class CacheResource(Resource):
         # For the metrics (rproxy_cache_requests_total).
         request.cacheStatus = label.decode("ascii").lower()
         age = currentAge(entry.initialAge, entry.responseTime, self.reactor.seconds())
-        serveEntry(request, entry, label, age, self.statusHeader)
+        member = None
+        if self.statusHeader:
+            member = cacheStatusMember(
+                self.statusName,
+                hit=not fwd,
+                fwd=fwd,
+                fwdStatus=fwdStatus,
+                ttl=entry.lifetime - age,
+                collapsed=collapsed,
+                detail=detail,
+            )
+        serveEntry(
+            request, entry, label, age, member, partial(self._gone, label, request)
+        )
+
+    def _gone(self, label: bytes, request: Any) -> None:
+        """
+        A stored body (kept by the store, streamed) is gone before it was
+        served: ask the backend, as for a miss.
+        """
+        self.stats[label] -= 1
+        self._pass(request, MISS, FWD_MISS)

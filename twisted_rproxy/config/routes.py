@@ -5,6 +5,7 @@ checks across routes.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -75,14 +76,16 @@ _CACHE_KEYS = (
     "coalesce",
     "coalesce_wait",
     "status_header",
+    "targeted",
     "purge_from",
     "store",
     "local_size",
     "local_ttl",
+    "path",
 )
 
 #: The values of a cache's C{store}.
-CACHE_STORES = ("memory", "redis")
+CACHE_STORES = ("memory", "redis", "disk")
 
 
 def _parseRoute(
@@ -332,7 +335,9 @@ def _checkRouteFilters(
                 raise ConfigError(source, key, f"filter {name!r} is listed twice")
 
 
-def _parseCache(name: str, value: object, source: str) -> CacheConfig:
+def _parseCache(
+    name: str, value: object, source: str, baseDirectory: str = ""
+) -> CacheConfig:
     """
     Parse one C{[caches.NAME]} table.
     """
@@ -367,12 +372,22 @@ def _parseCache(name: str, value: object, source: str) -> CacheConfig:
                 f"unknown key part {part!r} (expected one of "
                 f"{', '.join(DEFAULT_CACHE_KEY)} or header:NAME)",
             )
+    targeted = _targetedFields(table, source)
     networks = _networks(table, "purge_from")
     store = table.optionalString("store")
     if store is None:
         store = "memory"
     elif store not in CACHE_STORES:
-        raise table.error("store", f'must be "memory" or "redis", got {store!r}')
+        raise table.error(
+            "store", f'must be "memory", "redis" or "disk", got {store!r}'
+        )
+    path = table.optionalString("path")
+    if store == "disk":
+        if path is None:
+            raise table.error("path", 'is needed with store = "disk" (a directory)')
+        path = _cacheDirectory(path, baseDirectory, source, table.keyOf("path"))
+    elif path is not None:
+        raise table.error("path", 'is only for store = "disk"')
     localSize = table.size("local_size", 0, 0)
     if localSize and store != "redis":
         raise table.error("local_size", 'is only for store = "redis"')
@@ -390,19 +405,77 @@ def _parseCache(name: str, value: object, source: str) -> CacheConfig:
         coalesce=table.boolean("coalesce", True),
         coalesceWait=table.timeout("coalesce_wait", 5.0),
         statusHeader=table.boolean("status_header", False),
+        targeted=targeted,
         purgeFrom=tuple(networks),
         store=store,
         localSize=localSize,
         localTTL=localTTL,
+        path=path or "",
     )
 
 
-def _parseCaches(value: object, source: str) -> dict[str, CacheConfig]:
+def _targetedFields(table: _Table, source: str) -> tuple[str, ...]:
+    """
+    A cache's C{targeted}: the field names of its RFC 9213 target list,
+    distinct, none of them C{Cache-Control} itself.
+    """
+    fields = table.stringList("targeted", ("CDN-Cache-Control",))
+    seen: set[str] = set()
+    for index, name in enumerate(fields):
+        where = f"{table.keyOf('targeted')}[{index}]"
+        if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", name):
+            raise ConfigError(source, where, f"not a header field name: {name!r}")
+        if name.lower() == "cache-control":
+            raise ConfigError(
+                source,
+                where,
+                "Cache-Control is what applies when no targeted field does; "
+                "list targeted fields only (like CDN-Cache-Control)",
+            )
+        if name.lower() in seen:
+            raise ConfigError(source, where, f"{name!r} is listed twice")
+        seen.add(name.lower())
+    return fields
+
+
+def _cacheDirectory(value: str, baseDirectory: str, source: str, key: str) -> str:
+    """
+    The absolute path of a disk cache's directory, which must be writable,
+    or creatable (its nearest existing parent writable).
+    """
+    if not value:
+        raise ConfigError(source, key, "must be a directory path, got an empty string")
+    path = os.path.abspath(
+        os.path.join(baseDirectory or os.getcwd(), os.path.expanduser(value))
+    )
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ConfigError(source, key, f"{existing!r} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        if existing == path:
+            raise ConfigError(source, key, f"directory {path!r} is not writable")
+        raise ConfigError(
+            source,
+            key,
+            f"directory {path!r} does not exist and cannot be created "
+            f"({existing!r} is not writable)",
+        )
+    return path
+
+
+def _parseCaches(
+    value: object, source: str, baseDirectory: str = ""
+) -> dict[str, CacheConfig]:
     """
     Parse the C{caches} table of tables.
     """
     return _namedTables(
-        value, source, "caches", lambda name, table: _parseCache(name, table, source)
+        value,
+        source,
+        "caches",
+        lambda name, table: _parseCache(name, table, source, baseDirectory),
     )
 
 
