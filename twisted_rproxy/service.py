@@ -282,7 +282,10 @@ class ProxyService(MultiService):
                 discovery.start()
         sharedState = self._reloadedState(config)
         cacheStores = buildStores(
-            config.caches, self.cacheStores, sharedState=sharedState, reactor=self.reactor
+            config.caches,
+            self.cacheStores,
+            sharedState=sharedState,
+            reactor=self.reactor,
         )
         filterSet = FilterSet(self.reactor)
         router = buildResource(

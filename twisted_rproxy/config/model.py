@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 from attrs import field, frozen
 
+from twisted_rproxy.config.acme import ACMEConfig
 from twisted_rproxy.config.base import _BARE_KEY as _BARE_KEY
 from twisted_rproxy.config.base import _HEADER_VALUE as _HEADER_VALUE
 from twisted_rproxy.config.base import _HOST_HEADER_VALUE as _HOST_HEADER_VALUE
@@ -22,7 +23,6 @@ from twisted_rproxy.config.base import COMMAND_LINE as COMMAND_LINE
 from twisted_rproxy.config.base import NOT_SUPPORTED as NOT_SUPPORTED
 from twisted_rproxy.config.base import ConfigError as ConfigError
 from twisted_rproxy.config.base import _typeName as _typeName
-from twisted_rproxy.config.acme import ACMEConfig
 from twisted_rproxy.config.discovery import DiscoveryConfig
 from twisted_rproxy.config.hashing import BALANCERS, HashOn, parseHashOn
 from twisted_rproxy.config.state import StateConfig
