@@ -4,9 +4,13 @@ The cost of a cache hit beside a proxied miss: requests/s and the proxy's
 CPU time per request for the same 1 KiB and 64 KiB responses, served by an
 nginx backend under two locations, one cacheable (C{Cache-Control:
 max-age=3600}, so every request after the first is a hit) and one with
-C{Cache-Control: no-store} (so every request goes to the backend). The
-same for a disk cache (C{store = "disk"}) with 1 KiB and 1 MiB responses,
-under C{/disk/}. Reuses benchmarks/run.py's functions.
+C{Cache-Control: no-store} (so every request goes to the backend through
+the cache, which stores nothing). The C{store} rows ask the cacheable
+location under a new query string each time (a wrk script), so every
+request is a miss that is stored: the cost of writing entries (and, once
+the store is full, evicting). The same for a disk cache (C{store =
+"disk"}) with 1 KiB and 1 MiB responses, under C{/disk/}. Reuses
+benchmarks/run.py's functions.
 
     python benchmarks/cache.py [--duration 10] [--warmup 2] [--connections 50]
 
@@ -43,8 +47,19 @@ ROWS = [
         ("disk", ("1k", "1m"), "/disk"),
     )
     for size in sizes
-    for kind in ("hit", "miss")
+    for kind in ("hit", "miss", "store")
 ]
+
+#: A wrk script asking for a new URL each time (a query string unique to
+#: this run of wrk: the warm-up's keys are not the timed run's).
+UNIQUE_URLS = """
+local run = tostring(os.time()) .. "-" .. tostring(math.random(1000000000))
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, wrk.path .. "?u=" .. run .. "-" .. n)
+end
+"""
 
 
 def startBackend(procs: run.Processes, workdir: Path, cpu: str) -> int:
@@ -120,9 +135,17 @@ def main() -> int:
             "| p50 ms | p99 ms |"
         )
         print("|---|---|---|---:|---:|---:|---:|")
+        script = args.workdir / "unique.lua"
+        script.write_text(UNIQUE_URLS)
         for store, size, kind, prefix in ROWS:
-            path = f"{prefix}/{kind}/{size}"
-            scenario = run.Scenario(f"{store} {size} {kind}", path)
+            if kind == "store":
+                path = f"{prefix}/hit/{size}"
+                scenario = run.Scenario(
+                    f"{store} {size} {kind}", path, script=str(script)
+                )
+            else:
+                path = f"{prefix}/{kind}/{size}"
+                scenario = run.Scenario(f"{store} {size} {kind}", path)
             status, body = run.fetch(port, scenario.path)
             if status != 200 or len(body) != run.BODY_SIZES[size]:
                 raise run.BenchError(f"{scenario.path}: {status}, {len(body)}")

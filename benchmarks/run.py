@@ -63,6 +63,8 @@ class Scenario:
     name: str
     path: str
     headers: tuple[str, ...] = ()
+    #: A wrk Lua script (its path), or None.
+    script: str | None = None
 
 
 LOAD_SCENARIOS = {
@@ -590,6 +592,8 @@ def runWrk(
     ]
     for header in scenario.headers:
         argv += ["-H", header]
+    if scenario.script is not None:
+        argv += ["-s", scenario.script]
     argv.append(f"http://{HOST}:{port}{scenario.path}")
     proc = procs.start(argv, args.load_cpu, None, capture=True)
     try:
