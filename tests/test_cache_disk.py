@@ -30,6 +30,7 @@ from twisted_rproxy.cache.diskformat import (
     entryFile,
     writeEntryFile,
 )
+from twisted_rproxy.cache.diskindex import DISK_BLOCK, diskUsage
 from twisted_rproxy.cache.policy import parseCacheControl
 from twisted_rproxy.config import (
     CacheConfig,
@@ -133,10 +134,36 @@ class DiskStoreTests(SynchronousTestCase):
         self.assertEqual(got.cacheControl, entry.cacheControl)
         self.assertEqual(len(store), 1)
         self.assertEqual(
-            store.size, os.path.getsize(os.path.join(self.path, self.files()[0]))
+            store.size,
+            diskUsage(os.path.getsize(os.path.join(self.path, self.files()[0]))),
         )
         self.assertEqual(self.get(store, b"GET http://a/other"), [])
         self.assertEqual((store.stats["hits"], store.stats["misses"]), (1, 1))
+
+    def test_smallEntriesBoundedOnDisk(self) -> None:
+        """
+        Entries are counted for the blocks their files take, not their
+        bytes alone: a store of many small entries keeps what it takes on
+        disk (the files' blocks as the file system counts them) within
+        C{max_size}, and its directories (one level of at most 256) add a
+        few blocks each.
+        """
+        maxSize = 4 << 20
+        store = self.store(maxSize=maxSize)
+        for n in range(2000):
+            self.put(store, _entry(b"GET http://a/%d" % (n,), b"x" * 100, now=1000))
+        self.assertLess(len(store), 2000)
+        self.assertLessEqual(store.size, maxSize)
+        files = directories = 0
+        for directory, names, fileNames in os.walk(self.path):
+            directories += sum(
+                os.stat(os.path.join(directory, n)).st_blocks * 512 for n in names
+            )
+            files += sum(
+                os.stat(os.path.join(directory, n)).st_blocks * 512 for n in fileNames
+            )
+        self.assertLessEqual(files, maxSize)
+        self.assertLessEqual(directories, 257 * 4 * DISK_BLOCK)
 
     def test_boundedLeastRecentlyUsedFirst(self) -> None:
         """
@@ -274,7 +301,8 @@ class DiskStoreTests(SynchronousTestCase):
         self.assertIn((b"ETag", b'"new"'), got.headers)
         self.assertEqual(got.body, b"body" * 100)
         self.assertEqual(
-            store.size, os.path.getsize(os.path.join(self.path, self.files()[0]))
+            store.size,
+            diskUsage(os.path.getsize(os.path.join(self.path, self.files()[0]))),
         )
 
     def test_sharedDirectory(self) -> None:

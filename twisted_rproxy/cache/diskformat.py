@@ -6,8 +6,9 @@ L{readHead}, L{readBody}, L{copyWithHead}, L{scanDirectory}).
 
 Under the cache's C{path}, an entry of primary key C{K} (C{H} its SHA1 in
 hexadecimal) and variant C{V} (C{VH} its SHA1) is the file
-C{H[0:2]/H[2:4]/H-VH}: every variant of a key sits in one directory, found
-by the prefix C{H-}.  A file is::
+C{H[0:2]/H-VH}: every variant of a key sits in one of 256 directories,
+found by the prefix C{H-} (one level, so that directories cost at most a
+few hundred KiB however few entries there are).  A file is::
 
     MAGIC (8 bytes) | meta length (4, big-endian) | meta (JSON) |
     meta CRC32 (4) | body | body length (8) | body CRC32 (4) | END (8)
@@ -129,7 +130,7 @@ def keyFiles(key: bytes) -> tuple[str, str]:
     prefix of their names.
     """
     h = _hex(key)
-    return os.path.join(h[0:2], h[2:4]), h + "-"
+    return h[0:2], h + "-"
 
 
 def entryFile(key: bytes, variant: bytes) -> str:
@@ -498,34 +499,29 @@ def scanDirectory(
     expired = corrupt = 0
     top = os.path.join(root, directory)
     try:
-        seconds = sorted(os.scandir(top), key=lambda item: item.name)
+        items = sorted(os.scandir(top), key=lambda item: item.name)
     except (FileNotFoundError, NotADirectoryError):
         return found, 0, 0
-    for second in seconds:
-        if not second.is_dir(follow_symlinks=False):
+    for item in items:
+        if not item.is_file(follow_symlinks=False):
             continue
+        relative = os.path.join(directory, item.name)
         try:
-            items = list(os.scandir(second.path))
-        except OSError:
+            with open(item.path, "rb") as f:
+                head = readHead(f)
+                mtime = os.fstat(f.fileno()).st_mtime
+        except FileNotFoundError:
             continue
-        for item in items:
-            relative = os.path.join(directory, second.name, item.name)
-            try:
-                with open(item.path, "rb") as f:
-                    head = readHead(f)
-                    mtime = os.fstat(f.fileno()).st_mtime
-            except FileNotFoundError:
-                continue
-            except (CorruptEntry, OSError):
-                corrupt += _unlink(item.path)
-                continue
-            if entryFile(head.key, head.variant) != relative:
-                corrupt += _unlink(item.path)
-                continue
-            if head.usefulUntil <= now:
-                expired += _unlink(item.path)
-                continue
-            found.append(ScannedFile(relative, head, mtime))
+        except (CorruptEntry, OSError):
+            corrupt += _unlink(item.path)
+            continue
+        if entryFile(head.key, head.variant) != relative:
+            corrupt += _unlink(item.path)
+            continue
+        if head.usefulUntil <= now:
+            expired += _unlink(item.path)
+            continue
+        found.append(ScannedFile(relative, head, mtime))
     return found, expired, corrupt
 
 

@@ -23,7 +23,7 @@ class IndexRecord:
     @ivar key: Its primary key.
     @ivar variant: Its variant.
     @ivar relative: Its file, relative to the cache's path.
-    @ivar size: The file's size.
+    @ivar size: What the file takes on disk (L{diskUsage} of its size).
     @ivar usefulUntil: Until when it is of use (seconds since the epoch).
     @ivar varyOn: The names of its C{Vary}.
     @ivar since: When this process last wrote it or learnt of it.
@@ -44,10 +44,28 @@ class IndexRecord:
         self.key = key
         self.variant = variant
         self.relative = relative
-        self.size = size
+        self.size = diskUsage(size)
         self.usefulUntil = usefulUntil
         self.varyOn = varyOn
         self.since = since
+
+
+#: The unit a file's size is rounded up to: the block of common file
+#: systems (ext4, XFS), so that a cache of small entries stays within its
+#: C{max_size} on disk, not only in the bytes of its files.
+DISK_BLOCK = 4096
+
+#: What an entry costs beside its blocks: its name in its directory, its
+#: inode.
+ENTRY_DISK_OVERHEAD = 256
+
+
+def diskUsage(size: int) -> int:
+    """
+    What a file of C{size} bytes is counted for against a disk store's
+    C{max_size}: its blocks, and the cost of its name and inode.
+    """
+    return -(-size // DISK_BLOCK) * DISK_BLOCK + ENTRY_DISK_OVERHEAD
 
 
 class DiskIndex:
@@ -55,7 +73,7 @@ class DiskIndex:
     The records of the entries a store knows of, least recently used
     first.
 
-    @ivar size: The sum of their file sizes.
+    @ivar size: What their files take on disk.
     """
 
     def __init__(self) -> None:
@@ -109,6 +127,7 @@ class DiskIndex:
         """
         Account for C{record}'s file being C{size} bytes now.
         """
+        size = diskUsage(size)
         if self._records.get((record.key, record.variant)) is record:
             self.size += size - record.size
         record.size = size
