@@ -103,6 +103,11 @@ class DNSServer:
         Listen on a port free for both UDP and TCP (a few tries).
         """
         for _ in range(20):
+            # A protocol of its own each time: one whose port is stopping
+            # (stopListening is not done at once for UDP) is still attached
+            # to it.
+            self.protocol = dns.DNSDatagramProtocol(self.factory)
+            self.protocol.noisy = False
             udp = reactor.listenUDP(0, self.protocol, interface=LOOPBACK)
             port = udp.getHost().port
             try:
