@@ -45,6 +45,27 @@ class RequestTests(SynchronousTestCase):
         """
         self.assertFalse(_twisted.requestGone(object()))
 
+    def test_hasContentEncoder(self) -> None:
+        """
+        A request under an L{EncodingResourceWrapper} that chose gzip has
+        an encoder; a plain one has none.
+        """
+        from twisted.web.resource import EncodingResourceWrapper, Resource
+        from twisted.web.server import GzipEncoderFactory
+        from twisted.web.server import Request as ServerRequest
+        from twisted.web.test.requesthelper import DummyRequest
+
+        message = _changed("server.Request._encoder")
+        plain = ServerRequest(DummyChannel())
+        self.assertFalse(_twisted.hasContentEncoder(plain), message)
+        request = DummyRequest([b""])
+        request.requestHeaders.setRawHeaders(b"accept-encoding", [b"gzip"])
+        wrapper = EncodingResourceWrapper(Resource(), [GzipEncoderFactory()])
+        encoder = wrapper.getEncoder(request)
+        self.assertIsNotNone(encoder, message)
+        plain._encoder = encoder  # type: ignore[attr-defined]
+        self.assertTrue(_twisted.hasContentEncoder(plain), message)
+
 
 # --- twisted.web.http.HTTPChannel -----------------------------------------
 
@@ -271,37 +292,6 @@ class ChunkedDecoderTests(SynchronousTestCase):
             )
 
 
-class _TLSTransport(StringTransport):
-    negotiatedProtocol = b"h2"
-
-
-class HTTPChannelSwitcherTests(SynchronousTestCase):
-    """
-    What L{_twisted.HTTPChannelSwitcher} reads of twisted.web's
-    C{_GenericHTTPChannelProtocol}.
-    """
-
-    def test_channel(self) -> None:
-        """
-        The wrapper's channel is the one it was built with, and twisted.web's
-        HTTP/2 connection once TLS negotiated C{h2}.
-        """
-        message = _changed("_GenericHTTPChannelProtocol._channel")
-        channel = http.HTTPChannel()
-        channel.timeOut = None
-        switcher = _twisted.HTTPChannelSwitcher(channel)
-        self.assertIs(switcher.channel, channel, message)
-        if not http.H2_ENABLED:
-            return
-        switcher.makeConnection(_TLSTransport())
-        switcher.dataReceived(b"")
-        self.assertEqual(type(switcher.channel).__name__, "H2Connection", message)
-        switcher.connectionLost(Failure(ConnectionLost()))
-
-
-# --- twisted.internet.tcp: writeThrough -----------------------------------
-
-
 class _Reactor:
     def addWriter(self, writer: object) -> None:
         pass
@@ -522,91 +512,6 @@ class ConnectionTransportTests(SynchronousTestCase):
         Something without a channel has no transport.
         """
         self.assertIsNone(_twisted.connectionTransport(object()))
-
-
-class WriteInterimHTTP2Tests(SynchronousTestCase):
-    """
-    L{_twisted.writeInterimHTTP2} sends a 1xx head on twisted.web's HTTP/2
-    stream through C{H2Stream.writeHeaders}.
-    """
-
-    def _stream(self) -> tuple[Any, Any, StringTransport, Any]:
-        """
-        A request on twisted.web's HTTP/2 connection, from an C{h2} client.
-
-        @return: The request, the client, the server's transport and its
-            connection.
-        """
-        import h2.config
-        import h2.connection
-        from twisted.web._http2 import H2Connection
-
-        requests: list[http.Request] = []
-
-        def requestFactory(channel: object, queued: bool) -> http.Request:
-            request = http.Request(channel, queued)
-            requests.append(request)
-            return request
-
-        server = H2Connection()
-        server.requestFactory = requestFactory
-        transport = StringTransport()
-        server.makeConnection(transport)
-        self.addCleanup(server.connectionLost, Failure(ConnectionLost()))
-        client = h2.connection.H2Connection(
-            config=h2.config.H2Configuration(client_side=True)
-        )
-        client.initiate_connection()
-        client.send_headers(
-            1,
-            [
-                (":method", "GET"),
-                (":path", "/"),
-                (":scheme", "https"),
-                (":authority", "example.com"),
-            ],
-            end_stream=True,
-        )
-        server.dataReceived(client.data_to_send())
-        client.receive_data(transport.value())
-        transport.clear()
-        return requests[0], client, transport, server
-
-    def test_informational(self) -> None:
-        """
-        A 103 is one informational HEADERS frame that leaves the stream
-        open: the final head and body follow on it.
-        """
-        import h2.events
-
-        message = _changed("H2Stream.writeHeaders (1xx heads)")
-        request, client, transport, _ = self._stream()
-        sent = _twisted.writeInterimHTTP2(
-            request.channel, 103, [(b"Link", b"</a.css>; rel=preload")]
-        )
-        self.assertTrue(sent, message)
-        [event] = client.receive_data(transport.value())
-        self.assertIsInstance(event, h2.events.InformationalResponseReceived, message)
-        self.assertEqual(
-            event.headers,
-            [(b":status", b"103"), (b"link", b"</a.css>; rel=preload")],
-            message,
-        )
-        transport.clear()
-        request.setResponseCode(200)
-        request.write(b"ok")
-        events = client.receive_data(transport.value())
-        self.assertIsInstance(events[0], h2.events.ResponseReceived, message)
-        # A 1xx after the final head is refused, not sent.
-        self.assertFalse(_twisted.writeInterimHTTP2(request.channel, 103, []))
-
-    def test_notAStream(self) -> None:
-        """
-        An HTTP/1.1 channel is not an HTTP/2 stream: nothing is sent.
-        """
-        channel = DummyChannel()
-        self.assertFalse(_twisted.writeInterimHTTP2(channel, 103, []))
-        self.assertEqual(channel.transport.written.getvalue(), b"")
 
 
 class ProxyHeaderWrapperTests(SynchronousTestCase):

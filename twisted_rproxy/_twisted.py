@@ -15,7 +15,7 @@ add a function here, with its test.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import OpenSSL
@@ -35,10 +35,8 @@ from twisted.python.failure import Failure
 from twisted.web.http import (
     HTTPChannel,
     _ChunkedTransferDecoder,
-    _GenericHTTPChannelProtocol,
     _MalformedChunkedDataError,
 )
-from twisted.web.http_headers import Headers
 
 #: The installed Twisted, for the fence tests' messages.
 TWISTED_VERSION: str = twisted.__version__
@@ -61,6 +59,16 @@ def requestGone(request: Any) -> bool:
     connected.
     """
     return getattr(request, "_disconnected", False) is True
+
+
+def hasContentEncoder(request: Any) -> bool:
+    """
+    Whether twisted.web encodes C{request}'s response body (an
+    L{twisted.web.resource.EncodingResourceWrapper}, such as gzip, chose an
+    encoder for it: C{Request._encoder}). Its writes must then go through
+    twisted.web's C{Request.write}, which encodes them.
+    """
+    return getattr(request, "_encoder", None) is not None
 
 
 # --- twisted.web.http.HTTPChannel (server/channel.py) ---------------------
@@ -230,62 +238,6 @@ class HTTPChannelBase(HTTPChannel):
         replacement = make(decoder.dataCallback, decoder.finishCallback)
         self._transferDecoder = replacement
         return replacement
-
-
-class HTTPChannelSwitcher(_GenericHTTPChannelProtocol):
-    """
-    twisted.web's wrapper of a server connection's channel, which replaces
-    the HTTP/1.1 channel with an HTTP/2 one when TLS negotiated C{h2}
-    (C{Site.buildProtocol} builds one around an L{HTTPChannel}).
-    """
-
-    @property
-    def channel(self) -> Any:
-        """
-        The channel the connection speaks through now: the HTTP/1.1 one it
-        was built with, or twisted.web's C{H2Connection}.
-        """
-        return self._channel
-
-
-# --- twisted.web._http2.H2Stream (server/request.py) ------------------------
-
-
-def writeInterimHTTP2(
-    stream: object, status: int, headers: Sequence[tuple[bytes, bytes]]
-) -> bool:
-    """
-    Send an interim (1xx) response on C{stream}, twisted.web's HTTP/2
-    stream (an HTTP/2 request's channel): a C{HEADERS} frame with
-    C{:status} and C{headers}, without C{END_STREAM}, so that the final
-    head follows on the same stream.
-
-    twisted.web sends interim responses on HTTP/1.1 only
-    (C{_send100Continue}); the only way to a stream's headers is
-    C{H2Stream.writeHeaders}, meant for the final head, which hands them
-    to the C{h2} connection's C{send_headers} as they are: C{h2} sends a
-    1xx head as an informational block and keeps the stream open. (A
-    class of the private C{twisted.web._http2}.)
-
-    @return: Whether it was sent: not if C{stream} is not an C{H2Stream},
-        nor if C{h2} refused it (the stream was reset, or its final head
-        was sent).
-    """
-    try:
-        from h2.exceptions import H2Error
-        from twisted.web._http2 import H2Stream
-    except ImportError:  # pragma: no cover
-        return False
-    if not isinstance(stream, H2Stream):
-        return False
-    block = Headers()
-    for name, value in headers:
-        block.addRawHeader(name.lower(), value)
-    try:
-        stream.writeHeaders(b"HTTP/2", b"%d" % (status,), b"", block)
-    except H2Error:
-        return False
-    return True
 
 
 # --- twisted.internet.tcp: writing without a reactor turn -------------------

@@ -464,6 +464,9 @@ class ServerConfig:
         C{[[tls]]}).
     @ivar resolvers: The C{(address, port)} of the DNS servers that DNS
         discovery asks, or empty for the system's (C{/etc/resolv.conf}).
+    @ivar h2c: Whether a plain (not TLS) connection that starts with the
+        HTTP/2 connection preface speaks HTTP/2 (prior knowledge, for a
+        proxy behind a TLS-terminating balancer); others stay HTTP/1.1.
     """
 
     listen: tuple[str, ...] = _DEFAULT_LISTEN
@@ -496,6 +499,7 @@ class ServerConfig:
     allowConnect: bool = False
     tunnelIdleTimeout: float = 300.0
     resolvers: tuple[tuple[str, int], ...] = ()
+    h2c: bool = False
 
 
 #: The admin listener when C{[admin]} gives none: loopback only.

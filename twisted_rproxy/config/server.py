@@ -57,6 +57,7 @@ _SERVER_KEYS = (
     "min_body_rate_grace",
     "client_ip_headers",
     "resolvers",
+    "h2c",
 )
 
 
@@ -276,6 +277,7 @@ def _parseServer(value: object, source: str, baseDirectory: str) -> ServerConfig
             "tunnel_idle_timeout", defaults.tunnelIdleTimeout
         ),
         resolvers=_parseResolvers(table),
+        h2c=table.boolean("h2c", defaults.h2c),
     )
 
 

@@ -11,6 +11,7 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import unquote_to_bytes as unquote
 
+from twisted.internet.error import ConnectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import (
@@ -22,7 +23,9 @@ from twisted.web.http import (
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from twisted_rproxy._twisted import requestGone, writeInterimHTTP2
+from twisted_rproxy._twisted import hasContentEncoder, requestGone
+from twisted_rproxy.h2.head import CONNECTION_HEADERS
+from twisted_rproxy.h2.stream import H2StreamChannel
 from twisted_rproxy.interfaces import IProxyRequest
 from twisted_rproxy.messages import RequestBodyStream
 from twisted_rproxy.pages import reasonPhrase, renderError
@@ -93,7 +96,7 @@ class ProxyRequest(Request):
         buffered first.
     """
 
-    # An HTTPChannel of ours or an H2Stream: attributes twisted.web's types
+    # An HTTPChannel of ours or an HTTP/2 stream: attributes twisted.web's types
     # don't declare (site, transport, persistent...). None once twisted.web
     # let go of it (it deletes the attribute when a request is done).
     channel: Any = None
@@ -115,7 +118,9 @@ class ProxyRequest(Request):
     _maxBody: int | None = None
     _received = 0
     streaming = False
-    _refusal: int | None = None
+    #: Whether the head went out with a length (L{_writeHead}): the body's
+    #: writes go straight to the channel, until the connection is lost.
+    _bodyDirect = False
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:
         """
@@ -168,12 +173,8 @@ class ProxyRequest(Request):
         return self._received
 
     def gotLength(self, length: int | None) -> None:
-        if self._maxBody is None:
-            # Only HTTP/2 streams get here: ProxyHTTPChannel asks
-            # headersReceived first.
-            self._streamHeadersReceived(length)
-            return
-        if not self.streaming:
+        if self._maxBody is None or not self.streaming:
+            # Buffered (or on a channel that did not ask headersReceived).
             Request.gotLength(self, length)
             return
         self.content = BytesIO()
@@ -183,28 +184,6 @@ class ProxyRequest(Request):
         self.args = {}
         self.path = self.uri.split(b"?", 1)[0]
         self.process()
-
-    def _streamHeadersReceived(self, length: int | None) -> None:
-        """
-        L{headersReceived} for an HTTP/2 stream, whose body is always
-        buffered (an H2Stream has no transport of its own to pause).
-        """
-        channel = self.channel
-        # The pseudo-headers come first in an HTTP/2 header block, so the
-        # stream knows them by the time the length is known.
-        self.method = getattr(channel, "command", self.method)
-        self.uri = getattr(channel, "path", self.uri)
-        self.clientproto = b"HTTP/2"
-        refusal = self.headersReceived(length)
-        self.streaming = False
-        if refusal is not None:
-            # The stream can't answer before its constructor returns: the
-            # refusal is sent with the first body bytes (see refuseBody), or
-            # when the request ends.
-            self._maxBody = 0
-            self._refusal = refusal
-            return
-        Request.gotLength(self, length)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
@@ -219,9 +198,8 @@ class ProxyRequest(Request):
 
     def refuseBody(self) -> None:
         """
-        Refuse the body, past its limit (413, or the refusal decided from
-        an HTTP/2 stream's headers): the connection (or stream) carries
-        nothing more of it.
+        Refuse the body, past its limit (413): the connection (or HTTP/2
+        stream) carries nothing more of it.
         """
         channel = self.channel
         if channel is None or self.finished:
@@ -229,11 +207,18 @@ class ProxyRequest(Request):
         channel.persistent = False
         if self.bodyStream is not None:
             self.bodyStream.stopStreaming()
+            # The backend's exchange, which had the body streamed to it, is
+            # abandoned: its response must not follow the refusal.
+            callback, self.onConnectionLost = self.onConnectionLost, None
+            if callback is not None:
+                callback(Failure(ConnectionDone("The request body was refused")))
+            if self.producer is not None:
+                self.unregisterProducer()
         # HTTP/1.1 stops reading; an HTTP/2 stream stays refused (None would
         # mean its headers are still to come).
         self._maxBody = None if type(channel) is ProxyHTTPChannel else 0
         if not self.startedWriting and not self.finished:
-            renderError(self, self._refusal or 413)
+            renderError(self, 413)
         elif type(channel) is ProxyHTTPChannel:
             channel.forceClose()
         else:
@@ -247,10 +232,6 @@ class ProxyRequest(Request):
             return
         if self.channel is None or self.finished:
             # Refused (413) or abandoned before the body was complete.
-            return
-        if self._refusal is not None:
-            # An HTTP/2 request refused from its headers, without a body.
-            renderError(self, self._refusal)
             return
         if self.connectTarget is not None:
             path = b"/"
@@ -297,13 +278,28 @@ class ProxyRequest(Request):
         self.finish()
 
     def write(self, data: bytes) -> None:
+        if self._bodyDirect:
+            # What twisted.web's Request.write does once the head of a body
+            # of known length is out, without its two layers of checks per
+            # piece of the body.
+            if self.finished:
+                raise RuntimeError(
+                    "Request.write called on a request after Request.finish "
+                    "was called."
+                )
+            if data:
+                self.sentLength += len(data)
+                self.channel.write(data)
+            return
         if not self.startedWriting and self.channel is not None:
             passed = self.passedHeaders
             if passed is not None:
                 if type(self.channel) is ProxyHTTPChannel:
                     self._writeHead(passed, data)
                     return
-                # HTTP/2: through twisted.web's own header handling.
+                if type(self.channel) is H2StreamChannel:
+                    self._writeHeadHTTP2(passed, data)
+                    return
                 self.passedHeaders = None
                 for name, value in passed:
                     self.responseHeaders.addRawHeader(name, value)
@@ -342,7 +338,9 @@ class ProxyRequest(Request):
             head.append(b"\r\n")
             channel.writeSequence(head)
             return True
-        return writeInterimHTTP2(channel, status, headers)
+        if type(channel) is H2StreamChannel:
+            return channel.writeInterim(status, headers)
+        return False
 
     def _addOwnHeaders(self) -> None:
         headers = self.responseHeaders
@@ -404,14 +402,59 @@ class ProxyRequest(Request):
         else:
             head.append(b"\r\n")
             head.append(data)
+            self._bodyDirect = not hasContentEncoder(self)
         self.sentLength += len(data)
         self.channel.writeSequence(head)
+
+    def _writeHeadHTTP2(self, passed: list[tuple[bytes, bytes]], data: bytes) -> None:
+        """
+        L{_writeHead} for an HTTP/2 stream: the head as the list of fields
+        its C{HEADERS} frame carries (lowercase names), handed to the
+        stream with the first body bytes.
+        """
+        self.startedWriting = 1
+        code = self.code
+        noBody = self.method == b"HEAD" or code in NO_BODY_CODES
+        head = [(b":status", b"%d" % (code,))]
+        hasDate = hasServer = False
+        for name, value in passed:
+            lower = name.lower()
+            if lower in CONNECTION_HEADERS:
+                continue
+            hasDate = hasDate or lower == b"date"
+            head.append((lower, value))
+        for name, values in self.responseHeaders.getAllRawHeaders():
+            lower = name.lower()
+            if lower in CONNECTION_HEADERS:
+                continue
+            hasDate = hasDate or lower == b"date"
+            hasServer = hasServer or lower == b"server"
+            for value in values:
+                head.append((lower, value))
+        channel = self.channel
+        site = channel.site
+        if not hasDate:
+            head.append((b"date", httpDate(site.reactor.seconds())))
+        serverHeader = getattr(site, "serverHeader", None)
+        if serverHeader and not hasServer:
+            head.append((b"server", serverHeader))
+        hsts = site.hstsHeader
+        if hsts is not None and channel.isSecure():
+            head.append((b"strict-transport-security", hsts))
+        if noBody:
+            channel.writeHead(head)
+            self.write = _discard  # type: ignore[method-assign]
+            return
+        self.sentLength += len(data)
+        channel.writeHead(head, data)
 
     def connectionLost(self, reason: Failure) -> None:
         # Processed (by a filter, the cache or a backend) and not finished:
         # the access log has a line for it still (Request.finish writes the
         # others).
         site = self.site if not self.finished else None
+        # Writes go through twisted.web again, which drops them now.
+        self._bodyDirect = False
         Request.connectionLost(self, reason)
         callback = self.onConnectionLost
         if callback is not None:

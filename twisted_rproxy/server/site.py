@@ -22,6 +22,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from twisted_rproxy.config import ServerConfig
+from twisted_rproxy.h2.connection import H2ServerConnection
+from twisted_rproxy.h2.limits import H2Limits
 from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.policies import parseNetworks
 from twisted_rproxy.server.channel import ProxyHTTPChannel
@@ -88,6 +90,18 @@ class ProxySite(Site):
             minBodyRateGrace=config.minBodyRateGrace,
         )
         self._requestGuard = guard if guard else None
+        #: What an HTTP/2 connection accepts: the HTTP/1.1 limits' own
+        #: counterparts.
+        self.h2Limits = H2Limits(
+            maxHeaderListSize=config.maxHeaderSize,
+            maxHeaders=config.maxHeaders,
+            maxRequestLine=config.maxRequestLine,
+            idleTimeout=config.idleTimeout or 0.0,
+            headerTimeout=config.headerTimeout,
+            bodyTimeout=config.bodyTimeout,
+            minBodyRate=config.minBodyRate,
+            minBodyRateGrace=config.minBodyRateGrace,
+        )
         self._accessLog: TextIO | None = None
         self._formatLine: Callable[[ProxyRequest], str] = (
             self._jsonLine if config.accessLogFormat == "json" else self._combinedLine
@@ -110,14 +124,22 @@ class ProxySite(Site):
         """
         return []
 
-    def protocol(self) -> ChannelSwitcher:
+    # Our own protocol, where twisted.web types its wrapper.
+    def protocol(self) -> ChannelSwitcher:  # type: ignore[override]
         # twisted.web's own factory does this with a plain HTTPChannel; the
-        # wrapper switches to HTTP/2 when TLS negotiates it.
+        # wrapper switches to HTTP/2 when TLS negotiates it (or, with h2c,
+        # when a plain connection starts with its preface).
         channel = ProxyHTTPChannel()
         channel.maxHeaders = self.config.maxHeaders
         channel.totalHeadersSize = self.config.maxHeaderSize
         self._configureHardening(channel)
-        return ChannelSwitcher(channel)
+        return ChannelSwitcher(channel, self.config.h2c)
+
+    def buildHTTP2(self) -> H2ServerConnection:
+        """
+        The protocol of a connection that speaks HTTP/2.
+        """
+        return H2ServerConnection(self, self.h2Limits, self._trustedNetworks)
 
     def _configureHardening(self, channel: ProxyHTTPChannel) -> None:
         """

@@ -1,0 +1,16 @@
+"""
+The proxy's own HTTP/2 server, on the C{h2} library's state machine:
+L{connection} (the protocol of one connection: frames in, C{GOAWAY}s,
+flood bounds, timeouts, graceful stop), L{stream} (a stream as the
+twisted.web channel of its request) and L{limits} (what a connection
+accepts, and the flood counters). Each module imports only those before
+it.
+"""
+
+from __future__ import annotations
+
+from twisted_rproxy.h2.connection import H2ServerConnection
+from twisted_rproxy.h2.limits import H2Limits
+from twisted_rproxy.h2.stream import H2StreamChannel
+
+__all__ = ["H2Limits", "H2ServerConnection", "H2StreamChannel"]
