@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from attrs import field, frozen
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IAddress, IProtocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
@@ -395,3 +396,29 @@ class ListenerPolicyFactory(WrappingFactory):
         prefix = getattr(self.wrappedFactory, "logPrefix", None)
         name = prefix() if prefix is not None else type(self.wrappedFactory).__name__
         return f"{name} (policy)"
+
+
+def resolveClient(request: Any, trusted: Sequence[Network]) -> None:
+    """
+    Make C{request}'s client address the one the trusted proxies in front
+    report (L{realClient} of its C{Forwarded}, or else C{X-Forwarded-For},
+    chain), keeping the peer's in C{request.peerHost}: what the HTTP/1.1
+    channel and HTTP/2 streams both do once a request's head is in.
+    """
+    host = getattr(request.client, "host", None)
+    if not host:
+        return
+    headers = request.requestHeaders
+    values = headers.getRawHeaders(b"forwarded")
+    chain = (
+        forwardedFor(values)
+        if values
+        else xForwardedFor(headers.getRawHeaders(b"x-forwarded-for") or [])
+    )
+    client = realClient(host, chain, trusted)
+    if client != host:
+        request.peerHost = host
+        if ":" in client:
+            request.client = IPv6Address("TCP", client, 0)
+        else:
+            request.client = IPv4Address("TCP", client, 0)

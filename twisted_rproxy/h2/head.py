@@ -1,20 +1,14 @@
 """
 An HTTP/2 header block as the parts of an HTTP/1.1 request head
 (L{RequestHead}), a response head as the fields of a C{HEADERS} frame
-(L{responseFields}), and the client's address behind trusted proxies
-(L{resolveClient}): functions of data, for
-L{twisted_rproxy.h2.stream}.
+(L{responseFields}): functions of data, for L{twisted_rproxy.h2.stream}.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from attrs import frozen
-from twisted.internet.address import IPv4Address, IPv6Address
-
-from twisted_rproxy.policies import forwardedFor, realClient, xForwardedFor
 
 #: Header fields of HTTP/1.1 connections that HTTP/2 forbids (RFC 9113
 #: section 8.2.2): never sent in a response.
@@ -115,27 +109,3 @@ def responseFields(
                 head.append((lower, value))
     return head
 
-
-def resolveClient(request: Any, trusted: tuple[Any, ...]) -> None:
-    """
-    Make the request's client address the one the trusted proxies in
-    front report (see L{twisted_rproxy.policies.realClient}), as the
-    HTTP/1.1 channel does.
-    """
-    host = getattr(request.client, "host", None)
-    if not host:
-        return
-    headers = request.requestHeaders
-    values = headers.getRawHeaders(b"forwarded")
-    chain = (
-        forwardedFor(values)
-        if values
-        else xForwardedFor(headers.getRawHeaders(b"x-forwarded-for") or [])
-    )
-    client = realClient(host, chain, trusted)
-    if client != host:
-        request.peerHost = host
-        if ":" in client:
-            request.client = IPv6Address("TCP", client, 0)
-        else:
-            request.client = IPv4Address("TCP", client, 0)

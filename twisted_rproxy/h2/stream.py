@@ -26,10 +26,11 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from twisted_rproxy.h2.head import requestHead, resolveClient, responseFields
+from twisted_rproxy.h2.head import requestHead, responseFields
 from twisted_rproxy.h2.limits import CANCEL, INTERNAL_ERROR, NO_ERROR, H2Limits
 from twisted_rproxy.hardening import checkHead
 from twisted_rproxy.pages import renderError
+from twisted_rproxy.policies import resolveClient
 
 _log = Logger()
 

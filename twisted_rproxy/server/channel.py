@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -21,11 +20,7 @@ from twisted_rproxy._twisted import writeThrough
 from twisted_rproxy.hardening import BAD_LINE, checkHead, refusal
 from twisted_rproxy.interfaces import ITunnelChannel
 from twisted_rproxy.pages import renderError
-from twisted_rproxy.policies import (
-    forwardedFor,
-    realClient,
-    xForwardedFor,
-)
+from twisted_rproxy.policies import resolveClient
 from twisted_rproxy.rules.headers import connectionTokens
 from twisted_rproxy.server.chunked import StrictChunkedDecoder
 from twisted_rproxy.server.timeouts import RequestGuard, TimedHTTPChannel
@@ -215,7 +210,7 @@ class ProxyHTTPChannel(TimedHTTPChannel):
             )
         trusted = self.trustedProxies
         if trusted:
-            self._resolveClient(request, trusted)
+            resolveClient(request, trusted)
         request.method = command
         request.uri = target
         request.clientproto = version
@@ -310,28 +305,6 @@ class ProxyHTTPChannel(TimedHTTPChannel):
         self.closing = True
         HTTPChannel.loseConnection(self)
 
-    def _resolveClient(self, request: ChannelRequest, trusted: Any) -> None:
-        """
-        Make the request's client address the one the trusted proxies in
-        front of the proxy report (see L{realClient}).
-        """
-        peer = request.client
-        host = getattr(peer, "host", None)
-        if not host:
-            return
-        headers = request.requestHeaders
-        values = headers.getRawHeaders(b"forwarded")
-        chain = (
-            forwardedFor(values)
-            if values
-            else xForwardedFor(headers.getRawHeaders(b"x-forwarded-for") or [])
-        )
-        client = realClient(host, chain, trusted)
-        if client != host:
-            request.peerHost = host
-            kind = "TCP6" if ":" in client else "TCP"
-            address = IPv6Address if ":" in client else IPv4Address
-            request.client = address(kind, client, 0)  # type: ignore[arg-type]
 
     def _bodyStarted(self, request: ChannelRequest) -> None:
         """
