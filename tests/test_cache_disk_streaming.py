@@ -549,9 +549,11 @@ class StreamingProxyTests(_StreamingCase):
                 (client.length, client.digest.hexdigest()), (self.size, self.sha)
             )
         # The test's own backend and client run in this process too and
-        # buffer a few socket writes (peaks up to ~2 MiB were seen); a body
-        # held whole would be the 8 MiB and more.
-        self.assertLess(missPeak, self.size // 2)
+        # buffer a few socket writes, and a miss's pieces wait in memory
+        # while the disk thread catches up (the writer allows up to
+        # WRITE_BACKLOG): peaks up to ~4.4 MiB were seen on the miss. A body
+        # held whole would be the 8 MiB and more (its pieces, then joined).
+        self.assertLess(missPeak, self.size * 3 // 4)
         self.assertLess(hitPeak, self.size // 2)
         self.assertEqual(len(backend.requests), 1)
         self.assertEqual(store.stats["streamed"], 1)
