@@ -578,3 +578,27 @@ class CheckTests(SynchronousTestCase):
         self.assertIn(
             "pools.app.servers[0].refresh: must be greater than 0", self.err.getvalue()
         )
+
+
+class FailureReasonTests(SynchronousTestCase):
+    """
+    What the pool's status says of a failed query: each DNS response code
+    by name, so that an operator can tell a missing name from a broken
+    server.
+    """
+
+    def test_responseCodes(self) -> None:
+        from twisted.python.failure import Failure
+
+        for kind, code in (
+            (dnserror.DNSNameError, "NXDOMAIN"),
+            (dnserror.DNSServerError, "SERVFAIL"),
+            (dnserror.DNSQueryRefusedError, "REFUSED"),
+            (dnserror.DNSFormatError, "FORMERR"),
+            (dnserror.DNSNotImplementedError, "NOTIMP"),
+        ):
+            self.assertIn(code, driver._reason(Failure(kind())), kind)
+        self.assertEqual(
+            driver._reason(Failure(dnserror.DNSQueryTimeoutError(0))),
+            "no answer (timed out)",
+        )

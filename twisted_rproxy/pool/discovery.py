@@ -60,7 +60,10 @@ _REASONS: tuple[tuple[type[Exception], str], ...] = (
     (dnserror.DNSServerError, "the DNS server failed (SERVFAIL)"),
     (dnserror.DNSQueryRefusedError, "the DNS server refused the query (REFUSED)"),
     (dnserror.DNSFormatError, "the DNS server found the query malformed (FORMERR)"),
-    (dnserror.DNSNotImplementedError, "the DNS server does not implement it"),
+    (
+        dnserror.DNSNotImplementedError,
+        "the DNS server does not implement this kind of query (NOTIMP)",
+    ),
     (dnserror.DNSQueryTimeoutError, "no answer (timed out)"),
 )
 
