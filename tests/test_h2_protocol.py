@@ -31,14 +31,17 @@ from zope.interface import implementer
 
 from twisted_rproxy.config import ServerConfig
 from twisted_rproxy.h2 import H2Limits, H2ServerConnection
-from twisted_rproxy.h2.frames import PREFACE, FrameScanner
+from twisted_rproxy.h2.frames import PREFACE, FrameError, FrameScanner
 from twisted_rproxy.h2.limits import (
     COMPRESSION_ERROR,
     ENHANCE_YOUR_CALM,
     FRAME_SIZE_ERROR,
+    HEADERS,
     NO_ERROR,
+    PING,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
+    SETTINGS,
     FloodCounter,
 )
 from twisted_rproxy.server import ProxySite
@@ -762,11 +765,38 @@ class LimitTests(SynchronousTestCase):
         L{FrameScanner} hands on whole frames only, and takes a GOAWAY out.
         """
         scanner = FrameScanner(H2Limits())
+        settings = SettingsFrame(0).serialize()
         ping = PingFrame(0, b"12345678").serialize()
         goAway = GoAwayFrame(0, last_stream_id=0).serialize()
-        self.assertEqual(scanner.scan(ping + goAway + ping[:5], 0.0), ping)
+        pingFrame = (PING, 0, 0, b"12345678", 8)
+        self.assertEqual(
+            scanner.scan(settings + ping + goAway + ping[:5], 0.0),
+            [(SETTINGS, 0, 0, b"", 0), pingFrame],
+        )
         self.assertTrue(scanner.peerGoingAway)
-        self.assertEqual(scanner.scan(ping[5:], 0.0), ping)
+        self.assertEqual(scanner.scan(ping[5:], 0.0), [pingFrame])
+
+    def test_scannerJoinsHeaderBlock(self) -> None:
+        """
+        A header block's fragments come out as one HEADERS frame, without
+        its padding and priority; a frame between them is a connection
+        error.
+        """
+        scanner = FrameScanner(H2Limits())
+        scanner.scan(SettingsFrame(0).serialize(), 0.0)
+        headers = HeadersFrame(1, b"ab", flags=["PADDED", "PRIORITY"], pad_length=3)
+        headers.depends_on = 1
+        continued = ContinuationFrame(1, b"cd", flags=["END_HEADERS"])
+        self.assertEqual(
+            scanner.scan(headers.serialize() + continued.serialize(), 0.0),
+            [(HEADERS, 0x2C, 1, b"abcd", 1)],
+        )
+        self.assertTrue(not scanner.inBlock)
+        scanner.scan(HeadersFrame(3, b"ab").serialize(), 0.0)
+        self.assertTrue(scanner.inBlock)
+        with self.assertRaises(FrameError) as caught:
+            scanner.scan(PingFrame(0, b"12345678").serialize(), 0.0)
+        self.assertEqual(caught.exception.code, PROTOCOL_ERROR)
 
 
 class SwitchTests(SynchronousTestCase):

@@ -1,18 +1,20 @@
 """
-L{H2ServerConnection}: the proxy's HTTP/2 server protocol, one object per
-connection, on the C{h2} library's state machine.
+L{H2ServerConnection}: the proxy's HTTP/2 server protocol (RFC 9113), one
+object per connection.
 
-Each read goes through the L{FrameScanner} (flood bounds, and the checks
-C{h2} does not make as RFC 9113 says) before C{h2} sees it; C{h2}'s events
-go to the streams (L{H2StreamChannel}). What C{h2} queues is written once
-per read or per reactor turn, after the streams handed it their heads and
-bodies (L{H2StreamChannel.sendPending}): a response head with a small body
-is one C{send}.
+Each read goes through the L{FrameScanner} (sizes, flood bounds, header
+blocks joined); each frame then acts on the connection or its stream
+(L{H2StreamChannel}): header blocks are decoded (L{Decoder}) and checked
+(L{requestHead}), bodies counted against the windows, and what is queued
+(answers to SETTINGS and PING, WINDOW_UPDATEs, the streams' heads and
+bodies, L{H2StreamChannel.sendPending}) is written once per read or per
+reactor turn: a response head with a small body is one C{send}.
 
-Every connection error ends in a C{GOAWAY} with its code, then the
-connection is closed. A graceful stop (L{H2ServerConnection.closeIfIdle})
-sends C{GOAWAY(NO_ERROR)} with the last stream taken, and closes once the
-open streams are done.
+What the client sent wrong is answered as RFC 9113 says: a stream error
+with C{RST_STREAM} (the request, if any, is lost), a connection error with
+C{GOAWAY} and its code, then the close. A graceful stop
+(L{H2ServerConnection.closeIfIdle}) sends C{GOAWAY(NO_ERROR)} with the
+last stream taken, and closes once the open streams are done.
 """
 
 from __future__ import annotations
@@ -20,19 +22,6 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from h2.config import H2Configuration
-from h2.connection import H2Connection
-from h2.events import (
-    ConnectionTerminated,
-    DataReceived,
-    RemoteSettingsChanged,
-    RequestReceived,
-    StreamEnded,
-    StreamReset,
-    WindowUpdated,
-)
-from h2.exceptions import H2Error
-from h2.settings import SettingCodes, Settings
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
@@ -41,20 +30,39 @@ from zope.interface import implementer
 
 from twisted_rproxy._twisted import writeThrough
 from twisted_rproxy.h2.frames import (
-    GOAWAY_HEAD,
     PREFACE,
+    SETTINGS_ACK,
     FrameError,
     FrameScanner,
-    errorCode,
+    frameHead,
     goAwayFrame,
+    headersFrames,
+    pingAck,
+    resetFrame,
     settingsFrame,
+    windowUpdateFrame,
 )
+from twisted_rproxy.h2.head import MalformedRequest, requestHead
+from twisted_rproxy.h2.hpack import Decoder, Encoder, FieldError, HPACKError
 from twisted_rproxy.h2.limits import (
+    COMPRESSION_ERROR,
+    DATA,
     ENHANCE_YOUR_CALM,
+    FLAG_ACK,
+    FLAG_END_STREAM,
+    FLOW_CONTROL_ERROR,
+    FRAME_SIZE_ERROR,
+    HEADERS,
     INTERNAL_ERROR,
     NO_ERROR,
+    PING,
+    PRIORITY,
     PROTOCOL_ERROR,
     REFUSED_STREAM,
+    RST_STREAM,
+    SETTINGS,
+    STREAM_CLOSED,
+    WINDOW_UPDATE,
     H2Limits,
 )
 from twisted_rproxy.h2.stream import H2StreamChannel
@@ -62,26 +70,45 @@ from twisted_rproxy.hardening import bodyRateDeadline
 
 _log = Logger()
 
+#: The largest flow-control window (RFC 9113 section 6.9.1).
+MAX_WINDOW = 2**31 - 1
+
+#: The SETTINGS identifiers the proxy reads (RFC 9113 section 6.5.2).
+_ENABLE_PUSH = 0x2
+_MAX_CONCURRENT_STREAMS = 0x3
+_INITIAL_WINDOW_SIZE = 0x4
+_MAX_FRAME_SIZE = 0x5
+_MAX_HEADER_LIST_SIZE = 0x6
+
+#: How many closed streams are remembered: the frames the client sent on a
+#: stream the proxy reset, before it learnt of it, are ignored; a HEADERS
+#: frame on another closed stream is a STREAM_CLOSED error, on a stream
+#: never opened a PROTOCOL_ERROR.
+_CLOSED_KEPT = 256
+
 
 @implementer(IPushProducer)
 class H2ServerConnection(Protocol):
     """
-    One HTTP/2 connection: feeds C{h2}, makes an L{H2StreamChannel} (and
-    its request) per stream, writes what C{h2} queues once per read or
+    One HTTP/2 connection: reads its frames, makes an L{H2StreamChannel}
+    (and its request) per stream, writes what is queued once per read or
     turn, enforces L{H2Limits}, and stops gracefully (L{closeIfIdle}).
 
-    @ivar h2: The C{h2} state machine.
     @ivar limits: What the connection accepts.
     @ivar site: The site whose requests the streams make.
     @ivar writePaused: Whether the transport asked for no more data for
         now (the streams keep their bodies, and pause their producers).
     @ivar streams: The open streams, by identifier.
+    @ivar sendWindow: The connection's window for what the proxy sends.
+    @ivar maxFrameSize: The largest frame the client takes.
     """
 
     # A TCP or TLS transport (ITransport declares neither producers nor
     # abortConnection).
     transport: Any
     writePaused = False
+    sendWindow = 65535
+    maxFrameSize = 16384
     _closed = False
     _inRead = False
     _flushCall: IDelayedCall | None = None
@@ -89,7 +116,10 @@ class H2ServerConnection(Protocol):
     _timerAt = 0.0
     _goAwaySent = False
     _closing = False
-    _lastStreamID = 2**31 - 1
+    _lastStreamID = MAX_WINDOW
+    _highest = 0
+    _initialWindow = 65535
+    _settingsAcked = False
     _connectedAt = 0.0
     _peer: Any = None
     _host: Any = None
@@ -108,34 +138,17 @@ class H2ServerConnection(Protocol):
         self._dirty: dict[H2StreamChannel, None] = {}
         self._scanner = FrameScanner(limits)
         self._preface: bytes | None = PREFACE
-        self._pending = b""
-        self._prefix = b""
+        self._out: list[bytes] = []
+        self._recent: dict[int, bool] = {}
+        # Room beyond the advertised header list size, so that a list past
+        # it is answered with 431; past this the client is a flood.
+        self._decoder = Decoder(4096, 4 * limits.maxHeaderListSize + 4096)
+        self._encoder = Encoder()
+        self._recvWindow = self._connectionWindow = max(limits.connectionWindow, 65535)
+        self._connAck = 0
         reactor = site.reactor
         self.seconds = reactor.seconds
         self._callLater = reactor.callLater
-        config = H2Configuration(
-            client_side=False,
-            header_encoding=None,
-            validate_outbound_headers=False,
-            normalize_outbound_headers=False,
-        )
-        h2 = self.h2 = H2Connection(config=config)
-        # What h2 enforces: room beyond what is advertised, so that the
-        # proxy refuses a stream past the limit itself (REFUSED_STREAM,
-        # where h2 would end the connection) and answers a header list
-        # past its size with 431; past these the client is a flood.
-        hardHeaderList = 4 * limits.maxHeaderListSize + 4096
-        h2.local_settings = Settings(
-            client=False,
-            initial_values={
-                SettingCodes.MAX_CONCURRENT_STREAMS: 2 * limits.maxConcurrentStreams
-                + 16,
-                SettingCodes.MAX_HEADER_LIST_SIZE: hardHeaderList,
-                SettingCodes.INITIAL_WINDOW_SIZE: limits.initialWindowSize,
-                SettingCodes.ENABLE_PUSH: 0,
-            },
-        )
-        h2.decoder.max_header_list_size = hardHeaderList
         self._lastActivity = self.seconds()
 
     # --- the protocol ------------------------------------------------------
@@ -156,22 +169,17 @@ class H2ServerConnection(Protocol):
         window's increase.
         """
         limits = self.limits
-        h2 = self.h2
-        h2.initiate_connection()
-        # h2's SETTINGS would advertise its enforcement values: ours instead.
-        h2.data_to_send()
         settings = [
-            (SettingCodes.MAX_CONCURRENT_STREAMS, limits.maxConcurrentStreams),
-            (SettingCodes.MAX_HEADER_LIST_SIZE, limits.maxHeaderListSize),
+            (_MAX_CONCURRENT_STREAMS, limits.maxConcurrentStreams),
+            (_MAX_HEADER_LIST_SIZE, limits.maxHeaderListSize),
         ]
         if limits.initialWindowSize != 65535:
-            settings.append(
-                (SettingCodes.INITIAL_WINDOW_SIZE, limits.initialWindowSize)
-            )
-        increase = limits.connectionWindow - 65535
+            settings.append((_INITIAL_WINDOW_SIZE, limits.initialWindowSize))
+        preface = settingsFrame(settings)
+        increase = self._connectionWindow - 65535
         if increase > 0:
-            h2.increment_flow_control_window(increase)
-        return settingsFrame(settings) + h2.data_to_send()
+            preface += windowUpdateFrame(0, increase)
+        return preface
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -180,29 +188,6 @@ class H2ServerConnection(Protocol):
         self._inRead = True
         try:
             self._receive(data)
-        finally:
-            self._inRead = False
-        if not self._closed:
-            self._flush()
-
-    def _receive(self, data: bytes) -> None:
-        head = b""
-        expected = self._preface
-        if expected is not None:
-            n = min(len(expected), len(data))
-            if data[:n] != expected[:n]:
-                self._goAway(PROTOCOL_ERROR)
-                return
-            rest = expected[n:]
-            if rest:
-                self._preface = rest
-                return
-            self._preface = None
-            self._prefix += self._serverPreface()
-            head, data = PREFACE, data[n:]
-        scanner = self._scanner
-        try:
-            feed = scanner.scan(data, self._lastActivity)
         except FrameError as e:
             _log.info(
                 "HTTP/2: connection error {code} from {peer}: {why}",
@@ -211,94 +196,127 @@ class H2ServerConnection(Protocol):
                 why=str(e),
             )
             self._goAway(e.code)
-            return
+        except Exception:
+            _log.failure("HTTP/2: failed on what a client sent")
+            self._goAway(INTERNAL_ERROR)
+        finally:
+            self._inRead = False
+        if not self._closed:
+            self._flush()
+
+    def _receive(self, data: bytes) -> None:
+        expected = self._preface
+        if expected is not None:
+            n = min(len(expected), len(data))
+            if data[:n] != expected[:n]:
+                raise FrameError(PROTOCOL_ERROR, "not the HTTP/2 preface")
+            rest = expected[n:]
+            if rest:
+                self._preface = rest
+                return
+            self._preface = None
+            self._out.append(self._serverPreface())
+            data = data[n:]
+        scanner = self._scanner
+        frames = scanner.scan(data, self._lastActivity)
         if scanner.inBlock:
             self._armTimer(self.limits.headerTimeout)
-        if head:
-            feed = head + feed
-        if feed:
-            try:
-                events = self.h2.receive_data(feed)
-            except H2Error as e:
-                self._h2Failed(e)
+        streams = self.streams
+        for kind, flags, streamID, payload, extra in frames:
+            if self._closed:
                 return
-            except Exception:
-                _log.failure("HTTP/2: h2 failed on what a client sent")
-                self._goAway(INTERNAL_ERROR)
-                return
-            self._dispatch(events)
+            if kind == HEADERS:
+                self._headersFrame(streamID, flags, payload, extra)
+            elif kind == DATA:
+                self._dataFrame(streamID, flags, payload, extra)
+            elif kind == WINDOW_UPDATE:
+                self._windowUpdate(streamID, payload)
+            elif kind == RST_STREAM:
+                stream = streams.get(streamID)
+                if stream is not None:
+                    stream.peerReset()
+                elif streamID > self._highest:
+                    raise FrameError(PROTOCOL_ERROR, "RST_STREAM on an idle stream")
+            elif kind == SETTINGS:
+                self._settings(flags, payload)
+            elif kind == PING:
+                if not flags & FLAG_ACK:
+                    self._out.append(pingAck(payload))
+            elif kind == PRIORITY:
+                if len(payload) != 5:
+                    self._streamError(streamID, FRAME_SIZE_ERROR)
+                elif int.from_bytes(payload[:4], "big") & MAX_WINDOW == streamID:
+                    self._streamError(streamID, PROTOCOL_ERROR)
+        if self._connAck >= self._connectionWindow // 2:
+            self._recvWindow += self._connAck
+            self._out.append(windowUpdateFrame(0, self._connAck))
+            self._connAck = 0
         if scanner.peerGoingAway and not self.streams:
             self._closeWhenFlushed()
 
-    def _dispatch(self, events: list[Any]) -> None:
-        streams = self.streams
-        for event in events:
-            if self._closed:
-                return
-            kind = type(event)
-            if kind is RequestReceived:
-                self._requestReceived(event)
-            elif kind is DataReceived:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.receiveData(event.data, event.flow_controlled_length)
-                elif event.flow_controlled_length:
-                    # A stream refused or done: the connection's window.
-                    self._acknowledge(event.flow_controlled_length, event.stream_id)
-            elif kind is StreamEnded:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.receiveEnd()
-            elif kind is StreamReset:
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.peerReset()
-            elif kind is WindowUpdated:
-                if event.stream_id:
-                    stream = streams.get(event.stream_id)
-                    if stream is not None and stream.hasPending:
-                        self._dirty[stream] = None
-                else:
-                    self._wakePending()
-            elif kind is RemoteSettingsChanged:
-                if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
-                    self._wakePending()
-            elif kind is ConnectionTerminated:  # pragma: no cover
-                # Taken out by _scan; h2 sends none itself.
-                self._closeNow()
+    # --- the frames ----------------------------------------------------------
 
-    def _acknowledge(self, length: int, streamID: int) -> None:
+    def _headersFrame(
+        self, streamID: int, flags: int, block: bytes, selfDependent: int
+    ) -> None:
+        bad: Exception | None = None
         try:
-            self.h2.acknowledge_received_data(length, streamID)
-        except H2Error:
-            pass
-
-    def _requestReceived(self, event: RequestReceived) -> None:
-        streamID = event.stream_id
-        headers = event.headers or []
+            fields = self._decoder.decode(block)
+        except HPACKError as e:
+            raise FrameError(COMPRESSION_ERROR, str(e)) from None
+        except FieldError as e:
+            fields = []
+            bad = e
+        ended = bool(flags & FLAG_END_STREAM)
+        stream = self.streams.get(streamID)
+        if stream is not None:
+            # Trailers: taken as the request's end (their fields are not
+            # forwarded).
+            if stream.remoteClosed:
+                self._streamError(streamID, STREAM_CLOSED)
+            elif not ended or bad is not None or any(n[:1] == b":" for n, _ in fields):
+                self._streamError(streamID, PROTOCOL_ERROR)
+            else:
+                self._remoteEnd(stream)
+            return
+        if streamID <= self._highest:
+            resetByProxy = self._recent.get(streamID)
+            if resetByProxy:
+                return
+            if resetByProxy is None:
+                raise FrameError(PROTOCOL_ERROR, "a stream identifier going back")
+            raise FrameError(STREAM_CLOSED, "HEADERS on a closed stream")
+        if not streamID & 1:
+            raise FrameError(PROTOCOL_ERROR, "a stream of even identifier")
+        self._highest = streamID
         if self._goAwaySent and streamID > self._lastStreamID:
             # After our GOAWAY: the client retries it elsewhere.
-            self._resetStream(streamID, REFUSED_STREAM)
+            self.resetStream(streamID, REFUSED_STREAM)
+            return
+        if bad is None and not selfDependent:
+            try:
+                head = requestHead(fields)
+            except MalformedRequest as e:
+                bad = e
+        if bad is not None or selfDependent:
+            _log.debug(
+                "HTTP/2: malformed request on stream {id}: {why}", id=streamID, why=bad
+            )
+            self.resetStream(streamID, PROTOCOL_ERROR)
             return
         if len(self.streams) >= self.limits.maxConcurrentStreams:
-            self._resetStream(streamID, REFUSED_STREAM)
+            self.resetStream(streamID, REFUSED_STREAM)
             if self._scanner.guard.resets.hit(self._lastActivity):
-                self._goAway(ENHANCE_YOUR_CALM)
+                raise FrameError(ENHANCE_YOUR_CALM, "streams refused")
             return
-        for name, _ in headers:
-            if name[:1] != b":":
-                break
-            if name == b":protocol":
-                # Extended CONNECT (RFC 8441: WebSocket over HTTP/2) is not
-                # offered (no SETTINGS_ENABLE_CONNECT_PROTOCOL): a
-                # malformed request (RFC 9113 section 8.1.1).
-                self._resetStream(streamID, PROTOCOL_ERROR)
-                return
         stream = H2StreamChannel(streamID, self)
+        stream.sendWindow = self._initialWindow
+        stream.recvWindow = self._streamWindow()
+        stream.remoteClosed = ended
+        stream.declaredLength = head.length(ended)
         self.streams[streamID] = stream
-        ended = event.stream_ended is not None
         try:
-            stream.receiveHead(headers, ended)
+            stream.receiveHead(head, ended)
         except Exception:
             _log.failure("HTTP/2: the request of stream {id} failed", id=streamID)
             stream.abortConnection()
@@ -310,18 +328,185 @@ class H2ServerConnection(Protocol):
             if limits.minBodyRate:
                 self._armTimer(limits.minBodyRateGrace)
 
-    def _resetStream(self, streamID: int, code: int) -> None:
-        try:
-            self.h2.reset_stream(streamID, code)
-        except H2Error:
-            pass
+    def _streamWindow(self) -> int:
+        """
+        What a new stream may receive: the advertised window, or the
+        default while the client may not have read the proxy's SETTINGS.
+        """
+        window = self.limits.initialWindowSize
+        return window if self._settingsAcked else max(window, 65535)
+
+    def _dataFrame(self, streamID: int, flags: int, data: bytes, length: int) -> None:
+        if length:
+            self._recvWindow -= length
+            if self._recvWindow < 0:
+                raise FrameError(FLOW_CONTROL_ERROR, "past the connection's window")
+            # Given back at once: each stream's own window holds its body
+            # back.
+            self._connAck += length
+        stream = self.streams.get(streamID)
+        if stream is None:
+            if streamID > self._highest:
+                raise FrameError(PROTOCOL_ERROR, "DATA on an idle stream")
+            if not self._recent.get(streamID):
+                self.resetStream(streamID, STREAM_CLOSED)
+            return
+        if stream.remoteClosed:
+            self._streamError(streamID, STREAM_CLOSED)
+            return
+        stream.recvWindow -= length
+        if stream.recvWindow < 0:
+            self._streamError(streamID, FLOW_CONTROL_ERROR)
+            return
+        received = stream.receivedLength = stream.receivedLength + len(data)
+        declared = stream.declaredLength
+        ended = flags & FLAG_END_STREAM
+        if declared is not None and (
+            received > declared or (ended and received != declared)
+        ):
+            # RFC 9113 section 8.1.1: a body of another length than
+            # declared is malformed.
+            self._streamError(streamID, PROTOCOL_ERROR)
+            return
+        if ended:
+            stream.remoteClosed = True
+        if length:
+            stream.receiveData(data, length)
+        if ended:
+            stream.receiveEnd()
+
+    def _remoteEnd(self, stream: H2StreamChannel) -> None:
+        stream.remoteClosed = True
+        stream.receiveEnd()
+
+    def _windowUpdate(self, streamID: int, payload: bytes) -> None:
+        increment = int.from_bytes(payload, "big") & MAX_WINDOW
+        if not streamID:
+            if not increment:
+                raise FrameError(PROTOCOL_ERROR, "WINDOW_UPDATE of 0")
+            self.sendWindow += increment
+            if self.sendWindow > MAX_WINDOW:
+                raise FrameError(FLOW_CONTROL_ERROR, "connection window too large")
+            self._wakePending()
+            return
+        stream = self.streams.get(streamID)
+        if stream is None:
+            if streamID > self._highest:
+                raise FrameError(PROTOCOL_ERROR, "WINDOW_UPDATE on an idle stream")
+            return
+        if not increment:
+            self._streamError(streamID, PROTOCOL_ERROR)
+            return
+        stream.sendWindow += increment
+        if stream.sendWindow > MAX_WINDOW:
+            self._streamError(streamID, FLOW_CONTROL_ERROR)
+        elif stream.hasPending:
+            self._dirty[stream] = None
+
+    def _settings(self, flags: int, payload: bytes) -> None:
+        if flags & FLAG_ACK:
+            self._settingsAcked = True
+            return
+        for offset in range(0, len(payload), 6):
+            key, value = struct.unpack_from(">HI", payload, offset)
+            if key == _INITIAL_WINDOW_SIZE:
+                if value > MAX_WINDOW:
+                    raise FrameError(FLOW_CONTROL_ERROR, "initial window too large")
+                delta = value - self._initialWindow
+                self._initialWindow = value
+                for stream in self.streams.values():
+                    # RFC 9113 section 6.9.2: windows may go negative.
+                    stream.sendWindow += delta
+                    if stream.sendWindow > MAX_WINDOW:
+                        raise FrameError(FLOW_CONTROL_ERROR, "a window too large")
+                self._wakePending()
+            elif key == _MAX_FRAME_SIZE:
+                if not 16384 <= value <= 2**24 - 1:
+                    raise FrameError(PROTOCOL_ERROR, f"max frame size {value}")
+                self.maxFrameSize = value
+            elif key == _ENABLE_PUSH and value > 1:
+                raise FrameError(PROTOCOL_ERROR, f"enable push {value}")
+            # The header table's size needs nothing: the encoder has no
+            # dynamic table. The others do not concern a server.
+        self._out.append(SETTINGS_ACK)
+
+    def _streamError(self, streamID: int, code: int) -> None:
+        """
+        Reset a stream for what the client sent on it.
+        """
+        stream = self.streams.get(streamID)
+        if stream is not None:
+            stream.abortConnection(code)
+        else:
+            self.resetStream(streamID, code)
+
+    # --- what the streams call ---------------------------------------------
+
+    def sendHeaders(
+        self, stream: H2StreamChannel, fields: list[tuple[bytes, bytes]], end: bool
+    ) -> None:
+        """
+        Queue a stream's header block.
+        """
+        block = self._encoder.encode(fields)
+        self._out.append(headersFrames(stream.streamID, block, end, self.maxFrameSize))
+
+    def sendData(self, stream: H2StreamChannel, data: bytes, end: bool) -> None:
+        """
+        Queue a C{DATA} frame of a stream (within its windows, and the
+        peer's frame size: the stream sees to it, L{window}).
+        """
+        size = len(data)
+        self._out.append(
+            frameHead(size, DATA, FLAG_END_STREAM if end else 0, stream.streamID)
+        )
+        if size:
+            self._out.append(data)
+            self.sendWindow -= size
+            stream.sendWindow -= size
+
+    def window(self, stream: H2StreamChannel) -> int:
+        """
+        How much of a stream's body may be sent now.
+        """
+        return min(self.sendWindow, stream.sendWindow)
+
+    def resetStream(self, streamID: int, code: int) -> None:
+        """
+        Queue an C{RST_STREAM}; what the client sent on the stream before
+        it learnt of it is ignored.
+        """
+        self._out.append(resetFrame(streamID, code))
+        self._remember(streamID, True)
+
+    def _remember(self, streamID: int, resetByProxy: bool) -> None:
+        recent = self._recent
+        if recent.get(streamID):
+            return
+        recent[streamID] = resetByProxy
+        if len(recent) > _CLOSED_KEPT:
+            del recent[next(iter(recent))]
+
+    def acknowledge(self, stream: H2StreamChannel, length: int) -> None:
+        """
+        A stream's request body took C{length} more bytes: open its window
+        by as much, in a C{WINDOW_UPDATE} once half of it is to give back.
+        """
+        if stream.remoteClosed or self._closed:
+            return
+        pending = stream.unacknowledged = stream.unacknowledged + length
+        if pending >= self.limits.initialWindowSize // 2:
+            stream.unacknowledged = 0
+            stream.recvWindow += pending
+            self._out.append(windowUpdateFrame(stream.streamID, pending))
+            self.scheduleFlush()
+
+    # --- what the streams call ---------------------------------------------
 
     def _wakePending(self) -> None:
         for stream in self.streams.values():
             if stream.hasPending:
                 self._dirty[stream] = None
-
-    # --- what the streams call ---------------------------------------------
 
     def streamChanged(self, stream: H2StreamChannel) -> None:
         self._dirty[stream] = None
@@ -335,6 +520,7 @@ class H2ServerConnection(Protocol):
     def streamDone(self, stream: H2StreamChannel) -> None:
         if self.streams.get(stream.streamID) is stream:
             del self.streams[stream.streamID]
+            self._remember(stream.streamID, False)
         if not self.streams:
             self._lastActivity = self.seconds()
             if self._goAwaySent or self._scanner.peerGoingAway:
@@ -365,8 +551,8 @@ class H2ServerConnection(Protocol):
 
     def _flush(self) -> None:
         """
-        Let the streams with something to send hand it to C{h2}, then write
-        all C{h2} queued (and the proxy's own frames before it) at once.
+        Let the streams with something to send queue it, then write all
+        that is queued at once.
         """
         call, self._flushCall = self._flushCall, None
         if call is not None and call.active():
@@ -379,13 +565,10 @@ class H2ServerConnection(Protocol):
             self._dirty = {}
             for stream in dirty:
                 stream.sendPending()
-        data = self.h2.data_to_send()
-        prefix = self._prefix
-        if prefix:
-            self._prefix = b""
-            data = prefix + data
-        if data:
-            writeThrough(transport, data)
+        out = self._out
+        if out:
+            self._out = []
+            writeThrough(transport, out[0] if len(out) == 1 else b"".join(out))
         if self._closing and not self.streams:
             self._closeNow()
 
@@ -415,27 +598,10 @@ class H2ServerConnection(Protocol):
             return
         transport = self.transport
         if transport is not None:
-            data = self._prefix + self.h2.data_to_send()
-            self._prefix = b""
-            last = self.h2.highest_inbound_stream_id
-            transport.write(data + goAwayFrame(last, code))
-        self._closeNow()
-
-    def _h2Failed(self, error: H2Error) -> None:
-        """
-        C{h2} found a connection error in what the client sent and queued
-        its C{GOAWAY}: send it with the right code, and close.
-        """
-        code = errorCode(error)
-        _log.debug("HTTP/2 connection error {code}: {error}", code=code, error=error)
-        data = self._prefix + self.h2.data_to_send()
-        self._prefix = b""
-        if data[-17:-8] == GOAWAY_HEAD:
-            data = data[:-4] + struct.pack(">I", code)
-        else:
-            data += goAwayFrame(self.h2.highest_inbound_stream_id, code)
-        if self.transport is not None:
-            self.transport.write(data)
+            self._out.append(goAwayFrame(self._highest, code))
+            data = b"".join(self._out)
+            self._out = []
+            transport.write(data)
         self._closeNow()
 
     # --- IPushProducer, for the transport ------------------------------------
@@ -560,7 +726,7 @@ class H2ServerConnection(Protocol):
             return True
         if not self._goAwaySent:
             self._goAwaySent = True
-            self._lastStreamID = self.h2.highest_inbound_stream_id
+            self._lastStreamID = self._highest
             self._flush()
             transport.write(goAwayFrame(self._lastStreamID, NO_ERROR))
         return False

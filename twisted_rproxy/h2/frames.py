@@ -1,17 +1,15 @@
 """
-L{FrameScanner}: what the proxy checks of the frames a client sends before
-the C{h2} state machine sees them, and the few frames it builds itself
-(L{goAwayFrame}, L{settingsFrame}).
+HTTP/2 frames (RFC 9113 section 4 and 6): L{FrameScanner} reads the frames
+a client sends, and the functions below build those the proxy sends.
 
-The scanner reads only the nine-byte header of each frame. It runs the
-flood counters (L{twisted_rproxy.h2.limits.FloodGuard}), and makes the
-checks C{h2} does not make as RFC 9113 says: a SETTINGS acknowledgement
-with a payload is a C{FRAME_SIZE_ERROR} (section 6.5; C{h2} says
-C{PROTOCOL_ERROR}); a frame longer than the largest is refused from its
-header, not once all of it arrived; and a client's C{GOAWAY} is checked
-and taken out of what C{h2} is fed, since C{h2} would then stop sending,
-where the RFC wants the open streams finished and PINGs answered (sections
-6.8 and 7).
+The scanner checks what a frame's type, flags, length and stream say by
+themselves (sizes, padding, frames that need stream 0 or another, the
+order of a header block's HEADERS and CONTINUATION frames), runs the flood
+counters (L{twisted_rproxy.h2.limits.FloodGuard}), joins a header block's
+fragments, and takes the client's C{GOAWAY} out (the proxy then finishes
+its open streams and still answers PINGs, RFC 9113 sections 6.8 and 7).
+What a frame means for its stream is for the connection
+(L{twisted_rproxy.h2.connection}).
 """
 
 from __future__ import annotations
@@ -19,20 +17,23 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
-from h2.exceptions import H2Error, ProtocolError
-from hpack.exceptions import HPACKError
-
 from twisted_rproxy.h2.limits import (
-    COMPRESSION_ERROR,
     CONTINUATION,
+    DATA,
     ENHANCE_YOUR_CALM,
     FLAG_ACK,
     FLAG_END_HEADERS,
+    FLAG_END_STREAM,
     FRAME_SIZE_ERROR,
     GOAWAY,
     HEADERS,
+    PING,
+    PRIORITY,
     PROTOCOL_ERROR,
+    PUSH_PROMISE,
+    RST_STREAM,
     SETTINGS,
+    WINDOW_UPDATE,
     FloodGuard,
     H2Limits,
 )
@@ -44,9 +45,22 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: default).
 MAX_FRAME_SIZE = 16384
 
-#: The header of a GOAWAY without debug data (what h2 queues for a
-#: connection error, too: its last four bytes are then the error code).
-GOAWAY_HEAD = b"\x00\x00\x08\x07\x00\x00\x00\x00\x00"
+#: The PADDED and PRIORITY flags.
+FLAG_PADDED = 0x8
+FLAG_PRIORITY = 0x20
+
+#: The types of frame that belong to a stream, and those of stream 0.
+_STREAM_TYPES = frozenset([DATA, HEADERS, PRIORITY, RST_STREAM, CONTINUATION])
+_CONNECTION_TYPES = frozenset([SETTINGS, PING, GOAWAY])
+
+#: The payload length each of these types must have.
+_FIXED_LENGTH = {PING: 8, RST_STREAM: 4, WINDOW_UPDATE: 4}
+
+#: A frame as the scanner hands it on: its type, flags, stream, payload
+#: (a DATA frame's and a header block's without padding nor priority),
+#: and its length as flow control counts it (a DATA frame's), or for a
+#: header block whether it names its own stream as its dependency (1).
+Frame = tuple[int, int, int, bytes, int]
 
 
 class FrameError(Exception):
@@ -61,12 +75,20 @@ class FrameError(Exception):
         self.code = code
 
 
+def frameHead(length: int, kind: int, flags: int, streamID: int) -> bytes:
+    """
+    The nine bytes of a frame's header.
+    """
+    return struct.pack(">IBBI", length, kind, flags, streamID)[1:]
+
+
 def goAwayFrame(lastStreamID: int, code: int) -> bytes:
     """
-    A C{GOAWAY} frame, built here: sending one through C{h2} would stop
-    it from sending anything after, open streams' responses included.
+    A C{GOAWAY} frame without debug data.
     """
-    return GOAWAY_HEAD + struct.pack(">II", lastStreamID & 0x7FFFFFFF, code)
+    return frameHead(8, GOAWAY, 0, 0) + struct.pack(
+        ">II", lastStreamID & 0x7FFFFFFF, code
+    )
 
 
 def settingsFrame(settings: Sequence[tuple[int, int]]) -> bytes:
@@ -74,21 +96,65 @@ def settingsFrame(settings: Sequence[tuple[int, int]]) -> bytes:
     A C{SETTINGS} frame of C{(identifier, value)} pairs.
     """
     payload = b"".join(struct.pack(">HI", key, value) for key, value in settings)
-    return struct.pack(">I", len(payload))[1:] + b"\x04\x00\x00\x00\x00\x00" + payload
+    return frameHead(len(payload), SETTINGS, 0, 0) + payload
 
 
-def errorCode(error: H2Error) -> int:
+#: The acknowledgement of the client's SETTINGS.
+SETTINGS_ACK = frameHead(0, SETTINGS, FLAG_ACK, 0)
+
+
+def resetFrame(streamID: int, code: int) -> bytes:
     """
-    The code of the connection error C{h2} raised: its own, except for a
-    header block that does not decode (C{h2} says C{PROTOCOL_ERROR}, RFC
-    9113 section 4.3 and RFC 7541 C{COMPRESSION_ERROR}).
+    An C{RST_STREAM} frame.
     """
-    if type(error) is ProtocolError and isinstance(
-        error.__cause__, (HPACKError, IndexError, TypeError, UnicodeDecodeError)
-    ):
-        return COMPRESSION_ERROR
-    code = getattr(error, "error_code", None)
-    return PROTOCOL_ERROR if code is None else int(code)
+    return frameHead(4, RST_STREAM, 0, streamID) + struct.pack(">I", code)
+
+
+def windowUpdateFrame(streamID: int, increment: int) -> bytes:
+    """
+    A C{WINDOW_UPDATE} frame.
+    """
+    return frameHead(4, WINDOW_UPDATE, 0, streamID) + struct.pack(">I", increment)
+
+
+def pingAck(payload: bytes) -> bytes:
+    """
+    The answer to a C{PING}.
+    """
+    return frameHead(8, PING, FLAG_ACK, 0) + payload
+
+
+def headersFrames(
+    streamID: int, block: bytes, endStream: bool, frameSize: int
+) -> bytes:
+    """
+    A header block as a C{HEADERS} frame, and as many C{CONTINUATION}
+    frames as the peer's largest frame size needs.
+    """
+    flags = FLAG_END_STREAM if endStream else 0
+    size = len(block)
+    if size <= frameSize:
+        return frameHead(size, HEADERS, flags | FLAG_END_HEADERS, streamID) + block
+    parts = [frameHead(frameSize, HEADERS, flags, streamID), block[:frameSize]]
+    offset = frameSize
+    while offset < size:
+        piece = block[offset : offset + frameSize]
+        offset += len(piece)
+        last = FLAG_END_HEADERS if offset >= size else 0
+        parts.append(frameHead(len(piece), CONTINUATION, last, streamID))
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def _unpad(payload: bytes, flags: int) -> bytes:
+    if not flags & FLAG_PADDED:
+        return payload
+    if not payload:
+        raise FrameError(FRAME_SIZE_ERROR, "padded frame without its pad length")
+    pad = payload[0]
+    if pad >= len(payload):
+        raise FrameError(PROTOCOL_ERROR, "padding as long as the frame")
+    return payload[1 : len(payload) - pad]
 
 
 class FrameScanner:
@@ -103,6 +169,10 @@ class FrameScanner:
     peerGoingAway = False
     inBlock = False
     blockStart = 0.0
+    _started = False
+    _blockStream = 0
+    _blockFlags = 0
+    _blockSelf = 0
     _blockFrames = 0
     _blockBytes = 0
 
@@ -110,25 +180,26 @@ class FrameScanner:
         self.limits = limits
         self.guard = FloodGuard(limits)
         self._pending = b""
+        self._block: list[bytes] = []
 
-    def scan(self, data: bytes, now: float) -> bytes:
+    def scan(self, data: bytes, now: float) -> list[Frame]:
         """
         Check and count the whole frames of the bytes received so far;
         keep the last, incomplete frame for the next read.
 
         @param data: The bytes just read.
         @param now: When.
-        @return: The whole frames to feed C{h2}, without any C{GOAWAY}.
+        @return: The frames, header blocks whole, without C{GOAWAY}s,
+            unknown types nor C{CONTINUATION}s.
         @raise FrameError: For a connection error.
         """
         pending = self._pending
         if pending:
             data = pending + data
         size = len(data)
-        offset = start = 0
-        parts: list[bytes] | None = None
+        offset = 0
+        frames: list[Frame] = []
         guard = self.guard
-        limits = self.limits
         while size - offset >= 9:
             length = int.from_bytes(data[offset : offset + 3], "big")
             if length > MAX_FRAME_SIZE:
@@ -138,42 +209,91 @@ class FrameScanner:
                 break
             kind = data[offset + 3]
             flags = data[offset + 4]
-            if kind == SETTINGS:
-                if flags & FLAG_ACK and length:
-                    raise FrameError(FRAME_SIZE_ERROR, "SETTINGS ack with a payload")
-            elif kind == HEADERS:
-                if not flags & FLAG_END_HEADERS:
-                    self.inBlock = True
-                    self.blockStart = now
-                    self._blockFrames = 0
-                    self._blockBytes = length
-            elif kind == CONTINUATION:
-                if self.inBlock:
-                    self._blockFrames += 1
-                    self._blockBytes += length
-                    if (
-                        self._blockFrames > limits.maxContinuations
-                        or self._blockBytes > limits.maxHeaderBlock
-                    ):
-                        raise FrameError(ENHANCE_YOUR_CALM, "CONTINUATION flood")
-                    if flags & FLAG_END_HEADERS:
-                        self.inBlock = False
-            elif kind == GOAWAY:
-                streamID = int.from_bytes(data[offset + 5 : offset + 9], "big")
-                if self.inBlock or streamID & 0x7FFFFFFF:
-                    raise FrameError(PROTOCOL_ERROR, "misplaced GOAWAY")
-                if length < 8:
-                    raise FrameError(FRAME_SIZE_ERROR, "GOAWAY too short")
-                if parts is None:
-                    parts = []
-                parts.append(data[start:offset])
-                start = end
-                self.peerGoingAway = True
+            streamID = int.from_bytes(data[offset + 5 : offset + 9], "big") & 0x7FFFFFFF
+            payload = data[offset + 9 : end]
+            offset = end
             if guard.frame(kind, flags, length, now):
                 raise FrameError(ENHANCE_YOUR_CALM, f"flood of frames of type {kind}")
-            offset = end
+            if not self._started:
+                if kind != SETTINGS or flags & FLAG_ACK:
+                    raise FrameError(PROTOCOL_ERROR, "the preface's SETTINGS missing")
+                self._started = True
+            if self.inBlock:
+                if kind != CONTINUATION or streamID != self._blockStream:
+                    raise FrameError(PROTOCOL_ERROR, "a header block cut by a frame")
+                self._continued(payload, flags, frames)
+                continue
+            if kind in _STREAM_TYPES:
+                if not streamID:
+                    raise FrameError(
+                        PROTOCOL_ERROR, f"frame of type {kind} on stream 0"
+                    )
+            elif kind in _CONNECTION_TYPES and streamID:
+                raise FrameError(PROTOCOL_ERROR, f"frame of type {kind} on a stream")
+            fixed = _FIXED_LENGTH.get(kind)
+            if fixed is not None and length != fixed:
+                raise FrameError(FRAME_SIZE_ERROR, f"frame of type {kind} of {length}")
+            if kind == DATA:
+                frames.append((DATA, flags, streamID, _unpad(payload, flags), length))
+            elif kind == HEADERS:
+                self._headers(streamID, flags, payload, now, frames)
+            elif kind == SETTINGS:
+                if flags & FLAG_ACK and length:
+                    raise FrameError(FRAME_SIZE_ERROR, "SETTINGS ack with a payload")
+                if length % 6:
+                    raise FrameError(FRAME_SIZE_ERROR, "SETTINGS not of 6-byte entries")
+                frames.append((SETTINGS, flags, 0, payload, 0))
+            elif kind == GOAWAY:
+                if length < 8:
+                    raise FrameError(FRAME_SIZE_ERROR, "GOAWAY too short")
+                self.peerGoingAway = True
+            elif kind == CONTINUATION:
+                raise FrameError(PROTOCOL_ERROR, "CONTINUATION without its HEADERS")
+            elif kind == PUSH_PROMISE:
+                raise FrameError(PROTOCOL_ERROR, "PUSH_PROMISE from a client")
+            elif kind <= CONTINUATION:
+                frames.append((kind, flags, streamID, payload, length))
+            # Unknown types are ignored (RFC 9113 section 5.5).
         self._pending = data[offset:] if offset < size else b""
-        if parts is None:
-            return data if offset == size else data[:offset]
-        parts.append(data[start:offset])
-        return b"".join(parts)
+        return frames
+
+    def _headers(
+        self, streamID: int, flags: int, payload: bytes, now: float, frames: list[Frame]
+    ) -> None:
+        fragment = _unpad(payload, flags)
+        selfDependent = 0
+        if flags & FLAG_PRIORITY:
+            if len(fragment) < 5:
+                raise FrameError(FRAME_SIZE_ERROR, "HEADERS too short for its priority")
+            dependency = int.from_bytes(fragment[:4], "big") & 0x7FFFFFFF
+            selfDependent = int(dependency == streamID)
+            fragment = fragment[5:]
+        if flags & FLAG_END_HEADERS:
+            frames.append((HEADERS, flags, streamID, fragment, selfDependent))
+            return
+        self.inBlock = True
+        self.blockStart = now
+        self._blockStream = streamID
+        self._blockFlags = flags | FLAG_END_HEADERS
+        self._blockSelf = selfDependent
+        self._blockFrames = 0
+        self._blockBytes = len(fragment)
+        self._block = [fragment]
+
+    def _continued(self, payload: bytes, flags: int, frames: list[Frame]) -> None:
+        limits = self.limits
+        self._blockFrames += 1
+        self._blockBytes += len(payload)
+        if (
+            self._blockFrames > limits.maxContinuations
+            or self._blockBytes > limits.maxHeaderBlock
+        ):
+            raise FrameError(ENHANCE_YOUR_CALM, "CONTINUATION flood")
+        self._block.append(payload)
+        if flags & FLAG_END_HEADERS:
+            self.inBlock = False
+            block = b"".join(self._block)
+            self._block = []
+            frames.append(
+                (HEADERS, self._blockFlags, self._blockStream, block, self._blockSelf)
+            )

@@ -28,7 +28,7 @@ class RequestHead:
     """
     A request's header block.
 
-    @ivar method: C{:method} (empty if missing: refused by h2 first).
+    @ivar method: C{:method}.
     @ivar target: C{:path}, or C{:authority} for a C{CONNECT}.
     @ivar fields: The header fields by name, C{Host} made from
         C{:authority}, C{Cookie} fields joined into one (RFC 9113 section
@@ -57,30 +57,69 @@ class RequestHead:
         return None
 
 
+class MalformedRequest(Exception):
+    """
+    A request's header block is not that of a valid request (RFC 9113
+    section 8.1.1): a stream error C{PROTOCOL_ERROR}.
+    """
+
+
 def requestHead(headers: Iterable[tuple[bytes, bytes]]) -> RequestHead:
     """
-    Read a header block as C{h2} decoded and validated it (lowercase
-    names, pseudo-header fields first).
+    Read and check a request's header block, as decoded (names and values
+    were checked by L{twisted_rproxy.h2.hpack}).
+
+    @raise MalformedRequest: For pseudo-header fields missing, repeated,
+        unknown (C{:protocol}, of extended CONNECT, included: it is not
+        offered) or after a regular field; and for fields of HTTP/1.1
+        connections (RFC 9113 section 8.2.2).
     """
-    method = target = authority = None
+    method = target = authority = scheme = None
     fields: dict[bytes, list[bytes]] = {}
     size = count = 0
     for name, value in headers:
         size += len(name) + len(value) + 32
         if name[:1] == b":":
+            if count:
+                raise MalformedRequest("a pseudo-header field after a regular one")
             if name == b":method":
+                if method is not None:
+                    raise MalformedRequest(":method repeated")
                 method = value
             elif name == b":path":
+                if target is not None:
+                    raise MalformedRequest(":path repeated")
                 target = value
             elif name == b":authority":
+                if authority is not None:
+                    raise MalformedRequest(":authority repeated")
                 authority = value
+            elif name == b":scheme":
+                if scheme is not None:
+                    raise MalformedRequest(":scheme repeated")
+                scheme = value
+            else:
+                raise MalformedRequest(f"pseudo-header field {name[:32]!r}")
             continue
         count += 1
+        if name in CONNECTION_HEADERS or (
+            name == b"te" and value.strip().lower() != b"trailers"
+        ):
+            raise MalformedRequest(f"connection-specific field {name!r}")
         values = fields.get(name)
         if values is None:
             fields[name] = [value]
         else:
             values.append(value)
+    if method is None:
+        raise MalformedRequest(":method missing")
+    if method == b"CONNECT":
+        if authority is None or scheme is not None or target is not None:
+            raise MalformedRequest(
+                "CONNECT without :authority, or with :scheme or :path"
+            )
+    elif scheme is None or not target:
+        raise MalformedRequest(":scheme or :path missing")
     cookies = fields.get(b"cookie")
     if cookies is not None and len(cookies) > 1:
         fields[b"cookie"] = [b"; ".join(cookies)]
@@ -88,7 +127,7 @@ def requestHead(headers: Iterable[tuple[bytes, bytes]]) -> RequestHead:
         fields[b"host"] = [authority]
     if target is None:
         target = authority or b""
-    return RequestHead(method or b"", target, fields, size, count)
+    return RequestHead(method, target, fields, size, count)
 
 
 def responseFields(
@@ -108,4 +147,3 @@ def responseFields(
             for value in values:
                 head.append((lower, value))
     return head
-

@@ -5,8 +5,8 @@ files, compression) serve it as they serve an HTTP/1.1 request.
 
 The stream writes nothing itself: it keeps the response head and the body
 written to it, and its connection (L{twisted_rproxy.h2.connection}) asks it
-to hand them to the C{h2} state machine (L{sendPending}) once per reactor
-turn, when the peer's window opens, or when the transport has room again.
+to queue them as frames (L{sendPending}) once per reactor turn, when the
+peer's window opens, or when the transport has room again.
 Small writes of one turn so become one DATA frame, and a head with a small
 body one C{send}.
 """
@@ -17,8 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from h2.connection import H2Connection
-from h2.exceptions import H2Error
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
@@ -26,7 +24,7 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from twisted_rproxy.h2.head import requestHead, responseFields
+from twisted_rproxy.h2.head import RequestHead, responseFields
 from twisted_rproxy.h2.limits import CANCEL, INTERNAL_ERROR, NO_ERROR, H2Limits
 from twisted_rproxy.hardening import checkHead
 from twisted_rproxy.pages import renderError
@@ -45,13 +43,14 @@ class StreamOwner(TypingProtocol):
     (L{twisted_rproxy.h2.connection.H2ServerConnection} provides it).
     """
 
-    h2: H2Connection
     limits: H2Limits
     site: Any
     transport: Any
     #: Whether the transport asked for no more data for now.
     writePaused: bool
     trustedProxies: tuple[Any, ...]
+    #: The largest frame the client takes.
+    maxFrameSize: int
 
     def seconds(self) -> float:
         """
@@ -63,6 +62,33 @@ class StreamOwner(TypingProtocol):
         C{stream} has something to send: ask it at the next flush.
         """
 
+    def sendHeaders(
+        self, stream: H2StreamChannel, fields: list[tuple[bytes, bytes]], end: bool
+    ) -> None:
+        """
+        Queue a header block of C{stream}.
+        """
+
+    def sendData(self, stream: H2StreamChannel, data: bytes, end: bool) -> None:
+        """
+        Queue a C{DATA} frame of C{stream}.
+        """
+
+    def window(self, stream: H2StreamChannel) -> int:
+        """
+        How much of C{stream}'s body may be sent now.
+        """
+
+    def resetStream(self, streamID: int, code: int) -> None:
+        """
+        Queue an C{RST_STREAM}.
+        """
+
+    def acknowledge(self, stream: H2StreamChannel, length: int) -> None:
+        """
+        C{stream}'s request body took C{length} more bytes.
+        """
+
     def streamDone(self, stream: H2StreamChannel) -> None:
         """
         C{stream} sent its end (or was reset): it no longer counts.
@@ -70,7 +96,7 @@ class StreamOwner(TypingProtocol):
 
     def scheduleFlush(self) -> None:
         """
-        Send what C{h2} holds at the end of this turn.
+        Write what is queued at the end of this turn.
         """
 
     def getPeer(self) -> Any:
@@ -107,9 +133,22 @@ class H2StreamChannel:
     @ivar request: The stream's request once its head is in, or L{None}.
     @ivar command: The request method.
     @ivar uri: The request target.
+    @ivar sendWindow: The stream's window for what the proxy sends.
+    @ivar recvWindow: How much more of the body the client may send.
+    @ivar unacknowledged: Body bytes taken and not yet given back to the
+        client's window.
+    @ivar remoteClosed: Whether the client ended the stream.
+    @ivar declaredLength: The body's C{Content-Length}, or L{None}.
+    @ivar receivedLength: The body bytes received.
     """
 
     persistent = False
+    sendWindow = 65535
+    recvWindow = 65535
+    unacknowledged = 0
+    remoteClosed = False
+    declaredLength: int | None = None
+    receivedLength = 0
     request: Any = None
     command = b""
     uri = b""
@@ -142,18 +181,16 @@ class H2StreamChannel:
 
     # --- the request's head, body and end, from the connection -----------
 
-    def receiveHead(self, headers: Sequence[tuple[bytes, bytes]], ended: bool) -> None:
+    def receiveHead(self, head: RequestHead, ended: bool) -> None:
         """
         The request's header block arrived: make its request, check its
         head as HTTP/1.1 heads are checked, and let it decide how to take
         the body (refused, buffered or streamed).
 
-        @param headers: The fields as C{h2} decoded and validated them,
-            pseudo-header fields first.
+        @param head: The block, decoded and checked.
         @param ended: Whether the block ended the stream (no body).
         """
         limits = self._owner.limits
-        head = requestHead(headers)
         self._requestEnded = ended
         self.command = method = head.method
         self.uri = target = head.target
@@ -223,11 +260,7 @@ class H2StreamChannel:
 
     def _acknowledge(self, length: int) -> None:
         if length and not self._closed:
-            try:
-                self._owner.h2.acknowledge_received_data(length, self.streamID)
-            except H2Error:
-                return
-            self._owner.scheduleFlush()
+            self._owner.acknowledge(self, length)
 
     def receiveEnd(self) -> None:
         """
@@ -357,10 +390,7 @@ class H2StreamChannel:
         block = responseFields(
             b"%d" % (status,), [(name, [value]) for name, value in headers]
         )
-        try:
-            self._owner.h2.send_headers(self.streamID, block)
-        except H2Error:
-            return False
+        self._owner.sendHeaders(self, block, False)
         self._owner.scheduleFlush()
         return True
 
@@ -399,10 +429,7 @@ class H2StreamChannel:
         """
         if self._closed:
             return
-        try:
-            self._owner.h2.reset_stream(self.streamID, code)
-        except H2Error:
-            pass
+        self._owner.resetStream(self.streamID, code)
         self._owner.scheduleFlush()
         self._lose(Failure(ConnectionAborted("The stream was reset")))
 
@@ -451,49 +478,42 @@ class H2StreamChannel:
 
     def sendPending(self) -> None:
         """
-        Hand C{h2} what can be sent now: the head, the body up to the
-        window (in frames of the peer's largest size), the end; then pause
-        or resume the producer.
+        Queue what can be sent now: the head, the body up to the window (in
+        frames of the peer's largest size), the end; then pause or resume
+        the producer.
         """
         if self._closed:
             return
-        h2 = self._owner.h2
-        streamID = self.streamID
-        try:
-            head = self._head
-            if head is not None:
-                self._head = None
-                self._headSent = True
-                if self._ending and not self._outSize:
-                    h2.send_headers(streamID, head, end_stream=True)
-                    self._sentEnd()
-                    return
-                h2.send_headers(streamID, head)
-            if self._outSize:
-                if not self._owner.writePaused:
-                    self._sendBody(h2)
-            elif self._ending and not self._ended:
-                if not self._headSent:
-                    # finish() without a head: twisted.web always writes
-                    # one; an empty 200 to be safe.
-                    self._headSent = True
-                    h2.send_headers(streamID, [(b":status", b"200")], end_stream=True)
-                else:
-                    h2.end_stream(streamID)
+        owner = self._owner
+        head = self._head
+        if head is not None:
+            self._head = None
+            self._headSent = True
+            if self._ending and not self._outSize:
+                owner.sendHeaders(self, head, True)
                 self._sentEnd()
                 return
-        except H2Error:
-            # Reset by the client meanwhile (its RST_STREAM is on its way).
-            self._lose(Failure(ConnectionDone("The stream was closed")))
+            owner.sendHeaders(self, head, False)
+        if self._outSize:
+            if not owner.writePaused:
+                self._sendBody(owner)
+        elif self._ending and not self._ended:
+            if not self._headSent:
+                # finish() without a head: twisted.web always writes one;
+                # an empty 200 to be safe.
+                self._headSent = True
+                owner.sendHeaders(self, [(b":status", b"200")], True)
+            else:
+                owner.sendData(self, b"", True)
+            self._sentEnd()
             return
         self._updateProducer()
 
-    def _sendBody(self, h2: H2Connection) -> None:
-        streamID = self.streamID
-        window = h2.local_flow_control_window(streamID)
+    def _sendBody(self, owner: StreamOwner) -> None:
+        window = owner.window(self)
         if window <= 0:
             return
-        frameSize = h2.max_outbound_frame_size
+        frameSize = owner.maxFrameSize
         out = self._out
         data = out[0] if len(out) == 1 else b"".join(out)
         size = len(data)
@@ -502,7 +522,7 @@ class H2StreamChannel:
             n = min(window, frameSize, size - sent)
             last = sent + n == size
             piece = data if n == size else data[sent : sent + n]
-            h2.send_data(streamID, piece, end_stream=last and self._ending)
+            owner.sendData(self, piece, last and self._ending)
             sent += n
             window -= n
         if sent == size:
@@ -521,10 +541,7 @@ class H2StreamChannel:
             # RFC 9113 section 8.1: a complete response before the whole
             # request; NO_ERROR asks the client to stop sending its body.
             self._discard = True
-            try:
-                self._owner.h2.reset_stream(self.streamID, NO_ERROR)
-            except H2Error:
-                pass
+            self._owner.resetStream(self.streamID, NO_ERROR)
         self._closed = True
         self._owner.streamDone(self)
 
