@@ -7,9 +7,10 @@ a static directory, each behind its filters and cache). Here it is built.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from twisted_rproxy.cache import CacheResource, buildStores
@@ -21,7 +22,8 @@ from twisted_rproxy.config import (
     ServerConfig,
 )
 from twisted_rproxy.filters import FilterSet, buildFilterChain
-from twisted_rproxy.interfaces import ICacheStore
+from twisted_rproxy.interfaces import ICacheStore, IResponseFilter
+from twisted_rproxy.plugins.compress import CompressFilter
 from twisted_rproxy.pool import BackendPool
 from twisted_rproxy.proxy import ForwardingPolicy, ProxyResource
 from twisted_rproxy.router import Route as Route
@@ -29,6 +31,8 @@ from twisted_rproxy.router import Router as Router
 from twisted_rproxy.router import requestHost as requestHost
 from twisted_rproxy.state import SharedState
 from twisted_rproxy.static import StaticResource
+
+_log = Logger()
 
 
 def policyFor(server: ServerConfig, hostHeader: str | None) -> ForwardingPolicy:
@@ -47,6 +51,43 @@ def policyFor(server: ServerConfig, hostHeader: str | None) -> ForwardingPolicy:
             name.lower().encode("ascii") for name in server.clientIPHeaders
         ),
     )
+
+
+def storedCoder(
+    filters: Sequence[tuple[str, object]],
+) -> tuple[CompressFilter | None, str]:
+    """
+    The C{compress} filter of a route with a cache that is to compress the
+    variants the cache stores (see L{twisted_rproxy.cache.coding}), so
+    that a hit is never compressed again.
+
+    Every other filter then sees what it would see with the filter
+    compressing each response: the cache sits inside the chain, and the
+    response hooks of the filters listed before C{compress} (outside it)
+    see the compressed response, as they do anyway. A filter listed after
+    it with a response hook would see the compressed response instead of
+    the identity one: then the cache stores identity responses and the
+    filter compresses each hit, as it would without a cache.
+
+    @param filters: The route's C{(name, filter)} pairs, in order.
+    @return: The filter (or L{None}), and why not when there is one but
+        it can't (C{""} otherwise).
+    """
+    found = [
+        index for index, (_, f) in enumerate(filters) if isinstance(f, CompressFilter)
+    ]
+    if len(found) != 1:
+        return None, "several compress filters" if found else ""
+    index = found[0]
+    for name, inner in filters[index + 1 :]:
+        if IResponseFilter.providedBy(inner):
+            return None, (
+                f"filter {name!r}, listed after {filters[index][0]!r}, has a "
+                "response hook that sees the identity response"
+            )
+    compress = filters[index][1]
+    assert isinstance(compress, CompressFilter)
+    return compress, ""
 
 
 def buildRoute(
@@ -100,12 +141,13 @@ def buildRoute(
             cacheControlByExtension=dict(route.cacheControlByExtension),
             mimeTypes=dict(route.mimeTypes),
         )
+    cache = None
     if route.cache is not None:
         # Only routes with a cache pay for it; inside the filter chain, so
         # that filters see cached responses as they see proxied ones.
         if reactor is None or caches is None or stores is None:
             raise ValueError("a route with a cache needs the caches and a reactor")
-        resource = CacheResource(
+        resource = cache = CacheResource(
             resource, stores[route.cache], reactor, caches[route.cache]
         )
     if route.filters:
@@ -121,6 +163,17 @@ def buildRoute(
             workers=server.workers,
             filterSet=filterSet,
         )
+        if cache is not None:
+            coder, why = storedCoder(resource.filters)
+            if coder is not None:
+                cache.storeCoded(coder)
+            elif why:
+                _log.warn(
+                    "Route {path!r}: its cache stores identity responses, and "
+                    "each hit is compressed again: {why}",
+                    path=route.path,
+                    why=why,
+                )
     return Route(
         path=route.path.encode("ascii"),
         host=route.host,

@@ -21,14 +21,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
-from twisted_rproxy.cache.keys import Pairs, requestPairs
+from twisted_rproxy._twisted import requestGone
+from twisted_rproxy.cache.background import CONDITIONAL
+from twisted_rproxy.cache.keys import CODING, Pairs, requestPairs, variantKey
 from twisted_rproxy.cache.policy import (
     CacheControl,
     FreshnessLimits,
     correctedInitialAge,
     freshnessLifetime,
     isStorable,
-    secondaryKey,
     storedHeaders,
     updateStoredHeaders,
     varyNames,
@@ -92,6 +93,34 @@ def _dated(headers: Pairs, now: float) -> Pairs:
     return headers
 
 
+#: The directives of the responses seen, by their fields that say them
+#: and the target list (most responses of a backend say the same): parsed
+#: once. Bounded: emptied when full. Parsed directives are never changed.
+_DIRECTIVES: dict[
+    tuple[tuple[bytes, ...], tuple[tuple[bytes, bytes], ...]], CacheControl
+] = {}
+_DIRECTIVES_KEPT = 256
+
+
+def _directivesOf(headers: Pairs, targeted: tuple[bytes, ...]) -> CacheControl:
+    """
+    L{directivesFor}, remembered for the fields of C{headers} it reads.
+    """
+    fields = []
+    for pair in headers:
+        lower = pair[0].lower()
+        if lower == b"cache-control" or lower in targeted:
+            fields.append((lower, pair[1]))
+    key = (targeted, tuple(fields))
+    found = _DIRECTIVES.get(key)
+    if found is None:
+        found = directivesFor(fields, targeted)
+        if len(_DIRECTIVES) >= _DIRECTIVES_KEPT:
+            _DIRECTIVES.clear()
+        _DIRECTIVES[key] = found
+    return found
+
+
 class CaptureOwner(Protocol):
     """
     What a L{_Capture} reads of its cache and reports to it.
@@ -148,6 +177,10 @@ class _Capture(ResponseInterceptor):
     @ivar fwd: Why the request went forward (RFC 9211 section 2.2).
     @ivar collapsed: L{False} when it waited for another's backend request
         in vain first, else L{None}.
+    @ivar coding: The coding negotiated for the request when the response
+        varies with it (L{twisted_rproxy.cache.coding.Encoding} says so):
+        it is stored by that coding, not by C{Accept-Encoding} as written;
+        else L{None}.
     """
 
     __slots__ = (
@@ -170,6 +203,8 @@ class _Capture(ResponseInterceptor):
         "responseCC",
         "fwd",
         "collapsed",
+        "coding",
+        "requestCC",
     )
 
     def __init__(
@@ -218,6 +253,9 @@ class _Capture(ResponseInterceptor):
         self.responseCC: CacheControl | None = None
         self.fwd = fwd
         self.collapsed = collapsed
+        self.coding: bytes | None = None
+        #: The request's directives, when the cache parsed them already.
+        self.requestCC: CacheControl | None = None
         ResponseInterceptor.__init__(self, request)
 
     def head(self) -> None:
@@ -236,11 +274,12 @@ class _Capture(ResponseInterceptor):
                 return
         # RFC 9213: a targeted field, when valid, instead of Cache-Control
         # and Expires.
-        responseCC = self.responseCC = directivesFor(headers, owner.targeted)
+        responseCC = self.responseCC = _directivesOf(headers, owner.targeted)
+        requestCC = self.requestCC
         storable = isStorable(
             b"GET",
             status,
-            owner.requestCacheControl(request),
+            requestCC if requestCC is not None else owner.requestCacheControl(request),
             responseCC,
             freshnessHeaders(headers, responseCC),
             request.requestHeaders.hasHeader(b"authorization"),
@@ -262,6 +301,38 @@ class _Capture(ResponseInterceptor):
             )
         owner.stats[MISS] += 1
         request.cacheStatus = "miss"
+
+    def watchClient(self) -> None:
+        """
+        Abandon the capture if the client goes before the response is
+        complete; called once the child has rendered the request.
+
+        A request of the proxy (L{twisted_rproxy.interfaces.IProxyRequest})
+        says so through its C{onConnectionLost}, after whatever the child
+        set there (the proxy's exchange with the backend): cheaper than a
+        Deferred of C{notifyFinish}, which other requests get.
+        """
+        if self.done:
+            return
+        request = self.request
+        if requestGone(request):
+            self.abandon()
+            return
+        try:
+            current = request.onConnectionLost
+        except AttributeError:
+            request.notifyFinish().addErrback(self.abandon)
+            return
+        abandon = self.abandon
+        if current is None:
+            request.onConnectionLost = abandon
+            return
+
+        def both(reason: object) -> None:
+            abandon(reason)
+            current(reason)
+
+        request.onConnectionLost = both
 
     def _openWriter(self, owner: CaptureOwner) -> bool:
         """
@@ -345,7 +416,13 @@ class _Capture(ResponseInterceptor):
             headers.append((b"Content-Length", lengthValue))
         headers = _dated(headers, now)
         names = varyNames(headers)
-        variant = secondaryKey(names, requestPairs(self.request)) if names else b""
+        coding = self.coding
+        if coding is not None:
+            names = [CODING if name == b"accept-encoding" else name for name in names]
+        variant = b""
+        if names:
+            pairs = requestPairs(self.request)
+            variant = variantKey(names, pairs, lambda _: coding or b"") or b""
         return CacheEntry(
             key=self.key,
             variant=variant,
@@ -420,6 +497,21 @@ class _Capture(ResponseInterceptor):
         return cacheStatusMember(
             name, fwd=self.fwd, ttl=ttl, stored=self.storing, collapsed=self.collapsed
         )
+
+    def swapConditionals(self, validators: Pairs) -> None:
+        """
+        Make the request a revalidation of C{stale}: the client's own
+        conditional headers (kept for L{restore}) replaced by C{validators}.
+        """
+        headers = self.request.requestHeaders
+        for name in CONDITIONAL:
+            values = headers.getRawHeaders(name)
+            if values is not None:
+                self.saved[name] = values
+                headers.removeHeader(name)
+        for name, value in validators:
+            headers.setRawHeaders(name, [value])
+            self.revalidating = True
 
     def restore(self) -> None:
         """

@@ -9,7 +9,7 @@ invalidation after an unsafe request (L{invalidate}, RFC 9111 section 4.4).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -25,10 +25,30 @@ from twisted_rproxy.messages import CacheEntry
 from twisted_rproxy.pages import renderError
 from twisted_rproxy.rules.networks import Network, inNetworks
 
-__all__ = ["CacheKeys", "Pairs", "invalidate", "renderPurge", "requestPairs"]
+__all__ = [
+    "CODING",
+    "CacheKeys",
+    "Pairs",
+    "invalidate",
+    "renderPurge",
+    "requestPairs",
+    "variantKey",
+]
 
 #: Header fields as (name, value) pairs, a value per line.
 Pairs = list[tuple[bytes, bytes]]
+
+#: In a stored response's C{varyOn}, in place of C{accept-encoding}: the
+#: response varies with the content coding negotiated from the request
+#: (C{gzip}, C{br} or C{identity}), not with the header as written, so that
+#: a URL has one stored variant per coding whatever the spellings of
+#: C{Accept-Encoding} (L{twisted_rproxy.cache.coding}). No field name has a
+#: colon.
+CODING = b":coding"
+
+#: What negotiates a request's coding from its header pairs, for a
+#: response stored by coding.
+Negotiate = Callable[[Pairs], bytes]
 
 _log = Logger()
 
@@ -65,10 +85,36 @@ def requestPairs(request: IRequest) -> Pairs:
     ]
 
 
-def selectEntry(entries: Sequence[CacheEntry], request: IRequest) -> CacheEntry | None:
+def variantKey(
+    names: Sequence[bytes], pairs: Pairs, negotiate: Negotiate | None
+) -> bytes | None:
+    """
+    The secondary key of a request for a response varying on C{names}
+    (see L{secondaryKey}); with L{CODING} among them, the coding
+    C{negotiate} gives the request stands for its C{Accept-Encoding}.
+
+    @return: The key; L{None} for a response stored by coding when there is
+        nothing to negotiate with (it selects no request).
+    """
+    if CODING not in names:
+        return secondaryKey(names, pairs)
+    if negotiate is None:
+        return None
+    key = secondaryKey([name for name in names if name != CODING], pairs)
+    return key + (b"\n" if key else b"") + CODING + b"=" + negotiate(pairs)
+
+
+def selectEntry(
+    entries: Sequence[CacheEntry],
+    request: IRequest,
+    negotiate: Negotiate | None = None,
+) -> CacheEntry | None:
     """
     The stored response that a request selects (RFC 9111 section 4.1):
     the most recent of those whose varying headers match.
+
+    @param negotiate: The coding of a request, for the responses stored by
+        coding (L{CODING}); without it, those select no request.
     """
     chosen: CacheEntry | None = None
     pairs: Pairs | None = None
@@ -76,7 +122,7 @@ def selectEntry(entries: Sequence[CacheEntry], request: IRequest) -> CacheEntry 
         if entry.varyOn:
             if pairs is None:
                 pairs = requestPairs(request)
-            if secondaryKey(entry.varyOn, pairs) != entry.variant:
+            if variantKey(entry.varyOn, pairs, negotiate) != entry.variant:
                 continue
         if chosen is None or entry.responseTime > chosen.responseTime:
             chosen = entry

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from attrs import frozen
 
+from twisted_rproxy.config import CacheConfig
 from twisted_rproxy.rules.cachecontrol import CacheControl, parseCacheControl
 from twisted_rproxy.rules.dates import parseHTTPDate
 from twisted_rproxy.rules.etags import etagMatches
@@ -113,6 +114,17 @@ class FreshnessLimits:
     defaultTTL: float = 0.0
     staleWhileRevalidate: float = 0.0
     staleIfError: float = 0.0
+
+    @classmethod
+    def of(cls, config: CacheConfig) -> FreshnessLimits:
+        """The limits a cache's configuration sets."""
+        return cls(
+            heuristicFraction=config.heuristicFraction,
+            heuristicMax=config.heuristicMax,
+            defaultTTL=config.defaultTTL,
+            staleWhileRevalidate=config.staleWhileRevalidate,
+            staleIfError=config.staleIfError,
+        )
 
 
 def isStorable(

@@ -13,11 +13,11 @@ C{stale-while-revalidate}, the revalidation is a request of its own
 (L{twisted_rproxy.cache.background}). Keys, variants and purging are in
 L{twisted_rproxy.cache.keys}.
 
-A store may answer at once (the memory store: a hit is served without a
-Deferred) or later (Redis): the request then waits, and is dropped if its
-client went meanwhile; a lookup that fails is a miss, never an error page.
+A store may answer at once (memory) or later (Redis): the request then
+waits, and is dropped if its client went; a lookup that fails is a miss.
 With a store shared by several proxies (L{SharedFlights}), a cold key's
-misses are coalesced across them too.
+misses are coalesced across them too. With a coder (L{storeCoded}),
+compressed variants are stored (L{twisted_rproxy.cache.coding}).
 """
 
 from __future__ import annotations
@@ -34,14 +34,21 @@ from twisted.web.resource import IResource, Resource, getChildForRequest
 from twisted.web.server import NOT_DONE_YET
 
 from twisted_rproxy._twisted import requestGone
-from twisted_rproxy.cache.background import CONDITIONAL, _BackgroundRequest
+from twisted_rproxy.cache.background import _BackgroundRequest
 from twisted_rproxy.cache.capture import _Capture, _Invalidator, _Stamp
+from twisted_rproxy.cache.coding import (
+    Encoding,
+    VariantCoder,
+    requestCoding,
+    revalidators,
+)
 from twisted_rproxy.cache.flight import Flights, SharedFlights, awaitShared
 from twisted_rproxy.cache.keys import (
     CacheKeys,
-    Pairs,
+    Negotiate,
     invalidate,
     renderPurge,
+    requestPairs,
     selectEntry,
 )
 from twisted_rproxy.cache.policy import (
@@ -54,7 +61,6 @@ from twisted_rproxy.cache.policy import (
     parseCacheControl,
     staleIfErrorAllowed,
     validatorMatches,
-    validators,
 )
 from twisted_rproxy.cache.serving import serveEntry
 from twisted_rproxy.cache.status import (
@@ -102,6 +108,8 @@ class CacheResource(Resource):
     @ivar targeted: The lowercased names of the targeted fields (RFC 9213)
         whose directives this cache obeys before C{Cache-Control}.
     @ivar statusName: Its name in C{Cache-Status} (RFC 9211 section 2).
+    @ivar coder: What compresses the responses it stores into their coded
+        variants (L{twisted_rproxy.cache.coding}), or L{None}.
     """
 
     isLeaf = True
@@ -126,13 +134,7 @@ class CacheResource(Resource):
         self.reactor = reactor
         self.config = config if config is not None else CacheConfig(name="cache")
         config = self.config
-        self.limits = FreshnessLimits(
-            heuristicFraction=config.heuristicFraction,
-            heuristicMax=config.heuristicMax,
-            defaultTTL=config.defaultTTL,
-            staleWhileRevalidate=config.staleWhileRevalidate,
-            staleIfError=config.staleIfError,
-        )
+        self.limits = FreshnessLimits.of(config)
         self.statusHeader = config.statusHeader
         self.targeted = tuple(name.lower().encode("ascii") for name in config.targeted)
         self.statusName = serializeNameItem(config.name)
@@ -145,6 +147,17 @@ class CacheResource(Resource):
         self.stats: dict[bytes, int] = dict.fromkeys(
             (HIT, MISS, STALE, REVALIDATED, BYPASS), 0
         )
+        self.coder: VariantCoder | None = None
+        self._negotiate: Negotiate | None = None
+
+    def storeCoded(self, coder: VariantCoder) -> None:
+        """
+        Compress the responses fetched from now on with C{coder} as they
+        enter the cache, and store their coded variants by coding (see
+        L{twisted_rproxy.cache.coding}).
+        """
+        self.coder = coder
+        self._negotiate = partial(requestCoding, coder)
 
     def keyFor(self, request: IRequest) -> bytes:
         """
@@ -165,9 +178,6 @@ class CacheResource(Resource):
         """
         return self._keys.purge(self.store, target, prefix)
 
-    def _invalidate(self, request: Any, status: int, headers: Pairs) -> None:
-        invalidate(self._keys, self.store, request, status, headers)
-
     # -- serving ------------------------------------------------------------
 
     def render(self, request: IRequest) -> object:
@@ -179,7 +189,7 @@ class CacheResource(Resource):
             renderPurge(req, self._keys, self.store, self._purgeFrom)
         else:
             if method not in SAFE_METHODS:
-                _Invalidator(req, self._invalidate)
+                _Invalidator(req, partial(invalidate, self._keys, self.store))
             self._pass(req, BYPASS, FWD_METHOD)
         return NOT_DONE_YET
 
@@ -235,7 +245,7 @@ class CacheResource(Resource):
         """
         if requestGone(request):
             return
-        entry = selectEntry(entries, request) if entries else None
+        entry = selectEntry(entries, request, self._negotiate) if entries else None
         requestHeaders = request.requestHeaders
         ccValues = requestHeaders.getRawHeaders(b"cache-control")
         requestCC = parseCacheControl(ccValues) if ccValues else _NO_DIRECTIVES
@@ -301,7 +311,7 @@ class CacheResource(Resource):
             if entry is None and not collapsed and self._shared is not None:
                 self._claim(self._shared, request, key, fwd)
                 return
-        self._fetch(request, key, entry, fwd, False if collapsed else None)
+        self._fetch(request, key, entry, fwd, False if collapsed else None, requestCC)
 
     def _serveLooked(
         self,
@@ -352,7 +362,7 @@ class CacheResource(Resource):
             if requestGone(request):
                 self.landed(key)
                 return True
-            if not entries or selectEntry(entries, request) is None:
+            if not entries or selectEntry(entries, request, self._negotiate) is None:
                 return False
             # The local waiters look again (and find it too).
             self.landed(key)
@@ -415,6 +425,7 @@ class CacheResource(Resource):
         stale: CacheEntry | None,
         fwd: bytes,
         collapsed: bool | None,
+        requestCC: CacheControl | None = None,
     ) -> None:
         """
         Send a request to the child and capture the response; with a stored
@@ -423,24 +434,20 @@ class CacheResource(Resource):
         @param fwd: Why it goes forward (RFC 9211 section 2.2).
         @param collapsed: L{False} if it waited for another's backend
             request in vain, else L{None}.
+        @param requestCC: The request's directives, if parsed already.
         """
-        saved: dict[bytes, list[bytes]] = {}
-        revalidating = False
-        if stale is not None:
-            requestHeaders = request.requestHeaders
-            for name in CONDITIONAL:
-                values = requestHeaders.getRawHeaders(name)
-                if values is not None:
-                    saved[name] = values
-                    requestHeaders.removeHeader(name)
-            for name, value in validators(stale.headers):
-                requestHeaders.setRawHeaders(name, [value])
-                revalidating = True
+        coder = self.coder
+        coding = requestCoding(coder, requestPairs(request)) if coder else b""
         capture = _Capture(
-            self, request, key, stale, revalidating, saved, fwd=fwd, collapsed=collapsed
+            self, request, key, stale, False, {}, fwd=fwd, collapsed=collapsed
         )
-        request.notifyFinish().addErrback(capture.abandon)
+        if stale is not None:
+            capture.swapConditionals(revalidators(stale))
+        if coder is not None:
+            Encoding(request, coder, capture, coding)
+        capture.requestCC = requestCC
         self._renderChild(request)
+        capture.watchClient()
 
     def _refresh(self, request: Any, key: bytes, stale: CacheEntry) -> None:
         """
@@ -452,11 +459,14 @@ class CacheResource(Resource):
         capture: _Capture | None = None
         try:
             background = _BackgroundRequest(request)
-            for name, value in validators(stale.headers):
+            for name, value in revalidators(stale):
                 background.requestHeaders.setRawHeaders(name, [value])
             capture = _Capture(
                 self, background, key, stale, True, {}, background=True, fwd=FWD_STALE
             )
+            if self.coder is not None:
+                coding = requestCoding(self.coder, requestPairs(request))
+                Encoding(background, self.coder, capture, coding)
             background.backgroundChannel.onAbort = capture.abandon
             resource = getChildForRequest(self.resource, background)
             background.render(resource)  # type: ignore[no-untyped-call]
@@ -486,7 +496,7 @@ class CacheResource(Resource):
         """
         key = capture.key
         if capture.storing:
-            stored = self._storeResponse(capture)
+            stored = capture.commit(self.store, self.reactor.seconds(), self.limits)
             if isinstance(stored, Deferred):
                 # Those waiting for it look once it is there.
                 stored.addErrback(self._writeFailed)
@@ -498,10 +508,8 @@ class CacheResource(Resource):
         self.landed(key)
 
     def _written(self, result: object) -> None:
-        """
-        Let a store's write go on by itself; log it if it fails for more
-        than an outage (which the shared state logs once).
-        """
+        # A store's write goes on by itself; logged if it fails for more
+        # than an outage (which the shared state logs once).
         if isinstance(result, Deferred):
             result.addErrback(self._writeFailed)
 
@@ -543,9 +551,6 @@ class CacheResource(Resource):
                 collapsed=capture.collapsed,
                 detail=b"stale-if-error" if label == STALE else b"",
             )
-
-    def _storeResponse(self, capture: _Capture) -> bool | Deferred[bool]:
-        return capture.commit(self.store, self.reactor.seconds(), self.limits)
 
     def _serve(
         self,
