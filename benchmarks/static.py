@@ -5,6 +5,7 @@ serving the same directory, and the cost and gain of the C{compress} filter
 on proxied responses (issue #6).
 
     python benchmarks/static.py [--quick | --duration 10] [--connections 50]
+                                [--only static|compression]
                                 [--md-out FILE] [--json-out FILE]
 
 1. Static files: a temporary document root with C{/small.css} (2 KiB of
@@ -16,6 +17,9 @@ on proxied responses (issue #6).
    C{compress} filter (client C{Accept-Encoding: gzip}) and with the filter
    limited to brotli (C{encodings = ["br"]}, client C{Accept-Encoding: br}).
    The size on the wire is that of the body as received, fetched once.
+   Each coding runs twice: at the filter's default level and at the level
+   that was the default before issue #18 (C{level = 6}, C{brotli_quality =
+   4}).  C{--only compression} skips the static files (a short run).
 
 Requirements and safety as for benchmarks/run.py, whose functions this
 script reuses: nginx, wrk and taskset, 2 CPUs, loopback only, every load
@@ -62,11 +66,19 @@ NGINX_CONF = run.BACKEND_CONF.replace(
 )
 
 #: The compression variants: name, the filter table (or None), and the
-#: client's Accept-Encoding.
+#: client's Accept-Encoding.  C{gzip} and C{br} run the filter's defaults;
+#: C{gzip-level6} and C{br-quality4} the defaults before they were chosen
+#: by benchmarks/compression.py (issue #18), measured in the same run.
 COMPRESSION_VARIANTS: tuple[tuple[str, str | None, str], ...] = (
     ("uncompressed", None, "gzip"),
     ("gzip", 'plugin = "compress"', "gzip"),
+    ("gzip-level6", 'plugin = "compress"\nlevel = 6', "gzip"),
     ("br", 'plugin = "compress"\nencodings = ["br"]', "br"),
+    (
+        "br-quality4",
+        'plugin = "compress"\nencodings = ["br"]\nbrotli_quality = 4',
+        "br",
+    ),
 )
 
 
@@ -304,7 +316,7 @@ def _decoded(coding: str | None, body: bytes) -> bytes:
         return gzip.decompress(body)
     if coding == "br":
         # Optional, as for the proxy: without it the br row fails, alone.
-        import brotli
+        import brotli  # type: ignore[import-untyped]
 
         return bytes(brotli.decompress(body))
     return body
@@ -461,13 +473,20 @@ def markdown(
     """
     lines = ["# twisted_rproxy static files and compression", ""]
     lines += [f"- {key}: `{value}`" for key, value in meta.items()]
-    lines += ["", "## Static files: rproxy --static vs nginx", "", *staticTable(static)]
-    lines += [
-        "",
-        "## Compression through the proxy (nginx backend, compress filter)",
-        "",
-        *compressionTable(compression),
-    ]
+    if static:
+        lines += [
+            "",
+            "## Static files: rproxy --static vs nginx",
+            "",
+            *staticTable(static),
+        ]
+    if compression:
+        lines += [
+            "",
+            "## Compression through the proxy (nginx backend, compress filter)",
+            "",
+            *compressionTable(compression),
+        ]
     failures = [
         r for r in [*static, *(c.load for c in compression)] if r.status != "ok"
     ]
@@ -522,6 +541,11 @@ def parseArgs(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--python", default=sys.executable, help="the Python running twistd")
     p.add_argument("--json-out", type=Path, help="write the results as JSON")
     p.add_argument("--md-out", type=Path, help="write the Markdown report")
+    p.add_argument(
+        "--only",
+        choices=("static", "compression"),
+        help="run only the static files or only the compression variants",
+    )
     args = p.parse_args(argv)
     run.resolveLoadOptions(p, args)
     # What run.checkRequirements looks at.
@@ -568,8 +592,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         www = writeRoot(args.workdir)
         meta = metadata(args)
-        static = runStatic(session.procs, args, www)
-        compression = runCompression(session.procs, args, www)
+        static = (
+            [] if args.only == "compression" else runStatic(session.procs, args, www)
+        )
+        compression = (
+            [] if args.only == "static" else runCompression(session.procs, args, www)
+        )
         writeOutputs(args, meta, static, compression)
     except run.BenchError as e:
         print(f"benchmarks/static.py: {e}", file=sys.stderr)

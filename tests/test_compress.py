@@ -7,7 +7,16 @@ and the filter's changes to response heads.
 from __future__ import annotations
 
 import gzip
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
 import zlib
+from pathlib import Path
+from typing import Any
+from unittest import SkipTest
 
 import brotli  # type: ignore[import-untyped]
 from hypothesis import given
@@ -19,6 +28,8 @@ from zope.interface.verify import verifyObject
 from twisted_rproxy.filters import FilterOptionError, ResponseHead
 from twisted_rproxy.interfaces import IBodyTransform, IFilterFactory, IResponseFilter
 from twisted_rproxy.plugins.compress import (
+    DEFAULT_BROTLI_QUALITY,
+    DEFAULT_LEVEL,
     BrotliTransform,
     CompressFilter,
     CompressionPolicy,
@@ -357,3 +368,206 @@ class OptionsTests(SynchronousTestCase):
         for options, option in cases:
             error = self.assertRaises(FilterOptionError, parsePolicy, options)
             self.assertEqual(error.option, option, options)
+
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _loadBenchmark() -> Any:
+    """
+    benchmarks/compression.py of this checkout, as a module, with the
+    names of its helper modules (the corpus, the knee) as attributes.
+    """
+    path = _CHECKOUT / "benchmarks" / "compression.py"
+    if not path.exists():
+        raise SkipTest("no benchmarks/ beside the tests")
+    name = "_rproxy_bench_compression"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses look their module up while the module runs.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    # It put the folder on sys.path and imported these.
+    for helper in ("compressioncorpus", "compressionknee"):
+        for attribute, value in vars(sys.modules[helper]).items():
+            if not attribute.startswith("__"):
+                setattr(module, attribute, getattr(module, attribute, value))
+    return module
+
+
+class DefaultLevelTests(SynchronousTestCase):
+    """
+    The default levels are those docs/compression.rst gives, and were
+    chosen by benchmarks/compression.py.
+    """
+
+    def _docs(self) -> str:
+        path = _CHECKOUT / "docs" / "compression.rst"
+        if not path.exists():
+            raise SkipTest("no docs/ beside the tests")
+        return path.read_text(encoding="utf-8")
+
+    def test_policyAndOptionsAgree(self) -> None:
+        """
+        The policy's defaults are the module's constants, and an empty
+        C{[filters.NAME]} table gets them.
+        """
+        policy = CompressionPolicy()
+        self.assertEqual(
+            (policy.level, policy.brotliQuality),
+            (DEFAULT_LEVEL, DEFAULT_BROTLI_QUALITY),
+        )
+        parsed = parsePolicy({})
+        self.assertEqual(
+            (parsed.level, parsed.brotliQuality),
+            (DEFAULT_LEVEL, DEFAULT_BROTLI_QUALITY),
+        )
+
+    def test_optionsTable(self) -> None:
+        """
+        The options table of the documentation gives the defaults.
+        """
+        documented = {}
+        for line in self._docs().splitlines():
+            match = re.match(r"``(level|brotli_quality)``\s+``(\d+)``", line)
+            if match:
+                documented[match.group(1)] = int(match.group(2))
+        self.assertEqual(
+            documented,
+            {"level": DEFAULT_LEVEL, "brotli_quality": DEFAULT_BROTLI_QUALITY},
+        )
+
+    def test_choosingTheLevel(self) -> None:
+        """
+        The "Choosing the level" section names the defaults and the command
+        that measures them, and the module's example configuration shows
+        them.
+        """
+        docs = self._docs()
+        self.assertIn("\nChoosing the level\n------------------\n", docs)
+        section = docs.split("\nChoosing the level\n", 1)[1]
+        self.assertIn(
+            f"``level = {DEFAULT_LEVEL}`` and "
+            f"``brotli_quality = {DEFAULT_BROTLI_QUALITY}``",
+            section,
+        )
+        self.assertIn("python benchmarks/compression.py", section)
+        doc = sys.modules[GzipTransform.__module__].__doc__ or ""
+        self.assertIn(f"level = {DEFAULT_LEVEL} ", doc)
+        self.assertIn(f"brotli_quality = {DEFAULT_BROTLI_QUALITY} ", doc)
+
+
+class BenchmarkCorpusTests(SynchronousTestCase):
+    """
+    benchmarks/compression.py measures the same bodies on every run, and
+    chooses its knee as documented.
+    """
+
+    SIZES = (2048, 16384)
+
+    def test_deterministic(self) -> None:
+        """
+        Two builds of the corpus give the same bodies, within a process and
+        in another process with another hash seed.
+        """
+        bench = _loadBenchmark()
+        first, notes = bench.buildCorpus(sizes=self.SIZES)
+        second, _ = bench.buildCorpus(sizes=self.SIZES)
+        self.assertEqual(first, second)
+        self.assertTrue(first)
+        script = (
+            "import importlib.util, sys\n"
+            "spec = importlib.util.spec_from_file_location('b', sys.argv[1])\n"
+            "m = sys.modules['b'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(m)\n"
+            "bodies, _ = m.buildCorpus(sizes=(2048, 16384))\n"
+            "print(' '.join(f'{b.kind}:{b.size}:{b.digest}' for b in bodies))\n"
+        )
+        env = dict(os.environ, PYTHONHASHSEED="12345")
+        output = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(_CHECKOUT / "benchmarks" / "compression.py"),
+            ],
+            capture_output=True,
+            env=env,
+            check=True,
+            timeout=120,
+            text=True,
+        ).stdout.split()
+        self.assertEqual(
+            output, [f"{b.kind}:{b.size}:{b.digest}" for b in first], notes
+        )
+
+    def test_bodies(self) -> None:
+        """
+        Each body is of its kind and at most its size: HTML pages of exactly
+        the size, JSON that parses, JavaScript when some is installed.
+        """
+        bench = _loadBenchmark()
+        bodies, notes = bench.buildCorpus(sizes=self.SIZES)
+        kinds = {(b.kind, b.size): b.data for b in bodies}
+        for size in self.SIZES:
+            html = kinds["html", size]
+            self.assertEqual(len(html), size)
+            self.assertTrue(html.startswith(b"<!DOCTYPE html>"))
+            data = kinds["json", size]
+            self.assertLessEqual(len(data), size)
+            self.assertGreater(len(data), size // 2)
+            document = json.loads(data)
+            self.assertEqual(document["count"], len(document["results"]))
+            if ("js", size) in kinds:
+                self.assertEqual(len(kinds["js", size]), size)
+            else:
+                self.assertTrue(any(note.startswith("js:") for note in notes))
+
+    def test_measuresTheFilterTransforms(self) -> None:
+        """
+        A measurement's output is what the filter sends for the body in
+        those pieces, and decodes to the body.
+        """
+        bench = _loadBenchmark()
+        body = bench.jsonBody(16384)
+        [row] = [
+            r
+            for r in bench.measure(
+                [bench.Body("json", 16384, body)], [("gzip", [4])], 4096, 1, 0.0, 0.0
+            )
+            if r.pieces == "4KiB"
+        ]
+        transform = GzipTransform(4)
+        pieces = [body[i : i + 4096] for i in range(0, len(body), 4096)]
+        sent = b"".join(transform.transform(p) for p in pieces) + transform.flush()
+        self.assertEqual(row.bytesOut, len(sent))
+        self.assertEqual(gzip.decompress(sent), body)
+        self.assertGreater(row.cpuUs, 0)
+
+    def test_knee(self) -> None:
+        """
+        The knee is the level with the least CPU plus transfer time; within
+        the tolerance of it, the cheapest in CPU.
+        """
+        bench = _loadBenchmark()
+
+        def level(n: int, cpu: float, out: int) -> Any:
+            return bench.Level("gzip", n, "whole", cpu, 10_000, out)
+
+        levels = [level(1, 100, 3000), level(2, 200, 2500), level(3, 1000, 2400)]
+        bench.markHull(levels)
+        # At 1 byte per µs: 3100, 2700, 3400.
+        self.assertEqual(bench.knee(levels, 1.0, 0.0).level, 2)
+        # At 100 bytes per µs the CPU dominates.
+        self.assertEqual(bench.knee(levels, 100.0, 0.0).level, 1)
+        # Level 1 is within 15 % of level 2's 2700 and cheaper.
+        self.assertEqual(bench.knee(levels, 1.0, 0.15).level, 1)
+        self.assertEqual([lv.onHull for lv in levels], [True, True, True])
+        self.assertEqual(levels[1].marginal, 5.0)

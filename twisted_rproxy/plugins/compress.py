@@ -7,8 +7,8 @@ Configuration::
 
     [filters.compress]
     plugin = "compress"
-    level = 6                    # gzip level, 1 (fast) to 9 (small)
-    brotli_quality = 4           # brotli quality, 0 to 11
+    level = 4                    # gzip level, 1 (fast) to 9 (small)
+    brotli_quality = 3           # brotli quality, 0 to 11
     min_size = "256B"            # smaller bodies (by Content-Length) are left alone
     types = ["text/*", "application/json", "image/svg+xml"]
     encodings = ["br", "gzip"]   # offered codings; the first wins a q-value tie
@@ -74,6 +74,12 @@ DEFAULT_TYPES = (
     "font/otf",
 )
 
+#: The default gzip level and brotli quality, chosen by measurement
+#: (benchmarks/compression.py; docs/compression.rst, "Choosing the level"):
+#: the knee of CPU time against bytes saved on HTML, JSON and JavaScript.
+DEFAULT_LEVEL = 4
+DEFAULT_BROTLI_QUALITY = 3
+
 _KNOWN_ENCODINGS = ("br", "gzip")
 _NO_BODY = frozenset([204, 206, 304])
 
@@ -102,8 +108,8 @@ class CompressionPolicy:
     encodings: tuple[str, ...] = ("br", "gzip") if _brotli is not None else ("gzip",)
     types: tuple[str, ...] = DEFAULT_TYPES
     minSize: int = 256
-    level: int = 6
-    brotliQuality: int = 4
+    level: int = DEFAULT_LEVEL
+    brotliQuality: int = DEFAULT_BROTLI_QUALITY
 
 
 def typeMatches(contentType: bytes | None, types: Sequence[str]) -> bool:
@@ -160,6 +166,34 @@ def _tokens(headers: Headers, name: bytes) -> list[bytes]:
     ]
 
 
+def compressible(
+    policy: CompressionPolicy, code: int, responseHeaders: Headers
+) -> tuple[bool, bool]:
+    """
+    Whether a response is to be compressed for a client that accepts an
+    offered coding.
+
+    @return: Whether it is, and whether it varies with C{Accept-Encoding}
+        (its type is compressible; a body smaller than C{minSize} is not
+        compressed but varies).
+    """
+    if code < 200 or code in _NO_BODY:
+        return False, False
+    if responseHeaders.hasHeader(b"content-range"):
+        return False, False
+    encoding = _first(responseHeaders, b"content-encoding")
+    if encoding is not None and encoding.strip().lower() != b"identity":
+        return False, False
+    if b"no-transform" in _tokens(responseHeaders, b"cache-control"):
+        return False, False
+    if not typeMatches(_first(responseHeaders, b"content-type"), policy.types):
+        return False, False
+    length = _first(responseHeaders, b"content-length")
+    if length is not None and length.isdigit() and int(length) < policy.minSize:
+        return False, True
+    return True, True
+
+
 def decide(
     policy: CompressionPolicy,
     code: int,
@@ -172,23 +206,20 @@ def decide(
     @return: The coding to compress with (or L{None}), and whether the
         response varies with C{Accept-Encoding} (its type is compressible).
     """
-    if code < 200 or code in _NO_BODY:
-        return None, False
-    if responseHeaders.hasHeader(b"content-range"):
-        return None, False
-    encoding = _first(responseHeaders, b"content-encoding")
-    if encoding is not None and encoding.strip().lower() != b"identity":
-        return None, False
-    if b"no-transform" in _tokens(responseHeaders, b"cache-control"):
-        return None, False
-    if not typeMatches(_first(responseHeaders, b"content-type"), policy.types):
-        return None, False
-    length = _first(responseHeaders, b"content-length")
-    if length is not None and length.isdigit() and int(length) < policy.minSize:
-        return None, True
+    compress, varies = compressible(policy, code, responseHeaders)
+    if not compress:
+        return None, varies
     accept = requestHeaders.getRawHeaders(b"accept-encoding")
     coding = chooseCoding(b",".join(accept) if accept else None, policy.encodings)
     return coding, True
+
+
+def weakTag(etag: bytes) -> bytes:
+    """
+    The C{ETag} of a compressed response, from its identity one's: weak,
+    since its bytes differ (a weak tag is left as it is).
+    """
+    return b"W/" + etag if etag.startswith(b'"') else etag
 
 
 @implementer(IBodyTransform)
@@ -241,10 +272,49 @@ def _addVary(headers: Headers) -> None:
 class CompressFilter:
     """
     Compresses the responses its policy says to.
+
+    On a route with a cache, it is also what compresses the variants the
+    cache stores (a L{twisted_rproxy.cache.coding.VariantCoder}: see
+    L{twisted_rproxy.tree}): a response is compressed as it enters the
+    cache, and the filter leaves the coded variants the cache serves
+    alone, as it leaves any response already coded.
     """
 
     def __init__(self, policy: CompressionPolicy) -> None:
         self.policy = policy
+
+    def negotiate(self, acceptEncoding: bytes | None) -> bytes:
+        """
+        The coding a client gets for a compressible response: C{b"gzip"},
+        C{b"br"} or C{b"identity"} (see L{chooseCoding}).
+        """
+        coding = chooseCoding(acceptEncoding, self.policy.encodings)
+        return b"identity" if coding is None else coding.encode("ascii")
+
+    def encodeVariant(
+        self, code: int, headers: Headers, coding: bytes
+    ) -> tuple[IBodyTransform | None, bool]:
+        """
+        Make a response's head that of its variant in C{coding} (one that
+        L{negotiate} gave), if it is compressible: as for the client of
+        L{filterResponse}, the coding being negotiated already.
+
+        @return: The transform that compresses its body, or L{None}; and
+            whether the response varies with C{Accept-Encoding}.
+        """
+        compress, varies = compressible(self.policy, code, headers)
+        if varies:
+            _addVary(headers)
+        name = coding.decode("ascii")
+        if not compress or name not in self.policy.encodings:
+            return None, varies
+        return self._encode(headers, name), True
+
+    def codedValidator(self, etag: bytes) -> bytes:
+        """
+        The C{ETag} of a compressed variant (L{weakTag}).
+        """
+        return weakTag(etag)
 
     def filterResponse(
         self, request: IRequest, context: RequestContext, head: ResponseHead
@@ -258,12 +328,19 @@ class CompressFilter:
             _addVary(headers)
         if coding is None:
             return None
+        return self._encode(headers, coding)
+
+    def _encode(self, headers: Headers, coding: str) -> IBodyTransform:
+        """
+        Make C{headers} those of a response compressed with C{coding}; the
+        transform that compresses its body.
+        """
         headers.setRawHeaders(b"content-encoding", [coding.encode("ascii")])
         headers.removeHeader(b"content-length")
         headers.removeHeader(b"accept-ranges")
         etag = _first(headers, b"etag")
-        if etag is not None and etag.startswith(b'"'):
-            headers.setRawHeaders(b"etag", [b"W/" + etag])
+        if etag is not None:
+            headers.setRawHeaders(b"etag", [weakTag(etag)])
         if coding == "br":
             return BrotliTransform(self.policy.brotliQuality)
         return GzipTransform(self.policy.level)
@@ -285,8 +362,8 @@ class CompressFilter:
             return
         _addVary(headers)
         etag = _first(headers, b"etag")
-        if etag is not None and etag.startswith(b'"'):
-            headers.setRawHeaders(b"etag", [b"W/" + etag])
+        if etag is not None:
+            headers.setRawHeaders(b"etag", [weakTag(etag)])
 
 
 def parsePolicy(options: Mapping[str, object]) -> CompressionPolicy:
@@ -297,8 +374,8 @@ def parsePolicy(options: Mapping[str, object]) -> CompressionPolicy:
     """
     read = FilterOptions(options)
     read.checkKeys(["level", "brotli_quality", "min_size", "types", "encodings"])
-    level = read.integer("level", 6, 1, 9)
-    quality = read.integer("brotli_quality", 4, 0, 11)
+    level = read.integer("level", DEFAULT_LEVEL, 1, 9)
+    quality = read.integer("brotli_quality", DEFAULT_BROTLI_QUALITY, 0, 11)
     minSize = read.size("min_size", 256)
     types: tuple[str, ...] = DEFAULT_TYPES
     if read.has("types"):
