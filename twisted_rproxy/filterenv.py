@@ -14,7 +14,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from weakref import WeakKeyDictionary, WeakSet
+from weakref import WeakKeyDictionary, ref
 
 from attrs import field, frozen
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
@@ -46,6 +46,10 @@ __all__ = [
 CLOSE_TIMEOUT = 10.0
 
 _log = Logger()
+
+#: How many requests a L{FilterSet} records before it first drops those
+#: that are done (see L{FilterSet.track}).
+_PRUNE_MINIMUM = 64
 
 
 @implementer(IFilterEnvironment)
@@ -176,7 +180,10 @@ class FilterSet:
         self.reactor = reactor
         self.filters: list[tuple[str, object, FilterEnvironment | None]] = []
         self.retired = False
-        self._inFlight: WeakSet[Any] = WeakSet()
+        # Weak references without callbacks (a WeakSet's cost a Python call
+        # as each request is freed), dropped once dead or done by _prune.
+        self._inFlight: list[ref[Any]] = []
+        self._pruneAt = _PRUNE_MINIMUM
         self._retiring: Deferred[None] | None = None
 
     def add(
@@ -191,18 +198,43 @@ class FilterSet:
     def track(self, request: object) -> None:
         """
         C{request} runs through filters of the set (a chain's C{render}).
+
+        The set holds it weakly, and drops the requests that are done
+        whenever it has recorded twice as many as were left the time
+        before: memory bounded by the requests in flight, at a constant
+        cost per request.
         """
-        self._inFlight.add(request)
+        refs = self._inFlight
+        refs.append(ref(request))
+        if len(refs) >= self._pruneAt:
+            self._prune()
+
+    def _prune(self) -> list[Any]:
+        """
+        Drop the requests that are freed, finished or gone.
+
+        @return: Those left.
+        """
+        live = []
+        refs = []
+        for reference in self._inFlight:
+            request = reference()
+            if (
+                request is not None
+                and not getattr(request, "finished", False)
+                and not requestGone(request)
+            ):
+                live.append(request)
+                refs.append(reference)
+        self._inFlight = refs
+        self._pruneAt = max(_PRUNE_MINIMUM, 2 * len(refs))
+        return live
 
     def inFlight(self) -> list[Any]:
         """
         The requests through the set's filters not finished yet.
         """
-        return [
-            request
-            for request in list(self._inFlight)
-            if not getattr(request, "finished", False) and not requestGone(request)
-        ]
+        return self._prune()
 
     def retire(
         self, wait: float = 0.0, closeTimeout: float = CLOSE_TIMEOUT

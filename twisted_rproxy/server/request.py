@@ -47,6 +47,24 @@ def _discard(data: bytes) -> None:
     pass
 
 
+def _releaseInterceptors(request: ProxyRequest) -> None:
+    """
+    Drop the C{write} and C{finish} that response interceptors (see
+    L{twisted_rproxy.intercept}) installed on a finished C{request}.
+
+    Each is a bound method of an object that holds the request: a cycle
+    that only the garbage collector would free, for every request of a
+    route with filters or a cache. Once the response is finished nothing
+    more goes through them (a later C{write} raises, as it does through
+    them); the class's own methods take their place.
+    """
+    attributes = request.__dict__
+    for name in ("write", "finish"):
+        installed = attributes.get(name)
+        if installed is not None and getattr(installed, "__self__", None) is not None:
+            del attributes[name]
+
+
 def httpDate(now: float) -> bytes:
     """
     The RFC 9110 C{Date} value for C{now}, computed once a second.
@@ -294,10 +312,20 @@ class ProxyRequest(Request):
         if not self.startedWriting and self.channel is not None:
             passed = self.passedHeaders
             if passed is not None:
-                if type(self.channel) is ProxyHTTPChannel:
+                channelType: object = type(self.channel)
+                if (
+                    self.cookies
+                    or self.etag is not None
+                    or self.lastModified is not None
+                ):
+                    # Set through twisted.web's own API (a filter's response
+                    # hook may call addCookie): only its head writer adds
+                    # them.
+                    channelType = None
+                if channelType is ProxyHTTPChannel:
                     self._writeHead(passed, data)
                     return
-                if type(self.channel) is H2StreamChannel:
+                if channelType is H2StreamChannel:
                     self._writeHeadHTTP2(passed, data)
                     return
                 self.passedHeaders = None
@@ -359,10 +387,18 @@ class ProxyRequest(Request):
         Write the response head and the first body bytes in one go, with
         the backend's headers as they are (the pool validated them) and no
         round trip through a L{Headers} object.
+
+        The head is the one twisted.web's writer would make of C{passed}
+        folded into C{responseHeaders} (with the proxy's C{Date}, C{Server}
+        and C{Strict-Transport-Security}), so that a response whose
+        headers are all in C{responseHeaders} (C{passed} empty: a filter's
+        hooks saw them) is written the same way.
         """
         self.startedWriting = 1
         code = self.code
         version = self.clientproto
+        channel = self.channel
+        site = channel.site
         noBody = self.method == b"HEAD" or code in NO_BODY_CODES
         head = [version, b" %d " % (code,), self.code_message, b"\r\n"]
         hasLength = hasDate = hasServer = False
@@ -373,28 +409,50 @@ class ProxyRequest(Request):
             elif first in b"Dd":
                 hasDate = hasDate or name.lower() == b"date"
             head += (name, b": ", value, b"\r\n")
+        hsts = site.hstsHeader
+        if hsts is not None and not channel.isSecure():
+            hsts = None
+        passedDate = hasDate
+        framing: Sequence[bytes] = ()
         for name, values in self.responseHeaders.getAllRawHeaders():
             lower = name.lower()
-            hasDate = hasDate or lower == b"date"
-            hasServer = hasServer or lower == b"server"
+            if lower == b"content-length":
+                hasLength = True
+            elif lower == b"date":
+                if passedDate:
+                    # The backend's replaces it (see foldPassedHeaders).
+                    continue
+                hasDate = True
+            elif lower == b"server":
+                hasServer = True
+            elif lower == b"transfer-encoding":
+                # Kept unless the body is chunked here, which says so
+                # itself (as twisted.web's writer replaces it).
+                framing = values
+                continue
+            elif lower == b"strict-transport-security" and hsts is not None:
+                # The proxy's policy replaces it.
+                continue
             for value in values:
                 head += (name, b": ", value, b"\r\n")
-        site = self.channel.site
         if not hasDate:
             head += (b"Date: ", httpDate(site.reactor.seconds()), b"\r\n")
         serverHeader = getattr(site, "serverHeader", None)
         if serverHeader and not hasServer:
             head += (b"Server: ", serverHeader, b"\r\n")
-        hsts = site.hstsHeader
-        if hsts is not None and self.channel.isSecure():
+        if hsts is not None:
             # The proxy's own policy, for every response over TLS.
             head += (b"Strict-Transport-Security: ", hsts, b"\r\n")
+        chunked = not noBody and not hasLength and version == b"HTTP/1.1"
+        if not chunked:
+            for value in framing:
+                head += (b"Transfer-Encoding: ", value, b"\r\n")
         if noBody:
             head.append(b"\r\n")
-            self.channel.writeSequence(head)
+            channel.writeSequence(head)
             self.write = _discard  # type: ignore[method-assign]
             return
-        if not hasLength and version == b"HTTP/1.1":
+        if chunked:
             self.chunked = 1
             head.append(b"Transfer-Encoding: chunked\r\n\r\n")
             if data:
@@ -404,7 +462,7 @@ class ProxyRequest(Request):
             head.append(data)
             self._bodyDirect = not hasContentEncoder(self)
         self.sentLength += len(data)
-        self.channel.writeSequence(head)
+        channel.writeSequence(head)
 
     def _writeHeadHTTP2(self, passed: list[tuple[bytes, bytes]], data: bytes) -> None:
         """
@@ -467,9 +525,12 @@ class ProxyRequest(Request):
 
     def finish(self) -> None:
         self.onConnectionLost = None
+        self.onBackendError = None
         if self.streaming and self.bodyStream is not None:
             if not self.bodyStream.complete and self.channel is not None:
                 # The rest of the body is still on the wire: the connection
                 # can't carry another request.
                 self.channel.persistent = False
         Request.finish(self)
+        if self.finished:
+            _releaseInterceptors(self)
