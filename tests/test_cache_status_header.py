@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from tests.fixtures import LoopbackTestCase, asyncTest, backendServer, sleep
 from tests.loopback import ParsedResponse, RecordedRequest, Reply
 from tests.memory import Proxy, backend, responsesOf
+from twisted_rproxy.cache.flight import UNCACHEABLE_TTL
 from twisted_rproxy.cache.status import cacheStatusMember
 from twisted_rproxy.config import (
     CacheConfig,
@@ -311,6 +312,31 @@ class CacheStatusTests(SynchronousTestCase):
         self.assertEqual(
             _ours(_one(second)), {"fwd": Token("miss"), "collapsed": False}
         )
+
+    def test_uncacheableNotCoalesced(self) -> None:
+        """
+        Once a key's response could not be stored, its misses no longer
+        wait for one another (hit-for-miss) for C{UNCACHEABLE_TTL} seconds:
+        each goes to the backend at once; after that they are coalesced
+        again.
+        """
+        proxy = _Proxy()
+        proxy.fetch(_get(), _answer(b"Cache-Control: private\r\n"))
+        snapshot = proxy.snapshot()
+        proxy.exchange(_get())
+        first = proxy.backendSince(snapshot)
+        snapshot = proxy.snapshot()
+        proxy.exchange(_get())
+        proxy.backendSince(snapshot)
+        first.dataReceived(_answer(b"Cache-Control: private\r\n"))
+        proxy.reactor.advance(UNCACHEABLE_TTL)
+        snapshot = proxy.snapshot()
+        proxy.exchange(_get())
+        proxy.backendSince(snapshot)
+        snapshot = proxy.snapshot()
+        _, waiting = proxy.exchange(_get())
+        self.assertRaises(AssertionError, proxy.backendSince, snapshot)
+        self.assertEqual(responsesOf(waiting), [])
 
     def test_off(self) -> None:
         """

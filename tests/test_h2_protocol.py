@@ -22,12 +22,12 @@ from hyperframe.frame import (
     RstStreamFrame,
     SettingsFrame,
 )
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, ISSLTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer
 
 from twisted_rproxy.config import ServerConfig
 from twisted_rproxy.h2 import H2Limits, H2ServerConnection
@@ -139,6 +139,10 @@ class _App(Resource):
             return b"final"
         if path == b"/echo":
             return request.content.read()
+        if path == b"/hsts":
+            request.setHeader(b"strict-transport-security", b"max-age=5")
+            request.setHeader(b"server", b"app")
+            return b"hsts"
         return b"hello " + path
 
 
@@ -298,6 +302,29 @@ class RequestResponseTests(SynchronousTestCase):
         assert isinstance(settings, SettingsFrame)
         self.assertEqual(settings.settings[SettingsFrame.MAX_CONCURRENT_STREAMS], 100)
         self.assertEqual(settings.settings[SettingsFrame.MAX_HEADER_LIST_SIZE], 4000)
+
+    def test_proxyHeadersReplaceTheResource(self) -> None:
+        """
+        Over TLS the site's C{Strict-Transport-Security} replaces one the
+        resource set (sent once), as over HTTP/1.1; a C{Server} it set is
+        kept.
+        """
+        harness = _Harness(self)
+        harness.site.hstsHeader = b"max-age=100"
+        directlyProvides(harness.transport, ISSLTransport)
+        harness.start()
+        streamID = harness.request([*_GET[:1], (b":path", b"/hsts"), *_GET[2:]])
+        harness.send()
+        [response] = [
+            e for e in harness.events if isinstance(e, h2.events.ResponseReceived)
+        ]
+        self.assertEqual(
+            [v for n, v in response.headers if n == b"strict-transport-security"],
+            [b"max-age=100"],
+        )
+        self.assertEqual([v for n, v in response.headers if n == b"server"], [b"app"])
+        self.assertEqual(len([n for n, v in response.headers if n == b"date"]), 1)
+        self.assertEqual(harness.response(streamID)[1], b"hsts")
 
     def test_headAndSmallBodyInOneWrite(self) -> None:
         """

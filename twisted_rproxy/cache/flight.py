@@ -20,12 +20,27 @@ from twisted.python.failure import Failure
 
 from twisted_rproxy.messages import CacheEntry
 
-__all__ = ["Flights", "SharedFlights", "awaitShared", "POLL_FIRST", "POLL_MAX"]
+__all__ = [
+    "Flights",
+    "SharedFlights",
+    "awaitShared",
+    "POLL_FIRST",
+    "POLL_MAX",
+    "UNCACHEABLE_TTL",
+]
 
 #: Seconds before a process waiting for another's backend request first
 #: looks for the entry; the interval doubles up to L{POLL_MAX}.
 POLL_FIRST = 0.02
 POLL_MAX = 0.25
+
+#: Seconds a key whose last response could not be stored is not coalesced
+#: (Varnish's "hit-for-miss"): its requests would wait for one another in
+#: vain, one backend request at a time. A response that is stored ends it.
+UNCACHEABLE_TTL = 120.0
+
+#: The most keys so remembered (the oldest are forgotten first).
+UNCACHEABLE_KEYS = 10000
 
 _log = Logger()
 
@@ -43,10 +58,11 @@ class _Flight:
 
 class Flights:
     """
-    The keys whose backend request is in flight, and who waits on each.
+    The keys whose backend request is in flight, and who waits on each;
+    and the keys not to coalesce, their last response not stored.
     """
 
-    __slots__ = ("_reactor", "_flights")
+    __slots__ = ("_reactor", "_flights", "_uncacheable")
 
     def __init__(self, reactor: IReactorTime) -> None:
         """
@@ -54,12 +70,39 @@ class Flights:
         """
         self._reactor = reactor
         self._flights: dict[bytes, _Flight] = {}
+        self._uncacheable: dict[bytes, float] = {}
 
     def __contains__(self, key: bytes) -> bool:
         return key in self._flights
 
     def __len__(self) -> int:
         return len(self._flights)
+
+    def coalesces(self, key: bytes) -> bool:
+        """
+        Whether misses for C{key} wait for one backend request: unless its
+        last response could not be stored, within L{UNCACHEABLE_TTL}.
+        """
+        until = self._uncacheable.get(key)
+        if until is None:
+            return True
+        if self._reactor.seconds() < until:
+            return False
+        del self._uncacheable[key]
+        return True
+
+    def uncacheable(self, key: bytes, stored: bool) -> None:
+        """
+        Remember whether the last response for C{key} was stored.
+        """
+        keys = self._uncacheable
+        if stored:
+            keys.pop(key, None)
+            return
+        keys.pop(key, None)
+        keys[key] = self._reactor.seconds() + UNCACHEABLE_TTL
+        if len(keys) > UNCACHEABLE_KEYS:
+            del keys[next(iter(keys))]
 
     def start(self, key: bytes) -> None:
         """

@@ -297,19 +297,18 @@ class CacheResource(Resource):
             self._pass(request, MISS, fwd, collapsed)
             return
         flights = self._flights
-        if key in flights:
-            if self.config.coalesce and not collapsed:
+        if self.config.coalesce and flights.coalesces(key):
+            if key not in flights:
+                flights.start(key)
+                if entry is None and not collapsed and self._shared is not None:
+                    self._claim(self._shared, request, key, fwd)
+                    return
+            elif not collapsed:
                 # Wait for the backend request in flight for the same key,
                 # at most coalesceWait; then look again (and go to the
                 # backend if what came back was not stored).
-                flights.wait(
-                    key, partial(self._lookup, request, fwd), self.config.coalesceWait
-                )
-                return
-        elif self.config.coalesce:
-            flights.start(key)
-            if entry is None and not collapsed and self._shared is not None:
-                self._claim(self._shared, request, key, fwd)
+                wake = partial(self._lookup, request, fwd)
+                flights.wait(key, wake, self.config.coalesceWait)
                 return
         self._fetch(request, key, entry, fwd, False if collapsed else None, requestCC)
 
@@ -495,6 +494,8 @@ class CacheResource(Resource):
         be, or drop the stored one it replaces.
         """
         key = capture.key
+        if capture.status < 500:
+            self._flights.uncacheable(key, capture.storing)
         if capture.storing:
             stored = capture.commit(self.store, self.reactor.seconds(), self.limits)
             if isinstance(stored, Deferred):

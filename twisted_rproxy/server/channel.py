@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 from typing import Protocol as TypingProtocol
 
+from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
@@ -166,9 +167,11 @@ class ProxyHTTPChannel(TimedHTTPChannel):
         return peer
 
     def isSecure(self) -> bool:
+        # twisted.web adapts the transport to ISSLTransport (a registry
+        # lookup, once a connection); the TLS transport provides it.
         secure = self._secure
         if secure is None:
-            secure = self._secure = bool(HTTPChannel.isSecure(self))
+            secure = self._secure = ISSLTransport.providedBy(self.transport)
         return secure
 
     def checkPersistence(self, request: Request, version: bytes) -> bool:

@@ -474,30 +474,41 @@ class ProxyRequest(Request):
         code = self.code
         noBody = self.method == b"HEAD" or code in NO_BODY_CODES
         head = [(b":status", b"%d" % (code,))]
-        hasDate = hasServer = False
+        channel = self.channel
+        site = channel.site
+        hsts = site.hstsHeader
+        if hsts is not None and not channel.isSecure():
+            hsts = None
+        passedDate = hasServer = False
         for name, value in passed:
             lower = name.lower()
             if lower in CONNECTION_HEADERS:
                 continue
-            hasDate = hasDate or lower == b"date"
+            passedDate = passedDate or lower == b"date"
             head.append((lower, value))
+        hasDate = passedDate
+        # As _writeHead: the backend's Date replaces one set here, and the
+        # proxy's HSTS policy a hook's.
         for name, values in self.responseHeaders.getAllRawHeaders():
             lower = name.lower()
             if lower in CONNECTION_HEADERS:
                 continue
-            hasDate = hasDate or lower == b"date"
-            hasServer = hasServer or lower == b"server"
+            if lower == b"date":
+                if passedDate:
+                    continue
+                hasDate = True
+            elif lower == b"server":
+                hasServer = True
+            elif lower == b"strict-transport-security" and hsts is not None:
+                continue
             for value in values:
                 head.append((lower, value))
-        channel = self.channel
-        site = channel.site
         if not hasDate:
             head.append((b"date", httpDate(site.reactor.seconds())))
         serverHeader = getattr(site, "serverHeader", None)
         if serverHeader and not hasServer:
             head.append((b"server", serverHeader))
-        hsts = site.hstsHeader
-        if hsts is not None and channel.isSecure():
+        if hsts is not None:
             head.append((b"strict-transport-security", hsts))
         if noBody:
             channel.writeHead(head)
