@@ -295,6 +295,11 @@ class StreamErrorTests(_Rules):
         frame = DataFrame(1, b"abc", flags=["END_STREAM"]).serialize()
         self.assertStreamError(data + frame, 1, PROTOCOL_ERROR)
 
+    def test_trailersBeforeDeclaredLength(self) -> None:
+        data = headers(1, [*_POST, (b"content-length", b"5")], ["END_HEADERS"])
+        data += DataFrame(1, b"abc").serialize() + headers(1, [(b"x-t", b"1")])
+        self.assertStreamError(data, 1, PROTOCOL_ERROR)
+
     def test_dataAfterClientReset(self) -> None:
         data = (
             headers(1, _POST, ["END_HEADERS"])
