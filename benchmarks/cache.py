@@ -8,7 +8,10 @@ C{Cache-Control: no-store} (so every request goes to the backend through
 the cache, which stores nothing). The C{store} rows ask the cacheable
 location under a new query string each time (a wrk script), so every
 request is a miss that is stored: the cost of writing entries (and, once
-the store is full, evicting). The same for a disk cache (C{store =
+the store is full, evicting). The C{pass} rows ask the same file with the
+same headers as C{miss} through a route without a cache (C{/pass/}, as
+long a path as C{/miss/}): the plain proxied request each row's CPU is
+divided by (the C{÷ pass} column). The same for a disk cache (C{store =
 "disk"}) with 1 KiB and 1 MiB responses, under C{/disk/}. Reuses
 benchmarks/run.py's functions.
 
@@ -35,7 +38,11 @@ BACKEND_CONF = run.BACKEND_CONF.replace(
     "\n        ".join(
         f"location {prefix}/{kind}/ " + _LOCATION.format(policy=policy)
         for prefix in ("", "/disk")
-        for kind, policy in (("hit", "max-age=3600"), ("miss", "no-store"))
+        for kind, policy in (
+            ("hit", "max-age=3600"),
+            ("miss", "no-store"),
+            ("pass", "no-store"),
+        )
     ),
 )
 
@@ -47,7 +54,7 @@ ROWS = [
         ("disk", ("1k", "1m"), "/disk"),
     )
     for size in sizes
-    for kind in ("hit", "miss", "store")
+    for kind in ("pass", "hit", "miss", "store")
 ]
 
 #: A wrk script asking for a new URL each time (a query string unique to
@@ -64,7 +71,8 @@ end
 
 def startBackend(procs: run.Processes, workdir: Path, cpu: str) -> int:
     """
-    Start nginx with the C{/hit/} and C{/miss/} locations; its port.
+    Start nginx with the C{/hit/}, C{/miss/} and C{/pass/} locations; its
+    port.
     """
     d = workdir / "nginx"
     d.mkdir()
@@ -81,7 +89,8 @@ def startBackend(procs: run.Processes, workdir: Path, cpu: str) -> int:
 
 def writeConfig(workdir: Path, port: int, backendPort: int) -> Path:
     """
-    A proxy whose routes are cached: C{/disk/} on disk, the rest in memory.
+    A proxy whose routes are cached: C{/disk/} on disk, the rest in memory;
+    but C{/pass/} and C{/disk/pass/}, which have no cache.
     """
     path = workdir / "cache.toml"
     path.write_text(
@@ -98,6 +107,12 @@ def writeConfig(workdir: Path, port: int, backendPort: int) -> Path:
                 f'path = "{workdir / "disk-cache"}"',
                 'max_size = "256MiB"',
                 'max_object_size = "2MiB"',
+                "[[routes]]",
+                'path = "/pass/"',
+                'pool = "app"',
+                "[[routes]]",
+                'path = "/disk/pass/"',
+                'pool = "app"',
                 "[[routes]]",
                 'path = "/disk/"',
                 'pool = "app"',
@@ -132,9 +147,11 @@ def main() -> int:
         run.waitForPort(port, proc, run.PROXY_READY_TIMEOUT)
         print(
             "| store | response | path | req/s | proxy CPU µs/request "
-            "| p50 ms | p99 ms |"
+            "| ÷ pass | p50 ms | p99 ms |"
         )
-        print("|---|---|---|---:|---:|---:|---:|")
+        print("|---|---|---|---:|---:|---:|---:|---:|")
+        # The CPU per request of the pass row, by store and size.
+        plain: dict[tuple[str, str], float] = {}
         script = args.workdir / "unique.lua"
         script.write_text(UNIQUE_URLS)
         for store, size, kind, prefix in ROWS:
@@ -152,9 +169,14 @@ def main() -> int:
             # The disk store writes in a thread: let the first response in.
             time.sleep(0.5)
             row = run.measureLoad(procs, args, scenario, "proxy", port, proc.pid)
+            cpu = row.proxyCpuUsPerRequest
+            if kind == "pass" and cpu:
+                plain[store, size] = cpu
+            base = plain.get((store, size))
+            ratio = f"{cpu / base:.2f}×" if cpu and base else "–"
             print(
                 f"| {store} | {size} | {kind} | {row.rps:.0f} "
-                f"| {row.proxyCpuUsPerRequest:.1f} "
+                f"| {'–' if cpu is None else f'{cpu:.1f}'} | {ratio} "
                 f"| {row.p50Ms:.2f} | {row.p99Ms:.2f} |",
                 flush=True,
             )

@@ -93,7 +93,9 @@ class ResponseInterceptor:
         """
         if self._pending:
             if not self.headDone:
-                self._runHead()
+                self.headDone = True
+                self._pending = False
+                self.head()
             if self._pending:
                 # Detached.
                 self.downWrite(data)
@@ -106,16 +108,14 @@ class ResponseInterceptor:
         """
         if self._pending:
             if not self.headDone:
-                self._runHead()
+                self.headDone = True
+                self._pending = False
+                self.head()
             if self._pending:
+                # Detached.
                 self.downFinish()
                 return
         self.end()
-
-    def _runHead(self) -> None:
-        self.headDone = True
-        self._pending = False
-        self.head()
 
     def detach(self) -> bool:
         """

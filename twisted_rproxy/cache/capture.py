@@ -1,19 +1,16 @@
 """
 The response side of what the cache sends to its child: L{_Capture}
 records a miss (or a revalidation) as it streams to the client, for the
-store; L{_Invalidator} watches the status of the response to an unsafe
-request. Both are L{ResponseInterceptor}s, so that whatever writes the
+store. It is a L{ResponseInterceptor}, so that whatever writes the
 response (the proxy's fast path with C{passedHeaders} included) goes
-through them.
+through it; so are L{twisted_rproxy.cache.reports}' L{_Invalidator} and
+L{_Stamp}, which watch responses the cache does not capture.
 
 What to do with what was captured is the cache's (L{CaptureOwner}).
-L{_Stamp} adds the cache's C{Cache-Status} member (RFC 9211) to a response
-passed through uncaptured, after the backend's own members.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -102,15 +99,28 @@ _DIRECTIVES: dict[
 _DIRECTIVES_KEPT = 256
 
 
+#: By targeted fields: the first bytes, lowercased, of the names of the
+#: fields L{directivesFor} reads (C{Cache-Control} and those).
+_FIRSTS: dict[tuple[bytes, ...], frozenset[int]] = {}
+
+
 def _directivesOf(headers: Pairs, targeted: tuple[bytes, ...]) -> CacheControl:
     """
     L{directivesFor}, remembered for the fields of C{headers} it reads.
     """
+    firsts = _FIRSTS.get(targeted)
+    if firsts is None:
+        firsts = _FIRSTS[targeted] = frozenset(
+            name[0] for name in (b"cache-control",) + targeted if name
+        )
     fields = []
-    for pair in headers:
-        lower = pair[0].lower()
-        if lower == b"cache-control" or lower in targeted:
-            fields.append((lower, pair[1]))
+    for name, value in headers:
+        # Most names are told apart by their first byte (| 0x20 lowercases
+        # a letter), without lowercasing them whole.
+        if name and name[0] | 0x20 in firsts:
+            lower = name.lower()
+            if lower == b"cache-control" or lower in targeted:
+                fields.append((lower, value))
     key = (targeted, tuple(fields))
     found = _DIRECTIVES.get(key)
     if found is None:
@@ -143,6 +153,16 @@ class CaptureOwner(Protocol):
     def staleIfError(self, request: IRequest, stale: CacheEntry) -> bool:
         """
         Whether C{stale} may answer C{request} in place of an error.
+        """
+
+    def unstored(self, capture: _Capture) -> bool:
+        """
+        The head of a response passed on to the client says it is not to
+        be stored: if nothing waits for its end (no stored response it
+        replaces, no requests waiting for it, no lock across proxies), the
+        cache is done with it, as with a complete one.
+
+        @return: Whether it is done with it.
         """
 
     def landed(self, key: bytes) -> None:
@@ -205,6 +225,7 @@ class _Capture(ResponseInterceptor):
         "collapsed",
         "coding",
         "requestCC",
+        "watching",
     )
 
     def __init__(
@@ -256,14 +277,29 @@ class _Capture(ResponseInterceptor):
         self.coding: bytes | None = None
         #: The request's directives, when the cache parsed them already.
         self.requestCC: CacheControl | None = None
-        ResponseInterceptor.__init__(self, request)
+        #: Whether L{watchClient} was called.
+        self.watching = False
+        # ResponseInterceptor.__init__, inline: one call less per miss.
+        self.request = request
+        self.headDone = False
+        self._pending = True
+        self.downWrite = request.write
+        self.downFinish = request.finish
+        request.write = self.write
+        request.finish = self.finish
 
     def head(self) -> None:
         request = self.request
         owner = self.owner
         status = self.status = request.code
         self.reason = request.code_message
-        headers = self.headers = responsePairs(request)
+        # responsePairs(request), inline.
+        passed = getattr(request, "passedHeaders", None)
+        headers = self.headers = list(passed) if passed else []
+        for name, values in request.responseHeaders.getAllRawHeaders():
+            if name.lower() != b"x-cache":
+                for value in values:
+                    headers.append((name, value))
         stale = self.stale
         if stale is not None:
             if status == 304 and self.revalidating:
@@ -276,7 +312,9 @@ class _Capture(ResponseInterceptor):
         # and Expires.
         responseCC = self.responseCC = _directivesOf(headers, owner.targeted)
         requestCC = self.requestCC
-        storable = isStorable(
+        # The most common refusal first (RFC 9111 section 5.2.2.5), before
+        # what the others need.
+        storable = b"no-store" not in responseCC.directives and isStorable(
             b"GET",
             status,
             requestCC if requestCC is not None else owner.requestCacheControl(request),
@@ -301,19 +339,34 @@ class _Capture(ResponseInterceptor):
             )
         owner.stats[MISS] += 1
         request.cacheStatus = "miss"
+        if storable:
+            if not self.watching:
+                # Abandoned if the client goes: what is kept of the body
+                # is released.
+                self.watchClient()
+            return
+        if owner.unstored(self):
+            # Nothing of the body is kept, nothing waits for its end: its
+            # writes go on without passing through here.
+            self.done = True
+            self.detach()
 
     def watchClient(self) -> None:
         """
         Abandon the capture if the client goes before the response is
-        complete; called once the child has rendered the request.
+        complete: called once the child has rendered the request when the
+        cache holds something for its key (requests waiting for it, a lock
+        across proxies), else by L{head} when the body is to be kept (see
+        L{CaptureOwner.unstored}). Once only.
 
         A request of the proxy (L{twisted_rproxy.interfaces.IProxyRequest})
         says so through its C{onConnectionLost}, after whatever the child
         set there (the proxy's exchange with the backend): cheaper than a
         Deferred of C{notifyFinish}, which other requests get.
         """
-        if self.done:
+        if self.done or self.watching:
             return
+        self.watching = True
         request = self.request
         if requestGone(request):
             self.abandon()
@@ -529,52 +582,3 @@ class _Capture(ResponseInterceptor):
         headers.removeHeader(b"if-modified-since")
         for name, values in self.saved.items():
             headers.setRawHeaders(name, values)
-
-
-class _Invalidator(ResponseInterceptor):
-    """
-    Watches the response to an unsafe request, to invalidate what it
-    changed (RFC 9111 section 4.4) once its status is known; then steps
-    aside.
-    """
-
-    __slots__ = ("invalidate",)
-
-    def __init__(
-        self, request: Any, invalidate: Callable[[Any, int, Pairs], None]
-    ) -> None:
-        """
-        @param request: The unsafe request.
-        @param invalidate: Called with the request, the response's status
-            and headers.
-        """
-        self.invalidate = invalidate
-        ResponseInterceptor.__init__(self, request)
-
-    def head(self) -> None:
-        request = self.request
-        self.invalidate(request, request.code, responsePairs(request))
-        self.detach()
-
-
-class _Stamp(ResponseInterceptor):
-    """
-    Adds the cache's C{Cache-Status} member to a response the cache passes
-    through without capturing it, once its head is final; then steps
-    aside.
-    """
-
-    __slots__ = ("member",)
-
-    def __init__(self, request: Any, member: bytes) -> None:
-        """
-        @param request: The request passed through.
-        @param member: The member (see
-            L{twisted_rproxy.cache.status.cacheStatusMember}).
-        """
-        self.member = member
-        ResponseInterceptor.__init__(self, request)
-
-    def head(self) -> None:
-        appendCacheStatus(self.request, self.member)
-        self.detach()

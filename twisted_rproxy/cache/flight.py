@@ -42,6 +42,9 @@ UNCACHEABLE_TTL = 120.0
 #: The most keys so remembered (the oldest are forgotten first).
 UNCACHEABLE_KEYS = 10000
 
+#: Seconds within which a key marked again keeps the mark it has.
+_REMARK = 1.0
+
 _log = Logger()
 
 
@@ -62,21 +65,22 @@ class Flights:
     and the keys not to coalesce, their last response not stored.
     """
 
-    __slots__ = ("_reactor", "_flights", "_uncacheable")
+    __slots__ = ("_reactor", "flying", "_uncacheable")
 
     def __init__(self, reactor: IReactorTime) -> None:
         """
         @param reactor: The clock of the waits.
         """
         self._reactor = reactor
-        self._flights: dict[bytes, _Flight] = {}
+        #: The keys in flight (read only: the methods change it).
+        self.flying: dict[bytes, _Flight] = {}
         self._uncacheable: dict[bytes, float] = {}
 
     def __contains__(self, key: bytes) -> bool:
-        return key in self._flights
+        return key in self.flying
 
     def __len__(self) -> int:
-        return len(self._flights)
+        return len(self.flying)
 
     def coalesces(self, key: bytes) -> bool:
         """
@@ -99,8 +103,15 @@ class Flights:
         if stored:
             keys.pop(key, None)
             return
-        keys.pop(key, None)
-        keys[key] = self._reactor.seconds() + UNCACHEABLE_TTL
+        until = self._reactor.seconds() + UNCACHEABLE_TTL
+        marked = keys.get(key)
+        if marked is not None:
+            if until - marked < _REMARK:
+                # Marked within the last second: the mark stands (a key
+                # missed without end is not moved for every response).
+                return
+            del keys[key]
+        keys[key] = until
         if len(keys) > UNCACHEABLE_KEYS:
             del keys[next(iter(keys))]
 
@@ -108,7 +119,7 @@ class Flights:
         """
         A backend request for C{key} takes off.
         """
-        self._flights[key] = _Flight()
+        self.flying[key] = _Flight()
 
     def wait(self, key: bytes, wake: Callable[[], None], timeout: float) -> None:
         """
@@ -116,7 +127,7 @@ class Flights:
         be in flight) is over, or after C{timeout} seconds if that is
         sooner.
         """
-        flight = self._flights[key]
+        flight = self.flying[key]
         timer: list[IDelayedCall] = []
 
         def landed() -> None:
@@ -140,7 +151,7 @@ class Flights:
         The backend request for C{key} is over (if one was in flight): wake
         its waiters.
         """
-        flight = self._flights.pop(key, None)
+        flight = self.flying.pop(key, None)
         if flight is None:
             return
         for waiter in flight.waiters:

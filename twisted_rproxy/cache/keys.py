@@ -9,7 +9,7 @@ invalidation after an unsafe request (L{invalidate}, RFC 9111 section 4.4).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -28,6 +28,7 @@ from twisted_rproxy.rules.networks import Network, inNetworks
 __all__ = [
     "CODING",
     "CacheKeys",
+    "Fields",
     "Pairs",
     "invalidate",
     "renderPurge",
@@ -37,6 +38,9 @@ __all__ = [
 
 #: Header fields as (name, value) pairs, a value per line.
 Pairs = list[tuple[bytes, bytes]]
+
+#: Header fields by name, as C{Headers.getAllRawHeaders} gives them.
+Fields = Mapping[bytes, Sequence[bytes]]
 
 #: In a stored response's C{varyOn}, in place of C{accept-encoding}: the
 #: response varies with the content coding negotiated from the request
@@ -185,14 +189,32 @@ class CacheKeys:
         values = request.requestHeaders.getRawHeaders(b"host")
         return values[0].lower() if values else b""
 
-    def keyFor(self, request: IRequest) -> bytes:
+    def keyFor(self, request: IRequest, fields: Fields | None = None) -> bytes:
         """
         The primary cache key of a request (a C{HEAD} is looked up as the
         C{GET} of the same target).
+
+        @param fields: The request's header fields as C{getAllRawHeaders}
+            names them (canonical capitalization), if the caller has them.
         """
-        key = self.urlKey(self.scheme(request), self.host(request), request.uri)
-        if self._method:
-            key = b"GET " + key
+        # urlKey(scheme(request), host(request), request.uri), inline: this
+        # is on the path of every lookup.
+        key = b"GET " if self._method else b""
+        if self._scheme:
+            key += b"https://" if request.isSecure() else b"http://"
+        if self._host:
+            values = (
+                fields.get(b"Host")
+                if fields is not None
+                else request.requestHeaders.getRawHeaders(b"host")
+            )
+            if values:
+                key += values[0].lower()
+        path, _, query = request.uri.partition(b"?")
+        if self._path:
+            key += path
+        if self._query and query:
+            key += b"?" + query
         if self._headers:
             getRawHeaders = request.requestHeaders.getRawHeaders
             for name in self._headers:

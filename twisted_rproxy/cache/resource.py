@@ -35,7 +35,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from twisted_rproxy._twisted import requestGone
 from twisted_rproxy.cache.background import _BackgroundRequest
-from twisted_rproxy.cache.capture import _Capture, _Invalidator, _Stamp
+from twisted_rproxy.cache.capture import _Capture
 from twisted_rproxy.cache.coding import (
     Encoding,
     VariantCoder,
@@ -45,6 +45,7 @@ from twisted_rproxy.cache.coding import (
 from twisted_rproxy.cache.flight import Flights, SharedFlights, awaitShared
 from twisted_rproxy.cache.keys import (
     CacheKeys,
+    Fields,
     Negotiate,
     invalidate,
     renderPurge,
@@ -60,8 +61,8 @@ from twisted_rproxy.cache.policy import (
     decide,
     parseCacheControl,
     staleIfErrorAllowed,
-    validatorMatches,
 )
+from twisted_rproxy.cache.reports import CaptureReports, _Invalidator, _Stamp
 from twisted_rproxy.cache.serving import serveEntry
 from twisted_rproxy.cache.status import (
     BYPASS,
@@ -97,7 +98,7 @@ _NO_DIRECTIVES = parseCacheControl(())
 _LOOKUP_FAILED: list[CacheEntry] = []
 
 
-class CacheResource(Resource):
+class CacheResource(CaptureReports, Resource):
     """
     A shared HTTP cache (RFC 9111) in front of C{resource}.
 
@@ -184,7 +185,7 @@ class CacheResource(Resource):
         req: Any = request
         method = request.method
         if method == b"GET" or method == b"HEAD":
-            self._lookup(req, b"")
+            self._look(req, b"")
         elif method == b"PURGE":
             renderPurge(req, self._keys, self.store, self._purgeFrom)
         else:
@@ -208,14 +209,23 @@ class CacheResource(Resource):
         """
         if requestGone(request):
             return
-        key = self.keyFor(request)
+        self._look(request, collapsed)
+
+    def _look(self, request: Any, collapsed: bytes) -> None:
+        """
+        L{_lookup}, for a request known to be still connected.
+        """
+        # The request's fields by name, as getAllRawHeaders spells them
+        # (canonical capitalization): one call for the few read here.
+        fields = dict(request.requestHeaders.getAllRawHeaders())
+        key = self._keys.keyFor(request, fields)
         entries = self.store.get(key)
-        if isinstance(entries, Deferred):
+        if not isinstance(entries, list):
             entries.addErrback(self._lookupFailed)
             entries.addCallback(self._looked, request, key, collapsed)
             entries.addErrback(self._failedLater, request, key)
             return
-        self._looked(entries, request, key, collapsed)
+        self._decide(entries, request, key, collapsed, fields)
 
     def _lookupFailed(self, failure: Failure) -> list[CacheEntry]:
         if not failure.check(StateUnavailable):
@@ -239,15 +249,38 @@ class CacheResource(Resource):
         self, entries: list[CacheEntry], request: Any, key: bytes, collapsed: bytes
     ) -> None:
         """
-        Go on with a request once the store answered its lookup.
+        Go on with a request once the store answered its lookup, unless its
+        client went meanwhile.
 
         @param collapsed: See L{_lookup}.
         """
         if requestGone(request):
             return
+        self._decide(entries, request, key, collapsed)
+
+    def _decide(
+        self,
+        entries: list[CacheEntry],
+        request: Any,
+        key: bytes,
+        collapsed: bytes,
+        fields: Fields | None = None,
+    ) -> None:
+        """
+        Serve a request from C{entries}, what is stored under its key, or
+        send it forward.
+
+        @param collapsed: See L{_lookup}.
+        @param fields: The request's header fields (see L{CacheKeys.keyFor}),
+            if read already.
+        """
         entry = selectEntry(entries, request, self._negotiate) if entries else None
-        requestHeaders = request.requestHeaders
-        ccValues = requestHeaders.getRawHeaders(b"cache-control")
+        requestHeaders = (
+            fields
+            if fields is not None
+            else dict(request.requestHeaders.getAllRawHeaders())
+        )
+        ccValues = requestHeaders.get(b"Cache-Control")
         requestCC = parseCacheControl(ccValues) if ccValues else _NO_DIRECTIVES
         if entry is not None:
             responseCC = entry.cacheControl
@@ -261,8 +294,7 @@ class CacheResource(Resource):
             age = currentAge(entry.initialAge, entry.responseTime, now)
             pragma = (
                 not ccValues
-                and b"no-cache"
-                in b",".join(requestHeaders.getRawHeaders(b"pragma") or ()).lower()
+                and b"no-cache" in b",".join(requestHeaders.get(b"Pragma", ())).lower()
             )
             decision = decide(
                 age, entry.lifetime, requestCC, responseCC, self.limits, pragma
@@ -284,14 +316,15 @@ class CacheResource(Resource):
             fwd = FWD_MISS
         else:
             fwd = FWD_VARY_MISS if entries else FWD_MISS
-        if requestCC.has(b"only-if-cached"):
+        asked = requestCC.directives
+        if b"only-if-cached" in asked:
             # RFC 9111 section 5.2.1.7.
             renderError(request, 504)
             return
-        if request.method != b"GET" or requestCC.has(b"no-store"):
+        if request.method != b"GET" or b"no-store" in asked:
             self._pass(request, MISS, fwd, collapsed)
             return
-        if entry is None and requestHeaders.hasHeader(b"range"):
+        if entry is None and b"Range" in requestHeaders:
             # Only complete responses are stored: a range of something not
             # stored goes to the backend as it is.
             self._pass(request, MISS, fwd, collapsed)
@@ -365,7 +398,7 @@ class CacheResource(Resource):
                 return False
             # The local waiters look again (and find it too).
             self.landed(key)
-            self._looked(entries, request, key, fwd)
+            self._decide(entries, request, key, fwd)
             return True
 
         def claimed(token: bytes | None) -> None:
@@ -412,8 +445,11 @@ class CacheResource(Resource):
         self._renderChild(request)
 
     def _renderChild(self, request: Any) -> None:
+        resource = self.resource
         try:
-            request.render(getChildForRequest(self.resource, request))
+            if not resource.isLeaf:
+                resource = getChildForRequest(resource, request)
+            request.render(resource)
         except Exception:
             request.processingFailed(Failure())
 
@@ -437,16 +473,23 @@ class CacheResource(Resource):
         """
         coder = self.coder
         coding = requestCoding(coder, requestPairs(request)) if coder else b""
-        capture = _Capture(
-            self, request, key, stale, False, {}, fwd=fwd, collapsed=collapsed
-        )
+        capture = _Capture(self, request, key, stale, False, {}, False, fwd, collapsed)
+        capture.requestCC = requestCC
         if stale is not None:
             capture.swapConditionals(revalidators(stale))
         if coder is not None:
             Encoding(request, coder, capture, coding)
-        capture.requestCC = requestCC
-        self._renderChild(request)
-        capture.watchClient()
+        # (_renderChild, without a call more per miss.)
+        resource = self.resource
+        try:
+            if not resource.isLeaf:
+                resource = getChildForRequest(resource, request)
+            request.render(resource)
+        except Exception:
+            request.processingFailed(Failure())
+        if key in self._flights.flying or key in self._held:
+            # Those waiting are released if the client goes.
+            capture.watchClient()
 
     def _refresh(self, request: Any, key: bytes, stale: CacheEntry) -> None:
         """
@@ -485,73 +528,6 @@ class CacheResource(Resource):
             stale.cacheControl,
             self.limits,
         )
-
-    # -- what a capture reports ----------------------------------------------
-
-    def captureCompleted(self, capture: _Capture) -> None:
-        """
-        A response passed on to the client is complete: store it if it may
-        be, or drop the stored one it replaces.
-        """
-        key = capture.key
-        if capture.status < 500:
-            self._flights.uncacheable(key, capture.storing)
-        if capture.storing:
-            stored = capture.commit(self.store, self.reactor.seconds(), self.limits)
-            if isinstance(stored, Deferred):
-                # Those waiting for it look once it is there.
-                stored.addErrback(self._writeFailed)
-                stored.addBoth(lambda _: self.landed(key))
-                return
-        elif capture.stale is not None and capture.status < 500:
-            # The new response replaces the stored one, which it can't.
-            self._written(self.store.remove(key))
-        self.landed(key)
-
-    def _written(self, result: object) -> None:
-        # A store's write goes on by itself; logged if it fails for more
-        # than an outage (which the shared state logs once).
-        if isinstance(result, Deferred):
-            result.addErrback(self._writeFailed)
-
-    def _writeFailed(self, failure: Failure) -> None:
-        if not failure.check(StateUnavailable):
-            _log.failure("Cache: a store operation failed", failure)
-
-    def captureIntercepted(self, capture: _Capture) -> None:
-        """
-        A 304 to a revalidation, or an error a stale response replaces, is
-        complete: answer from what is stored.
-        """
-        stale = capture.stale
-        assert stale is not None
-        label = capture.intercepted
-        assert label is not None
-        request = capture.request
-        if label == REVALIDATED:
-            if not validatorMatches(stale.headers, capture.headers):
-                # The 304 is not for what is stored (RFC 9111 section
-                # 4.3.4): drop it and ask again, unconditionally.
-                self._written(self.store.remove(stale.key))
-                self.landed(capture.key)
-                capture.restore()
-                if not capture.background:
-                    self._pass(request, MISS, capture.fwd)
-                return
-            capture.freshen(stale, self.reactor.seconds(), self.limits)
-            self._written(self.store.resized(stale))
-        self.landed(capture.key)
-        capture.restore()
-        if not capture.background:
-            self._serve(
-                request,
-                stale,
-                label,
-                fwd=capture.fwd,
-                fwdStatus=capture.status,
-                collapsed=capture.collapsed,
-                detail=b"stale-if-error" if label == STALE else b"",
-            )
 
     def _serve(
         self,
