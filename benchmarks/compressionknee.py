@@ -25,23 +25,14 @@ TOLERANCE = 0.01
 LINKS_SHOWN = (5.0, 10.0, 25.0, 50.0, 100.0)
 
 
-@dataclass
-class Row:
+class _Savings:
     """
-    One body compressed with one coding, level and piece size.
-
-    @ivar pieces: C{"16KiB"} or C{"whole"}.
-    @ivar cpuUs: Process CPU microseconds for one body.
+    What a compression saved, from its C{bytesIn}, C{bytesOut} and C{cpuUs}.
     """
 
-    kind: str
-    size: int
     bytesIn: int
-    coding: str
-    level: int
-    pieces: str
-    cpuUs: float
     bytesOut: int
+    cpuUs: float
 
     @property
     def saved(self) -> int:
@@ -59,7 +50,26 @@ class Row:
 
 
 @dataclass
-class Level:
+class Row(_Savings):
+    """
+    One body compressed with one coding, level and piece size.
+
+    @ivar pieces: C{"16KiB"} or C{"whole"}.
+    @ivar cpuUs: Process CPU microseconds for one body.
+    """
+
+    kind: str
+    size: int
+    bytesIn: int
+    coding: str
+    level: int
+    pieces: str
+    cpuUs: float
+    bytesOut: int
+
+
+@dataclass
+class Level(_Savings):
     """
     One coding and level over the bodies measured, in one piece mode.
 
@@ -84,20 +94,6 @@ class Level:
     onHull: bool = False
     marginal: float | None = None
     elasticity: float | None = None
-
-    @property
-    def saved(self) -> int:
-        """
-        Bytes saved.
-        """
-        return self.bytesIn - self.bytesOut
-
-    @property
-    def savedPerUs(self) -> float:
-        """
-        Bytes saved per CPU microsecond.
-        """
-        return self.saved / self.cpuUs if self.cpuUs > 0 else math.inf
 
 
 def summarize(

@@ -479,14 +479,7 @@ class CacheResource(CaptureReports, Resource):
             capture.swapConditionals(revalidators(stale))
         if coder is not None:
             Encoding(request, coder, capture, coding)
-        # (_renderChild, without a call more per miss.)
-        resource = self.resource
-        try:
-            if not resource.isLeaf:
-                resource = getChildForRequest(resource, request)
-            request.render(resource)
-        except Exception:
-            request.processingFailed(Failure())
+        self._renderChild(request)
         if key in self._flights.flying or key in self._held:
             # Those waiting are released if the client goes.
             capture.watchClient()
