@@ -23,6 +23,11 @@ CONNECTION_HEADERS = frozenset(
 )
 
 
+#: The pseudo-header fields of a request (C{:protocol}, of extended
+#: CONNECT, is not offered).
+_REQUEST_PSEUDO = frozenset([b":method", b":path", b":authority", b":scheme"])
+
+
 @frozen
 class RequestHead:
     """
@@ -74,7 +79,7 @@ def requestHead(headers: Iterable[tuple[bytes, bytes]]) -> RequestHead:
         offered) or after a regular field; and for fields of HTTP/1.1
         connections (RFC 9113 section 8.2.2).
     """
-    method = target = authority = scheme = None
+    pseudo: dict[bytes, bytes] = {}
     fields: dict[bytes, list[bytes]] = {}
     size = count = 0
     for name, value in headers:
@@ -82,24 +87,11 @@ def requestHead(headers: Iterable[tuple[bytes, bytes]]) -> RequestHead:
         if name[:1] == b":":
             if count:
                 raise MalformedRequest("a pseudo-header field after a regular one")
-            if name == b":method":
-                if method is not None:
-                    raise MalformedRequest(":method repeated")
-                method = value
-            elif name == b":path":
-                if target is not None:
-                    raise MalformedRequest(":path repeated")
-                target = value
-            elif name == b":authority":
-                if authority is not None:
-                    raise MalformedRequest(":authority repeated")
-                authority = value
-            elif name == b":scheme":
-                if scheme is not None:
-                    raise MalformedRequest(":scheme repeated")
-                scheme = value
-            else:
+            if name not in _REQUEST_PSEUDO:
                 raise MalformedRequest(f"pseudo-header field {name[:32]!r}")
+            if name in pseudo:
+                raise MalformedRequest(f"{name.decode('ascii')} repeated")
+            pseudo[name] = value
             continue
         count += 1
         if name in CONNECTION_HEADERS or (
@@ -111,6 +103,10 @@ def requestHead(headers: Iterable[tuple[bytes, bytes]]) -> RequestHead:
             fields[name] = [value]
         else:
             values.append(value)
+    method = pseudo.get(b":method")
+    target = pseudo.get(b":path")
+    authority = pseudo.get(b":authority")
+    scheme = pseudo.get(b":scheme")
     if method is None:
         raise MalformedRequest(":method missing")
     if method == b"CONNECT":

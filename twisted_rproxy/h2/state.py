@@ -12,6 +12,7 @@ is one.
 from __future__ import annotations
 
 import struct
+from abc import ABC, abstractmethod
 
 from twisted.logger import Logger
 
@@ -55,7 +56,7 @@ MAX_WINDOW = 2**31 - 1
 _CLOSED_KEPT = 256
 
 
-class ConnectionState:
+class ConnectionState(ABC):
     """
     The streams and windows of one connection, and the frames it queues.
 
@@ -89,19 +90,19 @@ class ConnectionState:
         self._recvWindow = self._connectionWindow = max(limits.connectionWindow, 65535)
         self._connAck = 0
 
-    # What the connection does.
+    # What the connection (the Twisted side) provides.
 
+    @abstractmethod
     def scheduleFlush(self) -> None:
         """
         Write what is queued at the end of this turn.
         """
-        raise NotImplementedError()
 
+    @abstractmethod
     def _armTimer(self, delay: float) -> None:
         """
         Make sure the timeouts are checked within C{delay} seconds.
         """
-        raise NotImplementedError()
 
     def _wakePending(self) -> None:
         for stream in self.streams.values():
