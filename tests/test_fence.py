@@ -7,12 +7,14 @@ and newest supported releases be run again: tox -e tests-oldest,tests-newest).
 
 from __future__ import annotations
 
+import socket
 import warnings
 from typing import Any
 
 from twisted.internet import abstract, tcp
-from twisted.internet.error import ConnectionLost
-from twisted.internet.testing import StringTransport
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
@@ -329,6 +331,55 @@ class WriteThroughTests(SynchronousTestCase):
         transport = StringTransport()
         _twisted.writeThrough(transport, b"data")
         self.assertEqual(transport.value(), b"data")
+
+
+class CloseFlushedTests(SynchronousTestCase):
+    """
+    L{_twisted.closeFlushed} closes a plain TCP transport at once when
+    nothing it was given is queued, as Twisted's C{loseConnection} does
+    after a half-close.
+    """
+
+    def _connection(self) -> tuple[Any, socket.socket, list[Failure]]:
+        ours, theirs = socket.socketpair()
+        self.addCleanup(theirs.close)
+        lost: list[Failure] = []
+        protocol = Protocol()
+        protocol.connectionLost = lost.append  # type: ignore[method-assign]
+        transport = tcp.Server(
+            ours, protocol, ("127.0.0.1", 1), None, 0, MemoryReactor()
+        )
+        protocol.makeConnection(transport)
+        return transport, theirs, lost
+
+    def test_closesAtOnce(self) -> None:
+        transport, theirs, lost = self._connection()
+        _twisted.writeThrough(transport, b"response")
+        self.assertTrue(_twisted.closeFlushed(transport))
+        self.assertEqual(len(lost), 1, _changed("FileDescriptor.connectionLost"))
+        lost[0].trap(ConnectionDone)
+        self.assertEqual(theirs.recv(100), b"response")
+        self.assertEqual(theirs.recv(100), b"")
+
+    def test_queued(self) -> None:
+        """
+        With a write queued, the transport is left to close the ordinary
+        way, after writing it.
+        """
+        transport, theirs, lost = self._connection()
+        transport.write(b"queued")
+        self.assertFalse(_twisted.closeFlushed(transport))
+        self.assertEqual(lost, [])
+        self.assertFalse(transport.disconnecting)
+
+    def test_producer(self) -> None:
+        transport, theirs, lost = self._connection()
+        transport.registerProducer(StringTransport(), True)
+        self.assertFalse(_twisted.closeFlushed(transport))
+        self.assertEqual(lost, [])
+
+    def test_otherTransport(self) -> None:
+        self.assertFalse(_twisted.closeFlushed(StringTransport()))
 
 
 # --- TLS --------------------------------------------------------------------

@@ -828,7 +828,7 @@ class LimitTests(SynchronousTestCase):
 
 class SwitchTests(SynchronousTestCase):
     """
-    L{twisted_rproxy.server.switcher.ChannelSwitcher} with C{h2c}.
+    L{twisted_rproxy.server.ProxyHTTPChannel} with C{h2c}.
     """
 
     def _connection(self, h2c: bool) -> tuple[Any, StringTransport]:
@@ -848,7 +848,7 @@ class SwitchTests(SynchronousTestCase):
         protocol, transport = self._connection(True)
         protocol.dataReceived(PREFACE[:10])
         protocol.dataReceived(PREFACE[10:] + SettingsFrame(0).serialize())
-        self.assertIsInstance(protocol.channel, H2ServerConnection)
+        self.assertIsInstance(protocol.http2, H2ServerConnection)
         self.assertIsInstance(
             Frame.parse_frame_header(memoryview(transport.value()[:9]))[0],
             SettingsFrame,
@@ -861,11 +861,11 @@ class SwitchTests(SynchronousTestCase):
         """
         protocol, transport = self._connection(True)
         protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-        self.assertNotIsInstance(protocol.channel, H2ServerConnection)
+        self.assertIsNone(protocol.http2)
         self.assertTrue(transport.value().startswith(b"HTTP/1.1 200"))
         protocol, transport = self._connection(False)
         protocol.dataReceived(PREFACE)
-        self.assertNotIsInstance(protocol.channel, H2ServerConnection)
+        self.assertIsNone(protocol.http2)
 
 
 class ConfigTests(SynchronousTestCase):

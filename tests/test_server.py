@@ -399,9 +399,9 @@ class StreamingTests(SynchronousTestCase):
         protocol, transport = proxy.acceptBackend()
         protocol.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
         # What the client's transport does when its buffer is full:
-        client._channel.pauseProducing()
+        client.pauseProducing()
         self.assertEqual(transport.producerState, "paused")
-        client._channel.resumeProducing()
+        client.resumeProducing()
         self.assertEqual(transport.producerState, "producing")
 
     def test_streamedUploadStartsBeforeBodyEnds(self) -> None:
@@ -598,7 +598,7 @@ class ProxyRequestContractTests(SynchronousTestCase):
         proxy = Proxy()
         client, _ = proxy.client()
         client.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        channel = client.channel
+        channel = client
         self.assertIsInstance(channel, ProxyHTTPChannel)
         self.assertTrue(verifyObject(ITunnelChannel, channel))
         [request] = channel.requests
@@ -633,7 +633,7 @@ class FormBodyTests(SynchronousTestCase):
             b"Content-Type: multipart/form-data; boundary=zzz\r\n"
             b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         )
-        [request] = client.channel.requests
+        [request] = client.requests
         self.assertEqual(request.args, {b"a": [b"1"]})
         _, transport = proxy.acceptBackend()
         self.assertTrue(transport.value().endswith(b"\r\n\r\n" + body))

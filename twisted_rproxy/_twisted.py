@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
 )
 from OpenSSL import SSL
+from twisted.internet.main import CONNECTION_DONE
 from twisted.internet.protocol import connectionDone
 from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.tcp import Server as _TCPServer
@@ -204,6 +205,18 @@ class HTTPChannelBase(HTTPChannel):
         self._dataBuffer = []
         return data
 
+    def loseConnection(self) -> None:
+        """
+        twisted.web's C{loseConnection} (the channel stops being the
+        transport's producer, and the transport closes once what is queued
+        is written), closing at once when nothing is (L{closeFlushed}).
+        """
+        producer: Any = self._networkProducer
+        producer.unregisterProducer()
+        transport: Any = self.transport
+        if not closeFlushed(transport):
+            transport.loseConnection()
+
     def send100Continue(self) -> None:
         """
         Send the client an interim C{100 Continue} response.
@@ -277,6 +290,43 @@ def writeThrough(transport: Any, data: bytes) -> None:
             return
         data = data[sent:]
     transport.write(data)
+
+
+#: The reason every connection L{closeFlushed} closes is lost with: one
+#: failure for all, as the reactor keeps (a failure's making and its first
+#: C{check} cost more than the rest of the close).
+_CONNECTION_DONE = Failure(CONNECTION_DONE)
+
+
+def closeFlushed(transport: Any) -> bool:
+    """
+    Close a plain TCP transport at once if everything written to it went
+    to the socket (nothing is queued, no producer is registered), and say
+    whether it did: the protocol's C{connectionLost} has then run.
+
+    Twisted's C{loseConnection} waits for the socket to be writable before
+    it closes, even with nothing queued: two C{epoll_ctl} calls, a reactor
+    turn and an empty C{send}, for every connection a C{Connection: close}
+    ends. Closing at once is what its own C{loseConnection} does after a
+    half-close (C{_writeDisconnected}); C{disconnecting} is set first, so
+    that a line receiver stops parsing what it still holds.
+
+    It reads the transport's private queue (as L{writeThrough} does).
+    """
+    if (
+        type(transport) in _PLAIN_TCP
+        and transport.connected
+        and not transport.disconnecting
+        and transport.producer is None
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+    ):
+        transport.disconnecting = True
+        transport.stopReading()
+        transport.stopWriting()
+        transport.connectionLost(_CONNECTION_DONE)
+        return True
+    return False
 
 
 # --- TLS: OpenSSL and twisted.internet._sslverify (tls) --------------------

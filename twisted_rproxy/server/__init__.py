@@ -12,9 +12,9 @@ L{ProxySite.memoryBodyLimit}) or starts processing at once and streams it.
 
 The package, each module importing only those before it: L{timeouts} (the
 idle timer and the time limits of receiving a request), L{chunked} (the
-decoder of chunked bodies), L{channel} (the HTTP/1.1 channel: head checks
-and refusals), L{request} (the request), L{switcher} (the wrapper that
-hands TLS connections to HTTP/2), and L{site} (the site and its access
+decoder of chunked bodies), L{channel} (the connection's protocol: the
+HTTP/1.1 channel, its head checks and refusals, and the hand-over to
+HTTP/2), L{request} (the request), and L{site} (the site and its access
 log).
 """
 

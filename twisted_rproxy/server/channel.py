@@ -1,7 +1,11 @@
 """
-L{ProxyHTTPChannel}: the HTTP/1.1 channel that lets its request refuse or
-stream the body once the headers are in, with the checks of the request
-head and the proxy's answers to what it refuses.
+L{ProxyHTTPChannel}: the protocol of a client connection. It speaks
+HTTP/1.1, letting its request refuse or stream the body once the headers
+are in, with the checks of the request head and the proxy's answers to
+what it refuses; it hands the connection to HTTP/2 (L{H2ServerConnection})
+when TLS negotiated C{h2}, or, on a plain listener with C{h2c}, when the
+client's first bytes are the HTTP/2 connection preface (prior knowledge,
+RFC 9113 section 3.3).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from twisted.web.server import Request
 from zope.interface import implementer
 
 from twisted_rproxy._twisted import writeThrough
+from twisted_rproxy.h2.connection import H2ServerConnection
+from twisted_rproxy.h2.frames import PREFACE
 from twisted_rproxy.hardening import BAD_LINE, checkHead, refusal
 from twisted_rproxy.interfaces import ITunnelChannel
 from twisted_rproxy.pages import renderError
@@ -80,9 +86,17 @@ def _closeAfterThis(request: Request, version: bytes) -> bool:
 @implementer(ITunnelChannel)
 class ProxyHTTPChannel(TimedHTTPChannel):
     """
-    An HTTP/1.1 channel that lets its request refuse or stream the body
-    once the headers are in (see L{ProxyRequest.headersReceived}), and
-    hands the connection to a tunnel (L{ITunnelChannel}).
+    A client connection: an HTTP/1.1 channel that lets its request refuse
+    or stream the body once the headers are in (see
+    L{ProxyRequest.headersReceived}) and hands the connection to a tunnel
+    (L{ITunnelChannel}), or to HTTP/2 on its first bytes.
+
+    While it is connected it is in its site's C{connections} (when the site
+    has them), for a graceful stop.
+
+    @ivar h2c: Whether a plain connection may start with the HTTP/2
+        preface.
+    @ivar http2: The HTTP/2 connection this one switched to, or L{None}.
     """
 
     #: The longest request line accepted (414 past it).
@@ -98,20 +112,102 @@ class ProxyHTTPChannel(TimedHTTPChannel):
     #: L{None} while it speaks HTTP.
     tunnel: Protocol | None = None
 
+    h2c = False
+    http2: H2ServerConnection | None = None
     _served = False
+    _sniffed = b""
+    _connections: set[ProxyHTTPChannel] | None = None
+
+    def connectionMade(self) -> None:
+        TimedHTTPChannel.connectionMade(self)
+        connections = getattr(self.factory, "connections", None)
+        if connections is not None:
+            # One set operation per connection, for a graceful stop.
+            connections.add(self)
+            self._connections = connections
+        secure = self._secure = ISSLTransport.providedBy(self.transport)
+        if secure or self.h2c:
+            # The first bytes may be HTTP/2's (an instance attribute, until
+            # they are in: a plain HTTP/1.1 connection never looks).
+            self.dataReceived = self._firstData  # type: ignore[method-assign]
+
+    def _firstData(self, data: bytes) -> None:
+        """
+        The first bytes of the connection: HTTP/2 if TLS negotiated it, or
+        if they are the preface of a plain connection with C{h2c}; else
+        HTTP/1.1.
+        """
+        negotiated = getattr(self.transport, "negotiatedProtocol", None)
+        if negotiated == b"h2":
+            self._switch(data)
+            return
+        if self.h2c and negotiated is None and not self._secure:
+            data = self._sniffed + data
+            if PREFACE.startswith(data[: len(PREFACE)]):
+                if len(data) < len(PREFACE):
+                    # The start of the preface, or of a request: wait.
+                    self._sniffed = data
+                    return
+                self._switch(data)
+                return
+            self._sniffed = b""
+        del self.dataReceived
+        self.dataReceived(data)
+
+    def _switch(self, data: bytes) -> None:
+        """
+        Hand the connection to HTTP/2, from C{data} on.
+        """
+        self.stopIdleTimer()
+        transport = self.transport
+        # The HTTP/1.1 channel registered itself with the transport.
+        transport.unregisterProducer()
+        connection = self.factory.buildHTTP2()
+        self.http2 = connection
+        self.dataReceived = connection.dataReceived  # type: ignore[method-assign]
+        connection.makeConnection(transport)
+        connection.dataReceived(data)
 
     def isIdle(self) -> bool:
         """
-        Whether no request is in progress (nor a tunnel open): closing
-        the connection now loses nothing.
+        Whether no request is in progress (nor a tunnel open, nor an
+        HTTP/2 stream): closing the connection now loses nothing.
 
         A connection just accepted whose first request is still on its way
         is not idle: closing it would lose that request (for up to 2
         seconds; after that it is taken as a speculative connection).
         """
+        http2 = self.http2
+        if http2 is not None:
+            return http2.isIdle()
         if self.requests or self.tunnel is not None:
             return False
         return self._served or self.seconds() - self.connectedAt > 2.0
+
+    def closeIfIdle(self, force: bool = False) -> bool:
+        """
+        Close the connection if it is idle (or at once, with C{force});
+        else make it close once its response is done (HTTP/1.1) or its
+        open streams are (HTTP/2, after a C{GOAWAY}).
+
+        @return: Whether it was closed now.
+        """
+        http2 = self.http2
+        if http2 is not None:
+            return http2.closeIfIdle(force)
+        transport = self.transport
+        if transport is None:
+            return True
+        if force:
+            transport.abortConnection()
+            return True
+        if self.isIdle():
+            transport.loseConnection()
+            return True
+        # The response in progress (or to the request on its way) is the
+        # last on this connection.
+        self.lastRequest()
+        return False
 
     def lastRequest(self) -> None:
         """
@@ -145,10 +241,20 @@ class ProxyHTTPChannel(TimedHTTPChannel):
         # Instance attributes: the channel's own methods stay untouched for
         # every other connection (twisted.web's websocket does the same).
         self.dataReceived = protocol.dataReceived  # type: ignore[method-assign]
-        self.connectionLost = protocol.connectionLost  # type: ignore[method-assign]
         return buffered
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        connections = self._connections
+        if connections is not None:
+            connections.discard(self)
+        http2 = self.http2
+        if http2 is not None:
+            http2.connectionLost(reason)
+            return
+        tunnel = self.tunnel
+        if tunnel is not None:
+            tunnel.connectionLost(reason)
+            return
         HTTPChannel.connectionLost(self, reason)
         self.stopIdleTimer()
 
@@ -168,7 +274,7 @@ class ProxyHTTPChannel(TimedHTTPChannel):
 
     def isSecure(self) -> bool:
         # twisted.web adapts the transport to ISSLTransport (a registry
-        # lookup, once a connection); the TLS transport provides it.
+        # lookup); the TLS transport provides it, as connectionMade found.
         secure = self._secure
         if secure is None:
             secure = self._secure = ISSLTransport.providedBy(self.transport)
@@ -308,7 +414,6 @@ class ProxyHTTPChannel(TimedHTTPChannel):
         self.closing = True
         HTTPChannel.loseConnection(self)
 
-
     def _bodyStarted(self, request: ChannelRequest) -> None:
         """
         The head of C{request} is in and its body follows: make the chunked
@@ -341,7 +446,7 @@ class ProxyHTTPChannel(TimedHTTPChannel):
 
     def loseConnection(self) -> None:
         self.closing = True
-        HTTPChannel.loseConnection(self)
+        super().loseConnection()
 
     def write(self, data: bytes) -> None:
         writeThrough(self.transport, data)

@@ -28,7 +28,6 @@ from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.policies import parseNetworks
 from twisted_rproxy.server.channel import ProxyHTTPChannel
 from twisted_rproxy.server.request import BodyPolicy, ProxyRequest
-from twisted_rproxy.server.switcher import ChannelSwitcher
 from twisted_rproxy.server.timeouts import RequestGuard
 
 _log = Logger()
@@ -106,7 +105,7 @@ class ProxySite(Site):
         self._formatLine: Callable[[ProxyRequest], str] = (
             self._jsonLine if config.accessLogFormat == "json" else self._combinedLine
         )
-        self.connections: set[ChannelSwitcher] = set()
+        self.connections: set[ProxyHTTPChannel] = set()
         self._drainCall: IDelayedCall | None = None
         # No second is -1: the first line formats its date.
         self._accessLogDate: tuple[int, str] = (-1, "")
@@ -125,15 +124,18 @@ class ProxySite(Site):
         return []
 
     # Our own protocol, where twisted.web types its wrapper.
-    def protocol(self) -> ChannelSwitcher:  # type: ignore[override]
+    def protocol(self) -> ProxyHTTPChannel:  # type: ignore[override]
         # twisted.web's own factory does this with a plain HTTPChannel; the
-        # wrapper switches to HTTP/2 when TLS negotiates it (or, with h2c,
+        # channel switches to HTTP/2 when TLS negotiates it (or, with h2c,
         # when a plain connection starts with its preface).
         channel = ProxyHTTPChannel()
-        channel.maxHeaders = self.config.maxHeaders
-        channel.totalHeadersSize = self.config.maxHeaderSize
+        config = self.config
+        channel.maxHeaders = config.maxHeaders
+        channel.totalHeadersSize = config.maxHeaderSize
+        if config.h2c:
+            channel.h2c = True
         self._configureHardening(channel)
-        return ChannelSwitcher(channel, self.config.h2c)
+        return channel
 
     def buildHTTP2(self) -> H2ServerConnection:
         """
