@@ -16,13 +16,22 @@ divided by (the C{÷ pass} column). The same for a disk cache (C{store =
 benchmarks/run.py's functions.
 
     python benchmarks/cache.py [--duration 10] [--warmup 2] [--connections 50]
+                               [--rounds 3] [--stores memory,disk]
+
+Each row is measured C{--rounds} times, the rows of a response size one
+after the other in each round; a row shows its median CPU per request, and
+its ratio to C{pass} is the median of the rounds' own ratios (with their
+range), so that the load of a shared machine drifting between two rows
+weighs less than in one run of each.
 
 Requirements as for run.py (nginx, wrk, taskset, 2 CPUs).
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -54,7 +63,8 @@ ROWS = [
         ("disk", ("1k", "1m"), "/disk"),
     )
     for size in sizes
-    for kind in ("pass", "hit", "miss", "store")
+    # The miss right after the pass it is divided by.
+    for kind in ("pass", "miss", "hit", "store")
 ]
 
 #: A wrk script asking for a new URL each time (a query string unique to
@@ -128,7 +138,11 @@ def writeConfig(workdir: Path, port: int, backendPort: int) -> Path:
 
 
 def main() -> int:
-    args = run.scenarioParser(__doc__.split("\n\n")[0]).parse_args()
+    parser = run.scenarioParser(__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--stores", default="memory,disk")
+    args = parser.parse_args()
+    stores = args.stores.split(",")
     procs = run.Processes()
     args.workdir = Path(tempfile.mkdtemp(prefix="rproxy-bench-cache-"))
     try:
@@ -147,43 +161,88 @@ def main() -> int:
         run.waitForPort(port, proc, run.PROXY_READY_TIMEOUT)
         print(
             "| store | response | path | req/s | proxy CPU µs/request "
-            "| ÷ pass | p50 ms | p99 ms |"
+            "| ÷ pass (range) | p50 ms | p99 ms |"
         )
         print("|---|---|---|---:|---:|---:|---:|---:|")
-        # The CPU per request of the pass row, by store and size.
-        plain: dict[tuple[str, str], float] = {}
         script = args.workdir / "unique.lua"
         script.write_text(UNIQUE_URLS)
-        for store, size, kind, prefix in ROWS:
-            if kind == "store":
-                path = f"{prefix}/hit/{size}"
-                scenario = run.Scenario(
-                    f"{store} {size} {kind}", path, script=str(script)
-                )
-            else:
-                path = f"{prefix}/{kind}/{size}"
-                scenario = run.Scenario(f"{store} {size} {kind}", path)
-            status, body = run.fetch(port, scenario.path)
-            if status != 200 or len(body) != run.BODY_SIZES[size]:
-                raise run.BenchError(f"{scenario.path}: {status}, {len(body)}")
-            # The disk store writes in a thread: let the first response in.
-            time.sleep(0.5)
-            row = run.measureLoad(procs, args, scenario, "proxy", port, proc.pid)
-            cpu = row.proxyCpuUsPerRequest
-            if kind == "pass" and cpu:
-                plain[store, size] = cpu
-            base = plain.get((store, size))
-            ratio = f"{cpu / base:.2f}×" if cpu and base else "–"
-            print(
-                f"| {store} | {size} | {kind} | {row.rps:.0f} "
-                f"| {'–' if cpu is None else f'{cpu:.1f}'} | {ratio} "
-                f"| {row.p50Ms:.2f} | {row.p99Ms:.2f} |",
-                flush=True,
+        rows = [row for row in ROWS if row[0] in stores]
+        # Each row's measurements, and its ratios to the pass row of the
+        # same round.
+        measured: dict[tuple[str, str, str], list[run.LoadRow]] = {}
+        ratios: dict[tuple[str, str, str], list[float]] = {}
+        for _ in range(args.rounds):
+            plain: dict[tuple[str, str], float] = {}
+            for store, size, kind, prefix in rows:
+                row = _measure(procs, args, port, proc.pid, script, size, kind, prefix)
+                measured.setdefault((store, size, kind), []).append(row)
+                cpu = row.proxyCpuUsPerRequest
+                if kind == "pass" and cpu:
+                    plain[store, size] = cpu
+                base = plain.get((store, size))
+                if cpu and base:
+                    ratios.setdefault((store, size, kind), []).append(cpu / base)
+        for store, size, kind, _prefix in rows:
+            _printRow(
+                (store, size, kind),
+                measured[store, size, kind],
+                ratios.get((store, size, kind), []),
             )
     finally:
         procs.stopAll()
         shutil.rmtree(args.workdir, ignore_errors=True)
     return 0
+
+
+def _measure(
+    procs: run.Processes,
+    args: argparse.Namespace,
+    port: int,
+    pid: int,
+    script: Path,
+    size: str,
+    kind: str,
+    prefix: str,
+) -> run.LoadRow:
+    """
+    One timed run of a row (after checking its response).
+    """
+    name = f"{size} {kind}"
+    if kind == "store":
+        scenario = run.Scenario(name, f"{prefix}/hit/{size}", script=str(script))
+    else:
+        scenario = run.Scenario(name, f"{prefix}/{kind}/{size}")
+    status, body = run.fetch(port, scenario.path)
+    if status != 200 or len(body) != run.BODY_SIZES[size]:
+        raise run.BenchError(f"{scenario.path}: {status}, {len(body)}")
+    # The disk store writes in a thread: let the first response in.
+    time.sleep(0.5)
+    return run.measureLoad(procs, args, scenario, "proxy", port, pid)
+
+
+def _printRow(
+    key: tuple[str, str, str], rows: list[run.LoadRow], ratios: list[float]
+) -> None:
+    """
+    A row of the table: the medians of its rounds.
+    """
+    store, size, kind = key
+    cpus = [row.proxyCpuUsPerRequest for row in rows if row.proxyCpuUsPerRequest]
+    cpu = f"{statistics.median(cpus):.1f}" if cpus else "–"
+    if ratios:
+        ratio = f"{statistics.median(ratios):.2f}×"
+        if len(ratios) > 1 and kind != "pass":
+            ratio += f" ({min(ratios):.2f}–{max(ratios):.2f})"
+    else:
+        ratio = "–"
+    rps = statistics.median(row.rps or 0.0 for row in rows)
+    p50 = statistics.median(row.p50Ms or 0.0 for row in rows)
+    p99 = statistics.median(row.p99Ms or 0.0 for row in rows)
+    print(
+        f"| {store} | {size} | {kind} | {rps:.0f} | {cpu} | {ratio} "
+        f"| {p50:.2f} | {p99:.2f} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.internet import abstract, tcp
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
-from twisted.internet.testing import MemoryReactor, StringTransport
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web import http
@@ -302,84 +302,237 @@ class _Reactor:
         pass
 
 
-class WriteThroughTests(SynchronousTestCase):
+class WriteBatchedTests(SynchronousTestCase):
     """
-    What L{_twisted.writeThrough} reads of a transport: a write not yet
-    sent shows in C{dataBuffer} or C{_tempDataBuffer}.
+    L{_twisted.writeBatched} queues a plain TCP transport's writes where
+    Twisted's C{write} does, without watching the socket, and sends each
+    transport's queue once the reactor's turn is over;
+    L{_twisted.closeWhenWritten} closes without a turn.
     """
 
-    def test_pendingWriteVisible(self) -> None:
+    def test_privateQueue(self) -> None:
+        """
+        What the module relies on of Twisted's transports.
+        """
         for kind in (tcp.Server, tcp.Client):
             self.assertTrue(
                 issubclass(kind, abstract.FileDescriptor),
                 _changed(f"{kind.__name__}'s base class"),
             )
+            self.assertIs(kind._aborting, False, _changed("Connection._aborting"))
         transport = abstract.FileDescriptor(reactor=_Reactor())  # type: ignore[arg-type]
         message = _changed("FileDescriptor.dataBuffer/_tempDataBuffer")
         self.assertFalse(transport.dataBuffer, message)
         self.assertEqual(transport._tempDataBuffer, [], message)
+        self.assertEqual((transport._tempDataLen, transport.offset), (0, 0), message)
+        self.assertFalse(transport.producerPaused, message)
         transport.connected = True
         transport.write(b"queued")
+        self.assertEqual(transport._tempDataBuffer, [b"queued"], message)
+        self.assertEqual(transport._tempDataLen, 6, message)
         self.assertTrue(
-            transport.dataBuffer or transport._tempDataBuffer, message
+            callable(transport._maybePauseProducer),
+            _changed("FileDescriptor._maybePauseProducer"),
         )
-
-    def test_otherTransport(self) -> None:
-        """
-        A transport that is not plain TCP gets an ordinary write.
-        """
-        transport = StringTransport()
-        _twisted.writeThrough(transport, b"data")
-        self.assertEqual(transport.value(), b"data")
-
-
-class CloseFlushedTests(SynchronousTestCase):
-    """
-    L{_twisted.closeFlushed} closes a plain TCP transport at once when
-    nothing it was given is queued, as Twisted's C{loseConnection} does
-    after a half-close.
-    """
 
     def _connection(self) -> tuple[Any, socket.socket, list[Failure]]:
         ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
         self.addCleanup(theirs.close)
         lost: list[Failure] = []
         protocol = Protocol()
-        protocol.connectionLost = lost.append  # type: ignore[method-assign]
+        protocol.connectionLost = lost.append  # type: ignore[method-assign,assignment]
         transport = tcp.Server(
-            ours, protocol, ("127.0.0.1", 1), None, 0, MemoryReactor()
+            ours, protocol, ("127.0.0.1", 1), None, 0, self.clock  # type: ignore[arg-type]
         )
         protocol.makeConnection(transport)
+        transport.startReading()
         return transport, theirs, lost
 
-    def test_closesAtOnce(self) -> None:
-        transport, theirs, lost = self._connection()
-        _twisted.writeThrough(transport, b"response")
-        self.assertTrue(_twisted.closeFlushed(transport))
+    def setUp(self) -> None:
+        self.clock = MemoryReactorClock()
+
+    def _received(self, peer: socket.socket) -> bytes:
+        try:
+            return peer.recv(1 << 20)
+        except BlockingIOError:
+            return b"(nothing)"
+
+    def test_sentOnceTheTurnIsOver(self) -> None:
+        """
+        The writes of a turn are sent, in order, by one call at the start
+        of the next; the socket is never watched for them.
+        """
+        first, firstPeer, _ = self._connection()
+        second, secondPeer, _ = self._connection()
+        _twisted.writeBatched(first, b"head ")
+        _twisted.writeBatched(second, b"other")
+        _twisted.writeBatched(first, b"body")
+        self.assertEqual(self._received(firstPeer), b"(nothing)")
+        self.assertEqual(self.clock.writers, set())
+        self.clock.advance(0)
+        self.assertEqual(self._received(firstPeer), b"head body")
+        self.assertEqual(self._received(secondPeer), b"other")
+        self.assertEqual((first._tempDataBuffer, first._tempDataLen), ([], 0))
+        self.assertEqual(self.clock.writers, set())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_ownWriteAfter(self) -> None:
+        """
+        A write through the transport's own C{write} after a batched one
+        goes after it.
+        """
+        transport, peer, _ = self._connection()
+        _twisted.writeBatched(transport, b"first ")
+        transport.write(b"second")
+        self.clock.advance(0)
+        self.assertEqual(self._received(peer), b"first second")
+
+    def test_queuedBefore(self) -> None:
+        """
+        A transport with a queue of its own (from an earlier turn) gets an
+        ordinary write, after that queue.
+        """
+        transport, peer, _ = self._connection()
+        transport.write(b"earlier ")
+        _twisted.writeBatched(transport, b"later")
+        self.assertEqual(transport._tempDataBuffer, [b"earlier ", b"later"])
+        self.assertIn(transport, self.clock.writers)
+
+    def test_partialSend(self) -> None:
+        """
+        What the socket does not take stays queued, the socket watched, as
+        after the transport's own C{write}.
+        """
+        transport, peer, _ = self._connection()
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = b"x" * (4 << 20)
+        _twisted.writeBatched(transport, data)
+        self.clock.advance(0)
+        self.assertIn(transport, self.clock.writers)
+        self.assertEqual(transport.dataBuffer, data)
+        self.assertGreater(transport.offset, 0)
+        self.assertLess(transport.offset, len(data))
+
+    def test_closeWhenWritten(self) -> None:
+        """
+        A transport closed after a batched write is closed once it is sent:
+        the peer reads all of it, then the end; nothing more is read.
+        """
+        transport, peer, lost = self._connection()
+        _twisted.writeBatched(transport, b"response")
+        _twisted.closeWhenWritten(transport)
+        self.assertTrue(transport.disconnecting)
+        self.assertNotIn(transport, self.clock.readers)
+        self.assertEqual(lost, [])
+        self.clock.advance(0)
+        self.assertEqual(len(lost), 1)
+        lost[0].trap(ConnectionDone)
+        self.assertEqual(peer.recv(100), b"response")
+        self.assertEqual(peer.recv(100), b"")
+
+    def test_closeNothingQueued(self) -> None:
+        """
+        With nothing queued, the transport closes at once.
+        """
+        transport, peer, lost = self._connection()
+        _twisted.closeWhenWritten(transport)
         self.assertEqual(len(lost), 1, _changed("FileDescriptor.connectionLost"))
         lost[0].trap(ConnectionDone)
-        self.assertEqual(theirs.recv(100), b"response")
-        self.assertEqual(theirs.recv(100), b"")
+        self.assertEqual(peer.recv(100), b"")
+        self.assertEqual((self.clock.readers, self.clock.writers), (set(), set()))
 
-    def test_queued(self) -> None:
+    def test_closeOwnQueue(self) -> None:
         """
-        With a write queued, the transport is left to close the ordinary
-        way, after writing it.
+        With a queue of the transport's own, it closes as its
+        C{loseConnection} does, once that is written.
         """
-        transport, theirs, lost = self._connection()
+        transport, peer, lost = self._connection()
         transport.write(b"queued")
-        self.assertFalse(_twisted.closeFlushed(transport))
+        _twisted.closeWhenWritten(transport)
         self.assertEqual(lost, [])
-        self.assertFalse(transport.disconnecting)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(transport, self.clock.writers)
 
-    def test_producer(self) -> None:
-        transport, theirs, lost = self._connection()
+    def test_producerKeepsItOpen(self) -> None:
+        """
+        With a producer registered, the transport's own C{loseConnection}
+        decides.
+        """
+        transport, peer, lost = self._connection()
         transport.registerProducer(StringTransport(), True)
-        self.assertFalse(_twisted.closeFlushed(transport))
+        _twisted.closeWhenWritten(transport)
         self.assertEqual(lost, [])
+
+    def test_pullProducerAskedForMore(self) -> None:
+        """
+        Once the queue is sent, a pull producer is asked for more, as the
+        transport's C{doWrite} would.
+        """
+        transport, peer, _ = self._connection()
+        asked = []
+        producer = StringTransport()
+        producer.resumeProducing = lambda: asked.append(True)  # type: ignore[method-assign]
+        transport.registerProducer(producer, False)
+        # Registering a pull producer asks it for its first piece.
+        del asked[:]
+        _twisted.writeBatched(transport, b"piece")
+        self.clock.advance(0)
+        self.assertEqual(asked, [True])
+
+    def test_cancelledTurn(self) -> None:
+        """
+        If the call sending a batch was cancelled (a reactor stopping, as
+        trial's between tests), the next write schedules another, and the
+        batch is sent whole.
+        """
+        transport, peer, _ = self._connection()
+        _twisted.writeBatched(transport, b"first ")
+        [call] = self.clock.getDelayedCalls()
+        call.cancel()
+        _twisted.writeBatched(transport, b"second")
+        self.clock.advance(0)
+        self.assertEqual(self._received(peer), b"first second")
+
+    def test_producerFails(self) -> None:
+        """
+        A producer failing when asked for more aborts its connection; the
+        other transports of the batch are sent.
+        """
+        failing, failingPeer, lost = self._connection()
+        other, otherPeer, _ = self._connection()
+        producer = StringTransport()
+        transport = failing
+        transport.registerProducer(producer, False)
+        producer.resumeProducing = lambda: 1 / 0  # type: ignore[method-assign]
+        _twisted.writeBatched(failing, b"piece")
+        _twisted.writeBatched(other, b"other")
+        self.clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(self._received(otherPeer), b"other")
+        self.assertTrue(failing._aborting)
+
+    def test_aborted(self) -> None:
+        """
+        A transport aborted before the end of the turn sends nothing more.
+        """
+        transport, peer, lost = self._connection()
+        _twisted.writeBatched(transport, b"never")
+        transport.abortConnection()
+        self.clock.advance(0)
+        self.assertEqual(len(lost), 1)
+        self.assertIn(self._received(peer), (b"", b"(nothing)"))
 
     def test_otherTransport(self) -> None:
-        self.assertFalse(_twisted.closeFlushed(StringTransport()))
+        """
+        A transport that is not plain TCP gets an ordinary write, and an
+        ordinary C{loseConnection}.
+        """
+        transport = StringTransport()
+        _twisted.writeBatched(transport, b"data")
+        self.assertEqual(transport.value(), b"data")
+        _twisted.closeWhenWritten(transport)
+        self.assertTrue(transport.disconnecting)
 
 
 # --- TLS --------------------------------------------------------------------

@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
 )
 from OpenSSL import SSL
-from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import connectionDone
 from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.tcp import Server as _TCPServer
+from twisted.logger import Logger
 from twisted.protocols.haproxy._wrapper import (
     HAProxyProtocolWrapper as _HAProxyProtocolWrapper,
 )
@@ -38,6 +39,8 @@ from twisted.web.http import (
     _ChunkedTransferDecoder,
     _MalformedChunkedDataError,
 )
+
+_log = Logger()
 
 #: The installed Twisted, for the fence tests' messages.
 TWISTED_VERSION: str = twisted.__version__
@@ -209,13 +212,11 @@ class HTTPChannelBase(HTTPChannel):
         """
         twisted.web's C{loseConnection} (the channel stops being the
         transport's producer, and the transport closes once what is queued
-        is written), closing at once when nothing is (L{closeFlushed}).
+        is written), without a turn of the reactor (L{closeWhenWritten}).
         """
         producer: Any = self._networkProducer
         producer.unregisterProducer()
-        transport: Any = self.transport
-        if not closeFlushed(transport):
-            transport.loseConnection()
+        closeWhenWritten(self.transport)
 
     def send100Continue(self) -> None:
         """
@@ -253,80 +254,179 @@ class HTTPChannelBase(HTTPChannel):
         return replacement
 
 
-# --- twisted.internet.tcp: writing without a reactor turn -------------------
+# --- twisted.internet.tcp: writing at the end of the reactor's turn --------
 
 _PLAIN_TCP = (_TCPClient, _TCPServer)
 
+#: The failures the connections closed here are lost with, as the reactor
+#: keeps them: one for all (a failure's making and its first C{check} cost
+#: more than the rest of a close).
+_LOST_WITH: dict[type, Failure] = {
+    ConnectionDone: Failure(ConnectionDone()),
+    ConnectionLost: Failure(ConnectionLost()),
+}
 
-def writeThrough(transport: Any, data: bytes) -> None:
+
+class _Batch(dict[Any, None]):
     """
-    Write C{data} to a plain TCP transport at once when nothing is queued
-    before it, and leave only what the socket did not take to the
-    transport.
+    The plain TCP transports written to during a turn of the reactor (in
+    the order of their first write), and the call that sends them.
+    """
 
-    A Twisted transport queues every write until the reactor's next turn,
-    which costs a turn and two C{epoll_ctl} calls; a request head, or a
-    small response, almost always fits in the socket buffer at once. Other
-    transports (TLS, memory) get an ordinary C{write}.
+    __slots__ = ("call",)
+    call: Any
 
-    It reads the transport's private queue (C{dataBuffer} and
-    C{_tempDataBuffer} of L{twisted.internet.abstract.FileDescriptor}): no
-    public attribute says whether a write is pending.
+
+#: By reactor, the batch of its current turn (L{writeBatched}).
+_batches: dict[Any, _Batch] = {}
+
+
+def writeBatched(transport: Any, data: bytes) -> None:
+    """
+    Write C{data} to C{transport}; a plain TCP transport sends it, with
+    everything else written to one this turn of the reactor, once the turn
+    is over (L{_flush}), in one C{send} per transport.
+
+    Twisted's own C{write} queues the data and asks the reactor to watch the
+    socket for writability: two C{epoll_ctl} calls and a turn per response.
+    Sending at once costs neither, but wakes the peer once per write (a
+    client or a backend waiting in C{epoll_wait}): with many connections,
+    twice the kernel time of sending what a turn wrote together. Here the
+    data joins the transport's queue (as C{write} does, and pausing its
+    producer past its buffer size the same way), and the transports of the
+    turn are written by a call at the start of the next, before the reactor
+    waits again. Other transports (TLS, memory) get an ordinary C{write}.
+
+    It uses the transport's private queue (C{_tempDataBuffer},
+    C{_tempDataLen}) and producer check (C{_maybePauseProducer}) of
+    L{twisted.internet.abstract.FileDescriptor}: no public method queues
+    without watching the socket.
     """
     if (
         type(transport) in _PLAIN_TCP
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
+        and transport.connected
         and not transport.disconnecting
+        and data
     ):
-        try:
-            sent = transport.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:
-            # Let the transport meet the error the ordinary way.
-            sent = 0
-        if sent == len(data):
+        reactor = transport.reactor
+        batch = _batches.get(reactor)
+        if batch is None:
+            batch = _batches[reactor] = _Batch()
+            batch.call = reactor.callLater(0, _flush, reactor)
+        elif batch.call.cancelled:
+            # A stopping reactor's pending calls are cancelled (as trial
+            # does between tests): send what waits at its next turn.
+            batch.call = reactor.callLater(0, _flush, reactor)
+        if transport in batch or not (
+            transport.dataBuffer or transport._tempDataBuffer
+        ):
+            batch[transport] = None
+            transport._tempDataBuffer.append(data)
+            size = transport._tempDataLen = transport._tempDataLen + len(data)
+            if size > transport.bufferSize:
+                transport._maybePauseProducer()
             return
-        data = data[sent:]
     transport.write(data)
 
 
-#: The reason every connection L{closeFlushed} closes is lost with: one
-#: failure for all, as the reactor keeps (a failure's making and its first
-#: C{check} cost more than the rest of the close).
-_CONNECTION_DONE = Failure(CONNECTION_DONE)
-
-
-def closeFlushed(transport: Any) -> bool:
+def _flush(reactor: Any) -> None:
     """
-    Close a plain TCP transport at once if everything written to it went
-    to the socket (nothing is queued, no producer is registered), and say
-    whether it did: the protocol's C{connectionLost} has then run.
+    Write the transports written to during the last turn of C{reactor}, one
+    C{send} each: what the socket does not take is left to the transport,
+    watching the socket as after its own C{write} (as is an error, which
+    the transport meets the ordinary way); a transport that was closing is
+    closed once it has written everything.
+
+    It leaves the unsent rest where the transport's C{doWrite} does
+    (C{dataBuffer} from C{offset}), and skips a transport being aborted
+    (C{tcp.Connection._aborting}).
+    """
+    batch = _batches.pop(reactor, None) or ()
+    for transport in batch:
+        if not transport.connected or transport._aborting:
+            continue
+        try:
+            _send(transport)
+        except Exception:
+            # What the reactor does when doWrite raises (a producer asked
+            # for more, failing).
+            _log.failure("Writing to {transport} failed", transport=transport)
+            transport.abortConnection()
+
+
+def _send(transport: Any) -> None:
+    """
+    Send the queue of C{transport}, one of a batch (L{_flush}).
+    """
+    chunks = transport._tempDataBuffer
+    if transport.dataBuffer or not chunks:
+        # Not as this module left it: the transport's own writing
+        # takes over.
+        transport.startWriting()
+        return
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    try:
+        sent = transport.socket.send(data)
+    except (BlockingIOError, InterruptedError):
+        sent = 0
+    except OSError:
+        transport.startWriting()
+        return
+    transport._tempDataBuffer = []
+    transport._tempDataLen = 0
+    if sent < len(data):
+        transport.dataBuffer = data
+        transport.offset = sent
+        transport.startWriting()
+    elif transport.producer is not None and (
+        not transport.streamingProducer or transport.producerPaused
+    ):
+        # As doWrite does once the queue is written: a pull producer is
+        # asked for more, a paused one resumed.
+        transport.producerPaused = False
+        transport.producer.resumeProducing()
+    elif transport.disconnecting:
+        # What the reactor does once a closing transport's queue is
+        # written.
+        transport.stopReading()
+        transport.stopWriting()
+        transport.connectionLost(_LOST_WITH[ConnectionDone])
+
+
+def closeWhenWritten(transport: Any) -> None:
+    """
+    Close C{transport} once what was written to it is (as its
+    C{loseConnection} does), without a turn of the reactor for a plain TCP
+    transport with no producer: at once if nothing is queued, else when its
+    batch of this turn is written (L{writeBatched}).
 
     Twisted's C{loseConnection} waits for the socket to be writable before
-    it closes, even with nothing queued: two C{epoll_ctl} calls, a reactor
-    turn and an empty C{send}, for every connection a C{Connection: close}
-    ends. Closing at once is what its own C{loseConnection} does after a
+    it closes, even with nothing queued: two C{epoll_ctl} calls, a turn and
+    an empty C{send}, for every connection a C{Connection: close} ends.
+    Closing at once is what its own C{loseConnection} does after a
     half-close (C{_writeDisconnected}); C{disconnecting} is set first, so
     that a line receiver stops parsing what it still holds.
-
-    It reads the transport's private queue (as L{writeThrough} does).
     """
     if (
         type(transport) in _PLAIN_TCP
         and transport.connected
         and not transport.disconnecting
         and transport.producer is None
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
     ):
-        transport.disconnecting = True
-        transport.stopReading()
-        transport.stopWriting()
-        transport.connectionLost(_CONNECTION_DONE)
-        return True
-    return False
+        queued = transport.dataBuffer or transport._tempDataBuffer
+        if not queued:
+            transport.disconnecting = True
+            transport.stopReading()
+            transport.stopWriting()
+            transport.connectionLost(_LOST_WITH[ConnectionDone])
+            return
+        batch = _batches.get(transport.reactor)
+        if batch is not None and transport in batch:
+            # Closed by _flush, once written.
+            transport.stopReading()
+            transport.disconnecting = True
+            return
+    transport.loseConnection()
 
 
 # --- TLS: OpenSSL and twisted.internet._sslverify (tls) --------------------

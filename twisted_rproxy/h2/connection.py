@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_rproxy._twisted import writeThrough
+from twisted_rproxy._twisted import writeBatched
 from twisted_rproxy.h2.frames import (
     PREFACE,
     FrameError,
@@ -272,7 +272,7 @@ class H2ServerConnection(ConnectionState, Protocol):
         out = self._out
         if out:
             self._out = []
-            writeThrough(transport, out[0] if len(out) == 1 else b"".join(out))
+            writeBatched(transport, out[0] if len(out) == 1 else b"".join(out))
         if self._closing and not self.streams:
             self._closeNow()
 

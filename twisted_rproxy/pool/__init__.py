@@ -22,7 +22,7 @@ discovery of a pool's servers, which drives it). Each declares, as a typing
 protocol, what it needs of the one above it. This module re-exports.
 """
 
-from twisted_rproxy._twisted import writeThrough as writeThrough
+from twisted_rproxy._twisted import writeBatched as writeBatched
 
 # Re-exported: it lived here before twisted_rproxy.balance.
 from twisted_rproxy.balance import RoundRobinBalancer as RoundRobinBalancer
@@ -78,5 +78,5 @@ __all__ = [
     "ServerStatus",
     "SlowStart",
     "serverIdentity",
-    "writeThrough",
+    "writeBatched",
 ]

@@ -21,7 +21,7 @@ from twisted.protocols.basic import FileSender
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_rproxy._twisted import writeThrough
+from twisted_rproxy._twisted import writeBatched
 from twisted_rproxy.interfaces import IInterimReceiver, IResponseReceiver
 from twisted_rproxy.messages import (
     BackendError,
@@ -227,7 +227,7 @@ class BackendConnection(Protocol):
                 stream.startStreaming(transport.write, _noop)
             transport.registerProducer(stream, True)
         elif isinstance(body, bytes):
-            writeThrough(transport, head + body if body else head)
+            writeBatched(transport, head + body if body else head)
         else:
             assert body is not None
             transport.write(head)

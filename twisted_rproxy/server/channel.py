@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from twisted_rproxy._twisted import writeThrough
+from twisted_rproxy._twisted import writeBatched
 from twisted_rproxy.h2.connection import H2ServerConnection
 from twisted_rproxy.h2.frames import PREFACE
 from twisted_rproxy.hardening import BAD_LINE, checkHead, refusal
@@ -449,10 +449,10 @@ class ProxyHTTPChannel(TimedHTTPChannel):
         super().loseConnection()
 
     def write(self, data: bytes) -> None:
-        writeThrough(self.transport, data)
+        writeBatched(self.transport, data)
 
     def writeSequence(self, iovec: list[bytes]) -> None:
-        writeThrough(self.transport, b"".join(iovec))
+        writeBatched(self.transport, b"".join(iovec))
 
     def forceClose(self) -> None:
         """
