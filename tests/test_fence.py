@@ -414,6 +414,24 @@ class WriteBatchedTests(SynchronousTestCase):
         self.assertGreater(transport.offset, 0)
         self.assertLess(transport.offset, len(data))
 
+    def test_pastBufferSize(self) -> None:
+        """
+        A write that takes the queue past the transport's buffer size is
+        sent at once, as much as the socket takes; what follows it that
+        turn queues behind the rest, in the transport's own order.
+        """
+        transport, peer, _ = self._connection()
+        transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        data = b"x" * (transport.bufferSize * 4)
+        _twisted.writeBatched(transport, data)
+        self.assertNotEqual(self._received(peer), b"(nothing)")
+        self.assertIn(transport, self.clock.writers)
+        _twisted.writeBatched(transport, b"tail")
+        self.assertIs(transport.dataBuffer, data)
+        self.assertEqual(transport._tempDataBuffer, [b"tail"])
+        self.clock.advance(0)
+        self.assertEqual(transport._tempDataBuffer, [b"tail"])
+
     def test_closeWhenWritten(self) -> None:
         """
         A transport closed after a batched write is closed once it is sent:

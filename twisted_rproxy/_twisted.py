@@ -317,15 +317,22 @@ def writeBatched(transport: Any, data: bytes) -> None:
             # A stopping reactor's pending calls are cancelled (as trial
             # does between tests): send what waits at its next turn.
             batch.call = reactor.callLater(0, _flush, reactor)
-        if transport in batch or not (
-            transport.dataBuffer or transport._tempDataBuffer
-        ):
-            batch[transport] = None
+        if transport in batch:
+            queued = transport.dataBuffer
+        else:
+            queued = transport.dataBuffer or transport._tempDataBuffer
+            if not queued:
+                batch[transport] = None
+        if not queued:
             transport._tempDataBuffer.append(data)
             size = transport._tempDataLen = transport._tempDataLen + len(data)
-            if size > transport.bufferSize:
+            # Past the transport's buffer size, as much as the socket takes
+            # goes now; only the rest pauses the producer.
+            if size > transport.bufferSize and not _sendQueue(transport):
                 transport._maybePauseProducer()
             return
+    # A transport partly sent this turn, or with a queue of its own from
+    # an earlier one: the rest is its own to write.
     transport.write(data)
 
 
@@ -354,16 +361,16 @@ def _flush(reactor: Any) -> None:
             transport.abortConnection()
 
 
-def _send(transport: Any) -> None:
+def _sendQueue(transport: Any) -> bool:
     """
-    Send the queue of C{transport}, one of a batch (L{_flush}).
+    Send the queue of C{transport} (written by L{writeBatched}) at once;
+    what the socket does not take is left to the transport, watched, as is
+    the whole queue on an error, which the transport meets the ordinary
+    way.
+
+    @return: Whether all of it went.
     """
     chunks = transport._tempDataBuffer
-    if transport.dataBuffer or not chunks:
-        # Not as this module left it: the transport's own writing
-        # takes over.
-        transport.startWriting()
-        return
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     try:
         sent = transport.socket.send(data)
@@ -371,18 +378,31 @@ def _send(transport: Any) -> None:
         sent = 0
     except OSError:
         transport.startWriting()
-        return
+        return False
     transport._tempDataBuffer = []
     transport._tempDataLen = 0
     if sent < len(data):
         transport.dataBuffer = data
         transport.offset = sent
         transport.startWriting()
-    elif transport.producer is not None and (
+        return False
+    return True
+
+
+def _send(transport: Any) -> None:
+    """
+    Send what C{transport}, one of a batch (L{_flush}), has queued, then do
+    what its C{doWrite} does once everything is written.
+    """
+    if transport.dataBuffer:
+        # Partly sent already: the transport writes the rest.
+        return
+    if transport._tempDataBuffer and not _sendQueue(transport):
+        return
+    if transport.producer is not None and (
         not transport.streamingProducer or transport.producerPaused
     ):
-        # As doWrite does once the queue is written: a pull producer is
-        # asked for more, a paused one resumed.
+        # A pull producer is asked for more, a paused one resumed.
         transport.producerPaused = False
         transport.producer.resumeProducing()
     elif transport.disconnecting:
