@@ -375,12 +375,43 @@ class IdleTimeoutTests(SynchronousTestCase):
 
     def test_closedConnectionLeavesNoTimer(self) -> None:
         """
-        A closed client connection leaves no timer behind.
+        A closed client connection leaves no timer behind: the site's one
+        sweep of idle connections stops at its next tick once none is
+        open.
         """
         proxy = Proxy(idleTimeout=60.0)
         client, _ = proxy.client()
         client.connectionLost(Failure(ConnectionDone()))
+        self.assertLessEqual(len(proxy.reactor.getDelayedCalls()), 1)
+        proxy.reactor.advance(1.0)
         self.assertEqual(proxy.reactor.getDelayedCalls(), [])
+
+    def test_oneTimerForAllConnections(self) -> None:
+        """
+        However many connections are open, one call times them out, each
+        within a second of its own idle period.
+        """
+        proxy = Proxy(idleTimeout=10.0)
+        transports = [proxy.client()[1] for _ in range(20)]
+        proxy.reactor.advance(5)
+        late = [proxy.client()[1] for _ in range(5)]
+        self.assertEqual(len(proxy.reactor.getDelayedCalls()), 1)
+        proxy.reactor.advance(5)
+        self.assertTrue(all(t.disconnecting for t in transports))
+        self.assertFalse(any(t.disconnecting for t in late))
+        proxy.reactor.advance(5)
+        self.assertTrue(all(t.disconnecting for t in late))
+
+    def test_shortTimeoutTicksFaster(self) -> None:
+        """
+        An idle timeout under four seconds is swept four times a period.
+        """
+        proxy = Proxy(idleTimeout=2.0)
+        _, transport = proxy.client()
+        proxy.reactor.advance(1.9)
+        self.assertFalse(transport.disconnecting)
+        proxy.reactor.advance(0.5)
+        self.assertTrue(transport.disconnecting)
 
 
 class StreamingTests(SynchronousTestCase):

@@ -28,7 +28,7 @@ from twisted_rproxy.interfaces import IProxyReactor
 from twisted_rproxy.policies import parseNetworks
 from twisted_rproxy.server.channel import ProxyHTTPChannel
 from twisted_rproxy.server.request import BodyPolicy, ProxyRequest
-from twisted_rproxy.server.timeouts import RequestGuard
+from twisted_rproxy.server.timeouts import IdleSweep, RequestGuard
 
 _log = Logger()
 
@@ -89,6 +89,14 @@ class ProxySite(Site):
             minBodyRateGrace=config.minBodyRateGrace,
         )
         self._requestGuard = guard if guard else None
+        self.connections: set[ProxyHTTPChannel] = set()
+        idle = config.idleTimeout
+        #: The idle timer of the HTTP/1.1 connections, when they have one:
+        #: a connection idles out up to a second late (a quarter of the
+        #: timeout, for one under four seconds).
+        self.idleSweep = (
+            IdleSweep(reactor, self.connections, min(1.0, idle / 4)) if idle else None
+        )
         #: What an HTTP/2 connection accepts: the HTTP/1.1 limits' own
         #: counterparts.
         self.h2Limits = H2Limits(
@@ -105,7 +113,6 @@ class ProxySite(Site):
         self._formatLine: Callable[[ProxyRequest], str] = (
             self._jsonLine if config.accessLogFormat == "json" else self._combinedLine
         )
-        self.connections: set[ProxyHTTPChannel] = set()
         self._drainCall: IDelayedCall | None = None
         # No second is -1: the first line formats its date.
         self._accessLogDate: tuple[int, str] = (-1, "")
@@ -134,6 +141,7 @@ class ProxySite(Site):
         channel.totalHeadersSize = config.maxHeaderSize
         if config.h2c:
             channel.h2c = True
+        channel.idleSweep = self.idleSweep
         self._configureHardening(channel)
         return channel
 
@@ -173,6 +181,8 @@ class ProxySite(Site):
         Site.startFactory(self)
 
     def stopFactory(self) -> None:
+        if self.idleSweep is not None:
+            self.idleSweep.stop()
         log, self._accessLog = self._accessLog, None
         if log is not None and log is not sys.__stdout__:
             log.close()

@@ -7,10 +7,11 @@ included.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from attrs import frozen
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -75,6 +76,55 @@ class _BodyReader:
             transport.stopProducing()
 
 
+class IdleSweep:
+    """
+    The idle timer of a site's HTTP/1.1 connections: while any is open, one
+    call every C{tick} seconds closes those idle past their period (see
+    L{TimedHTTPChannel.setTimeout}).
+
+    A timer of its own for each connection costs a heap insertion when it
+    opens and a cancellation when it closes, for every connection a
+    C{Connection: close} request makes; here a connection idles out up to
+    C{tick} seconds late instead.
+
+    @ivar connections: The connections, as the site keeps them.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        connections: Collection[TimedHTTPChannel],
+        tick: float,
+    ) -> None:
+        self.clock = clock
+        self.connections = connections
+        self.tick = tick
+        self._call: IDelayedCall | None = None
+
+    def start(self) -> None:
+        """
+        Sweep in C{tick} seconds, unless a sweep is due already.
+        """
+        if self._call is None:
+            self._call = self.clock.callLater(self.tick, self._sweep)
+
+    def stop(self) -> None:
+        """
+        No more sweeps (the site stopped).
+        """
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _sweep(self) -> None:
+        self._call = None
+        now = self.clock.seconds()
+        for connection in list(self.connections):
+            connection.checkIdle(now)
+        if self.connections:
+            self.start()
+
+
 class TimedHTTPChannel(HTTPChannelBase):
     """
     An HTTP/1.1 channel with one idle timer, and the time limits of
@@ -118,6 +168,10 @@ class TimedHTTPChannel(HTTPChannelBase):
     _idlePeriod: float | None = None
     _lastActivity = 0.0
 
+    #: The site's sweep of idle connections, which this one is in; without
+    #: one, the connection keeps a timer of its own.
+    idleSweep: IdleSweep | None = None
+
     def connectionMade(self) -> None:
         self.seconds = self.factory.reactor.seconds
         self.connectedAt = self.seconds()
@@ -130,9 +184,22 @@ class TimedHTTPChannel(HTTPChannelBase):
         self.timeOut = period  # type: ignore[assignment]
         if period is not None:
             self._lastActivity = self.seconds()
-            if self._idleCall is None:
+            sweep = self.idleSweep
+            if sweep is not None:
+                sweep.start()
+            elif self._idleCall is None:
                 self._idleCall = self.callLater(period, self._checkIdle)
         return previous
+
+    def checkIdle(self, now: float) -> None:
+        """
+        Time the connection out if it has been idle for its period at
+        C{now} (the L{IdleSweep}'s check).
+        """
+        period = self._idlePeriod
+        if period is not None and now - self._lastActivity >= period:
+            self._idlePeriod = None
+            self.timeoutConnection()
 
     def resetTimeout(self) -> None:
         if self._idlePeriod is not None:
