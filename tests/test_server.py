@@ -331,11 +331,19 @@ class IdleTimeoutTests(SynchronousTestCase):
         A client that sends nothing for C{idleTimeout} seconds is
         disconnected, and only then.
         """
-        proxy = Proxy(idleTimeout=60.0)
+        self._assertIdlesOut(60.0, 59, 61)
+
+    def _assertIdlesOut(self, timeout: float, stillOpen: float, closed: float) -> None:
+        """
+        A client connection to a proxy with C{idleTimeout=timeout} that
+        sends nothing is open after C{stillOpen} seconds, closed after
+        C{closed}.
+        """
+        proxy = Proxy(idleTimeout=timeout)
         _, transport = proxy.client()
-        proxy.reactor.advance(59)
+        proxy.reactor.advance(stillOpen)
         self.assertFalse(transport.disconnecting)
-        proxy.reactor.advance(2)
+        proxy.reactor.advance(closed - stillOpen)
         self.assertTrue(transport.disconnecting)
 
     def test_activityPostponesTimeout(self) -> None:
@@ -406,12 +414,7 @@ class IdleTimeoutTests(SynchronousTestCase):
         """
         An idle timeout under four seconds is swept four times a period.
         """
-        proxy = Proxy(idleTimeout=2.0)
-        _, transport = proxy.client()
-        proxy.reactor.advance(1.9)
-        self.assertFalse(transport.disconnecting)
-        proxy.reactor.advance(0.5)
-        self.assertTrue(transport.disconnecting)
+        self._assertIdlesOut(2.0, 1.9, 2.4)
 
 
 class StreamingTests(SynchronousTestCase):
