@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPrivateKeyTypes,
 )
 from OpenSSL import SSL
-from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import connectionDone
 from twisted.internet.tcp import Client as _TCPClient
 from twisted.internet.tcp import Server as _TCPServer
@@ -258,13 +258,20 @@ class HTTPChannelBase(HTTPChannel):
 
 _PLAIN_TCP = (_TCPClient, _TCPServer)
 
-#: The failures the connections closed here are lost with, as the reactor
-#: keeps them: one for all (a failure's making and its first C{check} cost
-#: more than the rest of a close).
-_LOST_WITH: dict[type, Failure] = {
-    ConnectionDone: Failure(ConnectionDone()),
-    ConnectionLost: Failure(ConnectionLost()),
-}
+#: The reason every connection closed here is lost with, as the reactor
+#: keeps its own: one failure for all (a failure's making and its first
+#: C{check} cost more than the rest of a close).
+_CONNECTION_DONE = Failure(ConnectionDone())
+
+
+def _closeNow(transport: Any) -> None:
+    """
+    Close C{transport}, which has nothing left to write, as the reactor
+    does once a closing transport's queue is written.
+    """
+    transport.stopReading()
+    transport.stopWriting()
+    transport.connectionLost(_CONNECTION_DONE)
 
 
 class _Batch(dict[Any, None]):
@@ -406,11 +413,7 @@ def _send(transport: Any) -> None:
         transport.producerPaused = False
         transport.producer.resumeProducing()
     elif transport.disconnecting:
-        # What the reactor does once a closing transport's queue is
-        # written.
-        transport.stopReading()
-        transport.stopWriting()
-        transport.connectionLost(_LOST_WITH[ConnectionDone])
+        _closeNow(transport)
 
 
 def closeWhenWritten(transport: Any) -> None:
@@ -436,9 +439,7 @@ def closeWhenWritten(transport: Any) -> None:
         queued = transport.dataBuffer or transport._tempDataBuffer
         if not queued:
             transport.disconnecting = True
-            transport.stopReading()
-            transport.stopWriting()
-            transport.connectionLost(_LOST_WITH[ConnectionDone])
+            _closeNow(transport)
             return
         batch = _batches.get(transport.reactor)
         if batch is not None and transport in batch:
