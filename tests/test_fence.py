@@ -339,6 +339,7 @@ class WriteBatchedTests(SynchronousTestCase):
         ours, theirs = socket.socketpair()
         theirs.setblocking(False)
         self.addCleanup(theirs.close)
+        self.addCleanup(ours.close)
         lost: list[Failure] = []
         protocol = Protocol()
         protocol.connectionLost = lost.append  # type: ignore[method-assign,assignment]
@@ -459,6 +460,24 @@ class WriteBatchedTests(SynchronousTestCase):
         lost[0].trap(ConnectionDone)
         self.assertEqual(peer.recv(100), b"")
         self.assertEqual((self.clock.readers, self.clock.writers), (set(), set()))
+
+    def test_closeWithoutShutdown(self) -> None:
+        """
+        A transport closed here closes its socket without shutting it down
+        first (Twisted's C{_shouldShutdown}, read by C{_closeSocket}); the
+        peer still reads everything written, then the end.
+        """
+        transport, peer, lost = self._connection()
+        calls: list[str] = []
+        transport.socket = _Recording(transport.socket, calls)
+        self.assertTrue(transport._shouldShutdown, _changed("tcp._SocketCloser"))
+        _twisted.writeBatched(transport, b"response")
+        _twisted.closeWhenWritten(transport)
+        self.clock.advance(0)
+        self.assertEqual(calls, ["close"], _changed("tcp._SocketCloser._closeSocket"))
+        self.assertEqual(len(lost), 1)
+        self.assertEqual(peer.recv(100), b"response")
+        self.assertEqual(peer.recv(100), b"")
 
     def test_closeOwnQueue(self) -> None:
         """
@@ -786,6 +805,92 @@ class ProxyHeaderWrapperTests(SynchronousTestCase):
         self.assertFalse(wrapper.proxyHeaderReceived, message)
         self.assertTrue(transport.disconnecting, message)
         self.assertEqual(received, [], message)
+
+
+class _Recording:
+    """
+    A socket, recording its C{shutdown} and C{close} calls in C{calls}.
+    """
+
+    def __init__(self, socket: socket.socket, calls: list[str]) -> None:
+        self._socket = socket
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._socket, name)
+
+    def shutdown(self, how: int) -> None:
+        self.calls.append("shutdown")
+        self._socket.shutdown(how)
+
+    def close(self) -> None:
+        self.calls.append("close")
+        self._socket.close()
+
+
+class LocalAddressTests(SynchronousTestCase):
+    """
+    L{_twisted.localAddress} asks the socket of the first connection of a
+    port bound to one address, and of every connection of a port bound to
+    a wildcard: it reads a TCP connection's port (C{tcp.Server.server}) and
+    that port's C{interface}.
+    """
+
+    def _accepted(self, interface: str) -> tuple[Any, Any]:
+        from twisted.internet.protocol import Factory
+
+        reactor = MemoryReactorClock()
+        port = tcp.Port(
+            0, Factory.forProtocol(Protocol), interface=interface, reactor=reactor
+        )
+        port.startListening()
+        self.addCleanup(port.socket.close)
+        listening = port.getHost()
+        client = socket.create_connection(("127.0.0.1", listening.port))
+        self.addCleanup(client.close)
+        server, address = port.socket.accept()
+        self.addCleanup(server.close)
+        transport = tcp.Server(
+            server, Protocol(), address, port, 0, reactor  # type: ignore[arg-type]
+        )
+        self.assertIs(transport.server, port, _changed("tcp.Server.server"))
+        self.assertEqual(port.interface, interface, _changed("tcp.Port.interface"))
+        return port, transport
+
+    def test_boundToOne(self) -> None:
+        """
+        A connection of a port bound to one address gets the address of
+        the first connection: the socket is asked once.
+        """
+        port, transport = self._accepted("127.0.0.1")
+        known: dict[Any, Any] = {}
+        first = _twisted.localAddress(transport, known)
+        self.assertEqual(first, transport.getHost())
+        self.assertEqual(first.port, port.getHost().port)
+        self.assertEqual(known, {port: first})
+        transport.getHost = lambda: 1 / 0  # type: ignore[method-assign]
+        self.assertIs(_twisted.localAddress(transport, known), first)
+
+    def test_wildcard(self) -> None:
+        """
+        A port bound to a wildcard address takes connections on any of the
+        host's addresses: each connection's socket is asked.
+        """
+        port, transport = self._accepted("0.0.0.0")
+        known: dict[Any, Any] = {}
+        self.assertEqual(
+            _twisted.localAddress(transport, known).host, "127.0.0.1"
+        )
+        self.assertEqual(known, {})
+
+    def test_otherTransport(self) -> None:
+        """
+        Another transport is asked for its C{getHost}.
+        """
+        transport = StringTransport()
+        known: dict[Any, Any] = {}
+        self.assertEqual(_twisted.localAddress(transport, known), transport.getHost())
+        self.assertEqual(known, {})
 
 
 class _Socket:

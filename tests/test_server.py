@@ -605,6 +605,43 @@ class RoutingTests(SynchronousTestCase):
         self.assertEqual(proxy.reactor.tcpClients, [])
 
 
+class ChannelTests(SynchronousTestCase):
+    """
+    The site's channels: what twisted.web's factories would set, and the
+    configured limits.
+    """
+
+    def test_builtBySite(self) -> None:
+        """
+        A channel the site builds has the site as its factory and site,
+        makes L{ProxyRequest}s, times out on the site's reactor after the
+        idle timeout, and has the configured limits.
+        """
+        proxy = Proxy(idleTimeout=30.0, maxHeaders=7, maxHeaderSize=4096, h2c=True)
+        site = proxy.service.site
+        channel = site.buildProtocol(None)
+        self.assertIsInstance(channel, ProxyHTTPChannel)
+        self.assertIs(channel.factory, site)
+        self.assertIs(channel.site, site)
+        self.assertIs(channel.requestFactory, ProxyRequest)
+        self.assertEqual(channel.callLater, proxy.reactor.callLater)
+        self.assertEqual(channel.timeOut, 30.0)
+        self.assertIs(channel.idleSweep, site.idleSweep)
+        self.assertEqual((channel.maxHeaders, channel.totalHeadersSize), (7, 4096))
+        self.assertTrue(channel.h2c)
+
+    def test_localAddress(self) -> None:
+        """
+        A channel's local address is its transport's, asked once.
+        """
+        proxy = Proxy()
+        client, transport = proxy.client()
+        host = client.getHost()
+        self.assertEqual(host, transport.getHost())
+        transport.getHost = lambda: 1 / 0  # type: ignore[method-assign]
+        self.assertIs(client.getHost(), host)
+
+
 class HTTPDateTests(SynchronousTestCase):
     """
     L{httpDate} formats RFC 9110 dates.

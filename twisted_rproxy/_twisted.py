@@ -15,6 +15,7 @@ add a function here, with its test.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -267,10 +268,17 @@ _CONNECTION_DONE = Failure(ConnectionDone())
 def _closeNow(transport: Any) -> None:
     """
     Close C{transport}, which has nothing left to write, as the reactor
-    does once a closing transport's queue is written.
+    does once a closing transport's queue is written (its C{connectionLost}
+    stops reading and writing), but without C{shutdown(2)} before the
+    C{close}.
+
+    Twisted shuts a socket down first "just to be safe", though it says it
+    is not needed (C{tcp._SocketCloser}, whose private C{_shouldShutdown}
+    turns it off): the socket is close-on-exec, so this process holds its
+    only descriptor, and its C{close} sends the same FIN (or the same RST,
+    with unread data). One syscall fewer for every connection closed.
     """
-    transport.stopReading()
-    transport.stopWriting()
+    transport._shouldShutdown = False
     transport.connectionLost(_CONNECTION_DONE)
 
 
@@ -448,6 +456,42 @@ def closeWhenWritten(transport: Any) -> None:
             transport.disconnecting = True
             return
     transport.loseConnection()
+
+
+def localAddress(transport: Any, known: dict[Any, Any]) -> Any:
+    """
+    C{transport.getHost()}; for a connection accepted by a TCP port bound to
+    one address (not a wildcard), that of the first connection the port
+    accepted, kept in C{known} (by port): every connection of such a port
+    has the same local address, and asking the socket (C{getsockname}) costs
+    a syscall and an address object per connection.
+
+    It finds the port of a C{tcp.Server} in its C{server} attribute, and the
+    address the port was bound to in the port's C{interface}.
+    """
+    if type(transport) is not _TCPServer:
+        return transport.getHost()
+    port = transport.server
+    host = known.get(port)
+    if host is None:
+        host = transport.getHost()
+        if _boundToOne(getattr(port, "interface", "")):
+            known[port] = host
+    return host
+
+
+def _boundToOne(interface: object) -> bool:
+    """
+    Whether C{interface}, the address a port was bound to, is one address
+    (not empty, not C{0.0.0.0} or C{::}).
+    """
+    if not isinstance(interface, str):
+        return False
+    try:
+        address = ipaddress.ip_address(interface.partition("%")[0])
+    except ValueError:
+        return False
+    return not address.is_unspecified
 
 
 # --- TLS: OpenSSL and twisted.internet._sslverify (tls) --------------------

@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from twisted_rproxy._twisted import writeBatched
+from twisted_rproxy._twisted import localAddress, writeBatched
 from twisted_rproxy.h2.connection import H2ServerConnection
 from twisted_rproxy.h2.frames import PREFACE
 from twisted_rproxy.hardening import BAD_LINE, checkHead, refusal
@@ -259,10 +259,16 @@ class ProxyHTTPChannel(TimedHTTPChannel):
         self.stopIdleTimer()
 
     def getHost(self) -> object:
-        # Asked for every request; the answer is the connection's.
+        # Asked for every request; the answer is the connection's (and, on
+        # a listener bound to one address, the listener's).
         host = self._host
         if host is None:
-            host = self._host = HTTPChannel.getHost(self)
+            known = getattr(self.factory, "localAddresses", None)
+            if known is None:
+                host = HTTPChannel.getHost(self)
+            else:
+                host = localAddress(self.transport, known)
+            self._host = host
         return host
 
     def getPeer(self) -> object:

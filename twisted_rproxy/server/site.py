@@ -12,7 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from io import BytesIO
-from typing import IO, TextIO
+from typing import IO, Any, TextIO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
@@ -51,6 +51,8 @@ class ProxySite(Site):
     """
 
     requestFactory = ProxyRequest
+    #: The class of the channels L{buildProtocol} makes (and configures).
+    protocol = ProxyHTTPChannel  # type: ignore[assignment]
     displayTracebacks = False
     noisy = False
     memoryBodyLimit = 1024 * 1024
@@ -90,6 +92,9 @@ class ProxySite(Site):
         )
         self._requestGuard = guard if guard else None
         self.connections: set[ProxyHTTPChannel] = set()
+        #: By listening port bound to one address, the local address of its
+        #: connections (see L{twisted_rproxy._twisted.localAddress}).
+        self.localAddresses: dict[object, object] = {}
         idle = config.idleTimeout
         #: The idle timer of the HTTP/1.1 connections, when they have one:
         #: a connection idles out up to a second late (a quarter of the
@@ -109,6 +114,7 @@ class ProxySite(Site):
             minBodyRate=config.minBodyRate,
             minBodyRateGrace=config.minBodyRateGrace,
         )
+        self._callLater = reactor.callLater
         self._accessLog: TextIO | None = None
         self._formatLine: Callable[[ProxyRequest], str] = (
             self._jsonLine if config.accessLogFormat == "json" else self._combinedLine
@@ -130,18 +136,29 @@ class ProxySite(Site):
         """
         return []
 
-    # Our own protocol, where twisted.web types its wrapper.
-    def protocol(self) -> ProxyHTTPChannel:  # type: ignore[override]
-        # twisted.web's own factory does this with a plain HTTPChannel; the
-        # channel switches to HTTP/2 when TLS negotiates it (or, with h2c,
-        # when a plain connection starts with its preface).
+    def buildProtocol(self, addr: object) -> ProxyHTTPChannel:  # type: ignore[override]
+        """
+        The channel of a connection: what twisted.web's C{Site},
+        C{HTTPFactory} and C{Factory} each set in turn (in one call, for
+        every connection accepted), and the configured limits. It speaks
+        HTTP/1.1 and switches to HTTP/2 when TLS negotiates it (or, with
+        C{h2c}, when a plain connection starts with its preface).
+        """
         channel = ProxyHTTPChannel()
+        channel.factory = self
+        channel.requestFactory = self.requestFactory
+        channel.idleSweep = self.idleSweep
+        # twisted.web's own attributes, which Twisted types narrower (an
+        # int timeout, a callLater of the protocol's own).
+        web: Any = channel
+        web.site = self
+        web.callLater = self._callLater
+        web.timeOut = self.timeOut
         config = self.config
         channel.maxHeaders = config.maxHeaders
         channel.totalHeadersSize = config.maxHeaderSize
         if config.h2c:
             channel.h2c = True
-        channel.idleSweep = self.idleSweep
         self._configureHardening(channel)
         return channel
 
