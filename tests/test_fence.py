@@ -16,7 +16,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from twisted.web import http
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyChannel
@@ -570,6 +570,177 @@ class WriteBatchedTests(SynchronousTestCase):
         self.assertEqual(transport.value(), b"data")
         _twisted.closeWhenWritten(transport)
         self.assertTrue(transport.disconnecting)
+
+
+# --- The epoll reactor's dispatch -----------------------------------------
+
+
+class _Reader:
+    """
+    One end of a socket pair, as a reactor's reader: it records the legacy
+    log's C{system} of each C{doRead}, and its end.
+    """
+
+    def __init__(self, prefix: str = "reader,1,127.0.0.1") -> None:
+        self.socket, self.peer = socket.socketpair()
+        self.socket.setblocking(False)
+        self.prefix = prefix
+        self.systems: list[str] = []
+        self.lost: list[Failure] = []
+
+    def close(self) -> None:
+        self.socket.close()
+        self.peer.close()
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def logPrefix(self) -> str:
+        return self.prefix
+
+    def doRead(self) -> ConnectionDone | None:
+        from twisted.python import context, log
+
+        self.systems.append(context.get(log.ILogContext)["system"])
+        if not self.socket.recv(100):
+            return ConnectionDone()
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.lost.append(reason)
+
+
+class DispatchLeanlyTests(SynchronousTestCase):
+    """
+    L{_twisted.dispatchLeanly} makes an epoll reactor dispatch each event
+    as its own C{doPoll} does, in the same log context.
+    """
+
+    def setUp(self) -> None:
+        try:
+            from twisted.internet.epollreactor import EPollReactor
+        except ImportError:
+            raise SkipTest("No epoll here") from None
+        self.reactor = EPollReactor()
+        self.addCleanup(self._closeReactor)
+
+    def _closeReactor(self) -> None:
+        self.reactor._poller.close()
+        waker = self.reactor.waker
+        if waker is not None:
+            waker.connectionLost(None)
+
+    def _reader(self, prefix: str = "reader,1,127.0.0.1") -> _Reader:
+        reader = _Reader(prefix)
+        self.addCleanup(reader.close)
+        self.reactor.addReader(reader)
+        self.addCleanup(self.reactor.removeReader, reader)
+        reader.peer.send(b"ready")
+        return reader
+
+    def test_twistedDoPoll(self) -> None:
+        """
+        What L{_twisted._doPoll} does in place of Twisted's C{doPoll}: the
+        same poll of the same private attributes, and C{callWithLogger}
+        around each event.
+        """
+        import inspect
+
+        from twisted.internet.epollreactor import EPollReactor
+        from twisted.python import log
+
+        message = _changed("EPollReactor.doPoll")
+        source = inspect.getsource(EPollReactor.doPoll)
+        for line in (
+            "l = self._poller.poll(timeout, len(self._selectables))",
+            "if err.errno == errno.EINTR:",
+            "_drdw = self._doReadOrWrite",
+            "selectable = self._selectables[fd]",
+            "log.callWithLogger(selectable, _drdw, selectable, fd, event)",
+        ):
+            self.assertIn(line, source, message)
+        self.assertIs(EPollReactor.doIteration, EPollReactor.doPoll, message)
+        callWithLogger = inspect.getsource(log.callWithLogger)
+        self.assertIn('callWithContext({"system": lp}', callWithLogger, message)
+
+    def test_sameContext(self) -> None:
+        """
+        Each event runs with the selectable's C{logPrefix()} as the legacy
+        log's C{system}; after it, the context is as it was.
+        """
+        from twisted.python import context, log
+
+        self.assertTrue(_twisted.dispatchLeanly(self.reactor))
+        first = self._reader("first,1,127.0.0.1")
+        second = self._reader("second,2,127.0.0.1")
+        before = context.get(log.ILogContext)
+        self.reactor.doIteration(0)
+        self.assertEqual(first.systems, ["first,1,127.0.0.1"])
+        self.assertEqual(second.systems, ["second,2,127.0.0.1"])
+        self.assertEqual(context.get(log.ILogContext), before)
+
+    def test_disconnected(self) -> None:
+        """
+        An event the reactor makes a disconnection of is one still.
+        """
+        _twisted.dispatchLeanly(self.reactor)
+        reader = self._reader()
+        reader.peer.close()
+        self.reactor.doIteration(0)
+        self.reactor.doIteration(0)
+        self.assertEqual(len(reader.lost), 1)
+        reader.lost[0].trap(ConnectionDone)
+
+    def test_escaping(self) -> None:
+        """
+        An exception that escapes an event is logged, with the
+        selectable's C{logPrefix()} as its C{system}; the next event is
+        dispatched.
+        """
+        from twisted.python import log
+
+        events: list[dict[str, Any]] = []
+        log.addObserver(events.append)
+        self.addCleanup(log.removeObserver, events.append)
+        _twisted.dispatchLeanly(self.reactor)
+        first = self._reader("first,1,127.0.0.1")
+        second = self._reader("second,2,127.0.0.1")
+        dispatch = self.reactor._doReadOrWrite
+
+        def failing(selectable: Any, fd: int, event: int) -> None:
+            if selectable is first:
+                raise ZeroDivisionError("failing")
+            dispatch(selectable, fd, event)
+
+        self.reactor._doReadOrWrite = failing
+        self.reactor.doIteration(0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(
+            [event["system"] for event in events if event.get("isError")],
+            ["first,1,127.0.0.1"],
+        )
+        self.assertEqual(second.systems, ["second,2,127.0.0.1"])
+
+    def test_buggyLogPrefix(self) -> None:
+        """
+        A selectable whose C{logPrefix} fails is logged, and its event
+        dispatched, as C{callWithLogger} does.
+        """
+        _twisted.dispatchLeanly(self.reactor)
+        reader = self._reader()
+        reader.logPrefix = lambda: 1 / 0  # type: ignore[method-assign]
+        self.reactor.doIteration(0)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+        self.assertEqual(reader.systems, ["(buggy logPrefix method)"])
+
+    def test_onlyOnce(self) -> None:
+        """
+        Neither a reactor whose dispatch was replaced already nor another
+        kind of reactor is changed.
+        """
+        self.assertTrue(_twisted.dispatchLeanly(self.reactor))
+        self.assertFalse(_twisted.dispatchLeanly(self.reactor))
+        self.assertFalse(_twisted.dispatchLeanly(MemoryReactorClock()))
 
 
 # --- TLS --------------------------------------------------------------------

