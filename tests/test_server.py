@@ -630,6 +630,30 @@ class ChannelTests(SynchronousTestCase):
         self.assertEqual((channel.maxHeaders, channel.totalHeadersSize), (7, 4096))
         self.assertTrue(channel.h2c)
 
+    def test_peerAccepted(self) -> None:
+        """
+        On a plain TCP connection, the channel's peer is the address the
+        site was given for it; on another transport (behind a wrapper), the
+        transport's.
+        """
+        import socket
+
+        from twisted.internet.address import IPv4Address
+        from twisted.internet.tcp import Server
+
+        proxy = Proxy()
+        accepted = IPv4Address("TCP", "192.0.2.7", 4321)
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        channel = proxy.service.site.buildProtocol(accepted)
+        channel.transport = Server(
+            ours, channel, ("192.0.2.7", 4321), None, 0, proxy.reactor
+        )
+        self.assertIs(channel.getPeer(), accepted)
+        wrapped, transport = proxy.client()
+        self.assertEqual(wrapped.getPeer(), transport.getPeer())
+
     def test_localAddress(self) -> None:
         """
         A channel's local address is its transport's, asked once.

@@ -15,6 +15,7 @@ from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, connectionDone
+from twisted.internet.tcp import Server
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
@@ -106,6 +107,8 @@ class ProxyHTTPChannel(TimedHTTPChannel):
     trustedProxies: tuple[Any, ...] = ()
     _host: object = None
     _peer: object = None
+    #: The address the site built the channel for (L{ProxySite.buildProtocol}).
+    acceptedFrom: object = None
     _secure: bool | None = None
 
     #: The protocol that took the connection over (an upgraded tunnel), or
@@ -272,10 +275,18 @@ class ProxyHTTPChannel(TimedHTTPChannel):
         return host
 
     def getPeer(self) -> object:
-        # Asked for every request too (and by the access rules).
+        # Asked for every request too (and by the access rules). A plain
+        # TCP connection's is the address the site was given for it (the
+        # transport would make another of the same); behind a wrapper (the
+        # PROXY protocol, a listener's policies) the transport says.
         peer = self._peer
         if peer is None:
-            peer = self._peer = HTTPChannel.getPeer(self)
+            accepted = self.acceptedFrom
+            if accepted is not None and type(self.transport) is Server:
+                peer = accepted
+            else:
+                peer = HTTPChannel.getPeer(self)
+            self._peer = peer
         return peer
 
     def isSecure(self) -> bool:

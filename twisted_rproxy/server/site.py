@@ -148,6 +148,7 @@ class ProxySite(Site):
         channel.factory = self
         channel.requestFactory = self.requestFactory
         channel.idleSweep = self.idleSweep
+        channel.acceptedFrom = addr
         # twisted.web's own attributes, which Twisted types narrower (an
         # int timeout, a callLater of the protocol's own).
         web: Any = channel
