@@ -572,3 +572,55 @@ class TargetedLoopbackTests(LoopbackTestCase):
         self.assertEqual(
             [r.target for r in backendSite.requests], [b"/ok", b"/bad", b"/bad"]
         )
+
+
+_NAMES = st.sampled_from(
+    [
+        b"Cache-Control",
+        b"cache-control",
+        b"CDN-Cache-Control",
+        b"cdn-cache-CONTROL",
+        b"Content-Type",
+        b"X-Cache",
+        b"Expires",
+    ]
+)
+_VALUES = st.sampled_from(
+    [b"max-age=60", b"no-store", b"private", b"s-maxage=5", b"", b"text/plain"]
+)
+
+
+class DirectivesOfTests(SynchronousTestCase):
+    """
+    The capture reads a response's directives where they are among its
+    headers, remembering where they are for a layout of header names: the
+    same directives as L{directivesFor} of every header.
+    """
+
+    @given(
+        st.lists(st.tuples(_NAMES, _VALUES), max_size=6),
+        st.lists(st.tuples(_NAMES, _VALUES), max_size=3),
+        st.sampled_from([(), CDN, CDN + (b"x-cache",)]),
+    )
+    def test_sameAsEveryHeader(
+        self,
+        passed: list[tuple[bytes, bytes]],
+        added: list[tuple[bytes, bytes]],
+        targeted: tuple[bytes, ...],
+    ) -> None:
+        from twisted.web.http_headers import Headers
+
+        from twisted_rproxy.cache.capture import _directivesOf, responsePairs
+
+        headers = Headers()
+        for name, value in added:
+            headers.addRawHeader(name, value)
+
+        class Response:
+            passedHeaders = passed
+            responseHeaders = headers
+
+        expected = directivesFor(responsePairs(Response()), targeted)
+        # Twice: the second time from the remembered places.
+        for _ in range(2):
+            self.assertEqual(_directivesOf(passed, headers, targeted), expected)

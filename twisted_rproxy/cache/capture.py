@@ -11,6 +11,8 @@ What to do with what was captured is the cache's (L{CaptureOwner}).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from operator import itemgetter
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -93,35 +95,57 @@ def _dated(headers: Pairs, now: float) -> Pairs:
 #: The directives of the responses seen, by their fields that say them
 #: and the target list (most responses of a backend say the same): parsed
 #: once. Bounded: emptied when full. Parsed directives are never changed.
-_DIRECTIVES: dict[
-    tuple[tuple[bytes, ...], tuple[tuple[bytes, bytes], ...]], CacheControl
-] = {}
+_DIRECTIVES: dict[tuple[object, ...], CacheControl] = {}
 _DIRECTIVES_KEPT = 256
 
 
-#: By targeted fields: the first bytes, lowercased, of the names of the
-#: fields L{directivesFor} reads (C{Cache-Control} and those).
-_FIRSTS: dict[tuple[bytes, ...], frozenset[int]] = {}
+#: Where the fields that L{directivesFor} reads (C{Cache-Control} and the
+#: targeted ones) are among the headers of a response, with their names
+#: lowercased, by the target list and the names of those headers in order
+#: (most responses of a backend name the same headers in the same order):
+#: found once, then read at their places without lowercasing every name.
+#: Bounded: emptied when full.
+_PLACES: dict[
+    tuple[tuple[bytes, ...], tuple[bytes, ...]], tuple[tuple[int, bytes], ...]
+] = {}
+
+_headerName = itemgetter(0)
 
 
-def _directivesOf(headers: Pairs, targeted: tuple[bytes, ...]) -> CacheControl:
+def _directivesOf(
+    passed: Sequence[tuple[bytes, bytes]],
+    responseHeaders: Headers,
+    targeted: tuple[bytes, ...],
+) -> CacheControl:
     """
-    L{directivesFor}, remembered for the fields of C{headers} it reads.
+    L{directivesFor} the headers of a response about to be written (see
+    L{responsePairs}), remembered for the fields of them it reads; read
+    where they are, without gathering every header first (a response not
+    to be stored needs no more of them).
+
+    @param passed: The headers the proxy passes as they are.
     """
-    firsts = _FIRSTS.get(targeted)
-    if firsts is None:
-        firsts = _FIRSTS[targeted] = frozenset(
-            name[0] for name in (b"cache-control",) + targeted if name
+    names = tuple(map(_headerName, passed))
+    layout = (targeted, names)
+    places = _PLACES.get(layout)
+    if places is None:
+        places = tuple(
+            (index, lower)
+            for index, lower in enumerate(name.lower() for name in names)
+            if lower == b"cache-control" or lower in targeted
         )
+        if len(_PLACES) >= _DIRECTIVES_KEPT:
+            _PLACES.clear()
+        _PLACES[layout] = places
     fields = []
-    for name, value in headers:
-        # Most names are told apart by their first byte (| 0x20 lowercases
-        # a letter), without lowercasing them whole.
-        if name and name[0] | 0x20 in firsts:
-            lower = name.lower()
-            if lower == b"cache-control" or lower in targeted:
+    for index, lower in places:
+        fields.append((lower, passed[index][1]))
+    for name, values in responseHeaders.getAllRawHeaders():
+        lower = name.lower()
+        if lower == b"cache-control" or (lower in targeted and lower != b"x-cache"):
+            for value in values:
                 fields.append((lower, value))
-    key = (targeted, tuple(fields))
+    key = (targeted, *fields)
     found = _DIRECTIVES.get(key)
     if found is None:
         found = directivesFor(fields, targeted)
@@ -270,6 +294,8 @@ class _Capture(ResponseInterceptor):
         self.size = 0
         self.status = 0
         self.reason = b""
+        #: Every header of the response (L{responsePairs}), gathered when
+        #: it may be stored or answers a revalidation.
         self.headers: Pairs = []
         self.responseCC: CacheControl | None = None
         self.fwd = fwd
@@ -293,15 +319,10 @@ class _Capture(ResponseInterceptor):
         owner = self.owner
         status = self.status = request.code
         self.reason = request.code_message
-        # responsePairs(request), inline.
-        passed = getattr(request, "passedHeaders", None)
-        headers = self.headers = list(passed) if passed else []
-        for name, values in request.responseHeaders.getAllRawHeaders():
-            if name.lower() != b"x-cache":
-                for value in values:
-                    headers.append((name, value))
+        passed = getattr(request, "passedHeaders", None) or ()
         stale = self.stale
         if stale is not None:
+            self.headers = responsePairs(request)
             if status == 304 and self.revalidating:
                 self.intercepted = REVALIDATED
             elif status >= 500 and owner.staleIfError(request, stale):
@@ -310,21 +331,30 @@ class _Capture(ResponseInterceptor):
                 return
         # RFC 9213: a targeted field, when valid, instead of Cache-Control
         # and Expires.
-        responseCC = self.responseCC = _directivesOf(headers, owner.targeted)
-        requestCC = self.requestCC
-        # The most common refusal first (RFC 9111 section 5.2.2.5), before
-        # what the others need.
-        storable = b"no-store" not in responseCC.directives and isStorable(
-            b"GET",
-            status,
-            requestCC if requestCC is not None else owner.requestCacheControl(request),
-            responseCC,
-            freshnessHeaders(headers, responseCC),
-            request.requestHeaders.hasHeader(b"authorization"),
+        responseCC = self.responseCC = _directivesOf(
+            passed, request.responseHeaders, owner.targeted
         )
+        # The most common refusal first (RFC 9111 section 5.2.2.5), before
+        # what the others need (every header).
+        storable = False
+        if b"no-store" not in responseCC.directives:
+            headers = self.headers
+            if stale is None:
+                headers = self.headers = responsePairs(request)
+            requestCC = self.requestCC
+            storable = isStorable(
+                b"GET",
+                status,
+                requestCC
+                if requestCC is not None
+                else owner.requestCacheControl(request),
+                responseCC,
+                freshnessHeaders(headers, responseCC),
+                request.requestHeaders.hasHeader(b"authorization"),
+            )
         if storable:
             length = None
-            for name, value in headers:
+            for name, value in self.headers:
                 if name.lower() == b"content-length":
                     length = int(value) if value.isdigit() else None
             storable = length is None or length <= owner.config.maxObjectSize
