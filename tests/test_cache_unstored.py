@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from twisted.web.test.requesthelper import DummyRequest
 
+from twisted_rproxy.cache.capture import _Capture
 from twisted_rproxy.cache.flight import UNCACHEABLE_TTL, Flights
 from twisted_rproxy.cache.keys import CacheKeys
 from twisted_rproxy.cache.resource import CacheResource
@@ -132,6 +133,85 @@ class UnstoredTests(SynchronousTestCase):
         self.assertEqual(backend.requests, [first])
         first.finish()
         self.assertEqual(backend.requests, [first, second])
+
+
+class HitForMissTests(SynchronousTestCase):
+    """
+    Within a second of a response that could not be stored, the misses of
+    its key are passed to the backend as it was, without their responses
+    being captured; the first after that second is captured again.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.store = MemoryStore(1 << 20)
+        self.backend = _Backend(b"no-store")
+        config = CacheConfig(name="main", statusHeader=True)
+        self.cache = CacheResource(self.backend, self.store, self.clock, config)
+
+    def _answer(self) -> Any:
+        request = _request()
+        self.cache.render(request)
+        interceptor = getattr(request.write, "__self__", None)
+        request.captured = isinstance(interceptor, _Capture)
+        request.write(b"body")
+        request.finish()
+        return request
+
+    def test_passedWithinASecond(self) -> None:
+        """
+        A miss within a second of an unstored response is not captured:
+        what its backend answers is not stored even if it may be. The
+        first miss a second later is captured, and stored.
+        """
+        first = self._answer()
+        self.assertTrue(first.captured)
+        self.backend.cacheControl = b"max-age=60"
+        self.clock.advance(0.9)
+        second = self._answer()
+        self.assertFalse(second.captured)
+        key = self.cache.keyFor(second)
+        self.assertEqual(self.store.get(key), [])
+        self.clock.advance(0.1)
+        third = self._answer()
+        self.assertTrue(third.captured)
+        (entry,) = self.store.get(key)
+        self.assertEqual(entry.body, b"body")
+        self.assertTrue(self.cache._flights.coalesces(key))
+
+    def test_sameHeaders(self) -> None:
+        """
+        A miss passed so has the C{X-Cache} and C{Cache-Status} of the one
+        captured before it, and is counted as a miss.
+        """
+        first = self._answer()
+        second = self._answer()
+        self.assertTrue(first.captured)
+        self.assertFalse(second.captured)
+        for name in (b"x-cache", b"cache-status"):
+            self.assertEqual(
+                second.responseHeaders.getRawHeaders(name),
+                first.responseHeaders.getRawHeaders(name),
+            )
+        self.assertEqual(second.responseHeaders.getRawHeaders(b"x-cache"), [b"MISS"])
+        self.assertEqual(
+            second.responseHeaders.getRawHeaders(b"cache-status"),
+            [b"main; fwd=miss"],
+        )
+        self.assertEqual(self.cache.stats[b"MISS"], 2)
+        self.assertEqual(second.cacheStatus, "miss")
+
+    def test_markedAgain(self) -> None:
+        """
+        A captured miss a second on that is still not storable marks the
+        key again: the misses of the next second are passed.
+        """
+        self._answer()
+        self.clock.advance(1.5)
+        self.assertTrue(self._answer().captured)
+        self.clock.advance(0.5)
+        self.assertFalse(self._answer().captured)
 
 
 class KeyForTests(SynchronousTestCase):

@@ -36,7 +36,8 @@ POLL_MAX = 0.25
 
 #: Seconds a key whose last response could not be stored is not coalesced
 #: (Varnish's "hit-for-miss"): its requests would wait for one another in
-#: vain, one backend request at a time. A response that is stored ends it.
+#: vain, one backend request at a time. A response that is stored ends it
+#: (one a second is looked at, see L{Flights.unstoredLately}).
 UNCACHEABLE_TTL = 120.0
 
 #: The most keys so remembered (the oldest are forgotten first).
@@ -94,6 +95,21 @@ class Flights:
             return False
         del self._uncacheable[key]
         return True
+
+    def unstoredLately(self, key: bytes) -> bool:
+        """
+        Whether the last response for C{key} could not be stored, and the
+        mark of that was made within the last second (L{_REMARK}): the
+        key's misses until then are passed to the backend without their
+        responses being captured. The first after it is captured, and
+        either marks the key again or, storable, is stored and ends the
+        mark: a response that became storable is stored within a second.
+        """
+        until = self._uncacheable.get(key)
+        return (
+            until is not None
+            and self._reactor.seconds() < until - UNCACHEABLE_TTL + _REMARK
+        )
 
     def uncacheable(self, key: bytes, stored: bool) -> None:
         """

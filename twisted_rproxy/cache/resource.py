@@ -343,6 +343,12 @@ class CacheResource(CaptureReports, Resource):
                 wake = partial(self._lookup, request, fwd)
                 flights.wait(key, wake, self.config.coalesceWait)
                 return
+        elif not entries and self.coder is None and flights.unstoredLately(key):
+            # Nothing stored, and its last response could not be, a moment
+            # ago: passed as that one was (the same X-Cache and
+            # Cache-Status), without capturing what is sure to be the same.
+            self._pass(request, MISS, fwd, collapsed)
+            return
         self._fetch(request, key, entry, fwd, False if collapsed else None, requestCC)
 
     def _serveLooked(
