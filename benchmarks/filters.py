@@ -6,6 +6,15 @@ the route, against the same nginx backend as benchmarks/run.py, whose
 functions this script reuses.
 
     python benchmarks/filters.py [--duration 10] [--warmup 2] [--connections 50]
+                                 [--rounds 3]
+
+One proxy has the three routes (C{/f0/}, C{/f1/} and C{/f5/}, each
+stripping its prefix, so that each asks the backend for C{/1k}); each row
+is measured C{--rounds} times, the rows taking turns, and shows its median
+CPU per request and the median (and range) of its ratios to the route
+without filters in the same round: the load of a shared machine drifting
+between rows, and one process's luck against another's, weigh less than in
+one run of a proxy per row.
 
 Requirements as for run.py (nginx, wrk, taskset, 2 CPUs). The no-op filter
 plugin is written to a temporary directory put on the proxy's PYTHONPATH.
@@ -25,12 +34,14 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -68,46 +79,62 @@ noop = NoopFactory()
 """
 
 
-def writeConfig(workdir: Path, count: int, port: int, backendPort: int) -> Path:
+#: The rows: how many no-op filters the route has.
+COUNTS = (0, 1, 5)
+
+
+def writeConfig(workdir: Path, port: int, backendPort: int) -> Path:
     """
-    A configuration with C{count} no-op filters on its only route.
+    A configuration with one route per row of L{COUNTS}: C{/fN/} with N
+    no-op filters, stripping its prefix.
     """
-    names = [f"noop{n}" for n in range(count)]
     lines = [
         "[server]",
         f'listen = ["tcp:{port}:interface={run.HOST}"]',
         "[pools.app]",
         f'servers = ["http://{run.HOST}:{backendPort}"]',
     ]
-    for name in names:
-        lines += [f"[filters.{name}]", 'plugin = "bench_noop"']
-    lines += ["[[routes]]", 'pool = "app"', f"filters = {names!r}".replace("'", '"')]
-    path = workdir / f"filters-{count}.toml"
+    for n in range(max(COUNTS)):
+        lines += [f"[filters.noop{n}]", 'plugin = "bench_noop"']
+    for count in COUNTS:
+        names = [f"noop{n}" for n in range(count)]
+        lines += [
+            "[[routes]]",
+            f'path = "/f{count}/"',
+            "strip_prefix = true",
+            'pool = "app"',
+            f"filters = {names!r}".replace("'", '"'),
+        ]
+    path = workdir / "filters.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def measure(
-    procs: run.Processes, args: argparse.Namespace, count: int, backendPort: int
-) -> run.LoadRow:
+def startProxy(
+    procs: run.Processes, args: argparse.Namespace, backendPort: int
+) -> tuple[int, Any]:
     """
-    Start a proxy with C{count} filters, check it, measure it, stop it.
+    Start the proxy with every row's route; its port and process.
     """
     port = run.freePort()
-    config = writeConfig(args.workdir, count, port, backendPort)
+    config = writeConfig(args.workdir, port, backendPort)
     argv = [args.python, "-c", run.TWISTD, "-n", "--pidfile=", "rproxy"]
     argv += ["--config", str(config)]
     env = run.childEnv()
     env["PYTHONPATH"] = f"{args.workdir / 'plugins'}:{env.get('PYTHONPATH', '')}"
-    log = args.workdir / f"proxy-{count}.log"
+    log = args.workdir / "proxy.log"
     proc = procs.start(argv, args.proxy_cpu, log, env=env, cwd=args.workdir)
-    try:
-        run.waitForPort(port, proc, run.PROXY_READY_TIMEOUT)
-        scenario = run.Scenario(f"{count} filters", "/1k")
-        run.checkBody(port, backendPort, scenario.path)
-        return run.measureLoad(procs, args, scenario, "proxy", port, proc.pid)
-    finally:
-        procs.stop(proc)
+    run.waitForPort(port, proc, run.PROXY_READY_TIMEOUT)
+    direct = run.fetch(backendPort, "/1k")
+    for count in COUNTS:
+        path = f"/f{count}/1k"
+        if run.fetch(port, path)[:2] != direct[:2]:
+            raise run.RowFailed(f"the proxy's {path} is not the backend's /1k")
+    return port, proc
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 #: The backend's response in the in-process runs: nginx's headers, 1 KiB.
@@ -220,10 +247,16 @@ def main() -> int:
         help="measure in this process, on a memory reactor (no nginx, no wrk)",
     )
     parser.add_argument("--requests", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="rounds of the rows (default: 3, or 10 with --in-process)",
+    )
     args = parser.parse_args()
     if args.in_process:
-        return inProcess(args.requests, args.rounds)
+        return inProcess(args.requests, args.rounds or 10)
+    args.rounds = args.rounds or 3
     procs = run.Processes()
     args.workdir = Path(tempfile.mkdtemp(prefix="rproxy-bench-filters-"))
     try:
@@ -231,13 +264,32 @@ def main() -> int:
         plugins.mkdir(parents=True)
         (plugins / "bench_noop_plugin.py").write_text(NOOP_PLUGIN)
         _, backendPort = run.startBackend(procs, args.workdir, args.load_cpu)
-        print("| filters | req/s | proxy CPU µs/request | p50 ms | p99 ms |")
-        print("|---:|---:|---:|---:|---:|")
-        for count in (0, 1, 5):
-            row = measure(procs, args, count, backendPort)
+        port, proc = startProxy(procs, args, backendPort)
+        measured: dict[int, list[run.LoadRow]] = {count: [] for count in COUNTS}
+        ratios: dict[int, list[float]] = {count: [] for count in COUNTS}
+        for _ in range(args.rounds):
+            for count in COUNTS:
+                scenario = run.Scenario(f"{count} filters", f"/f{count}/1k")
+                row = run.measureLoad(procs, args, scenario, "proxy", port, proc.pid)
+                measured[count].append(row)
+                base = measured[0][-1].proxyCpuUsPerRequest
+                cpu = row.proxyCpuUsPerRequest
+                if base and cpu:
+                    ratios[count].append(cpu / base)
+        print(
+            "| filters | req/s | proxy CPU µs/request | ÷ none (range) "
+            "| p50 ms | p99 ms |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|")
+        for count in COUNTS:
+            rows = measured[count]
+            spread = ratios[count]
             print(
-                f"| {count} | {row.rps:.0f} | {row.proxyCpuUsPerRequest:.1f} "
-                f"| {row.p50Ms:.2f} | {row.p99Ms:.2f} |",
+                f"| {count} | {_median([r.rps or 0.0 for r in rows]):.0f} "
+                f"| {_median([r.proxyCpuUsPerRequest or 0.0 for r in rows]):.1f} "
+                f"| {_median(spread):.2f}× ({min(spread):.2f}–{max(spread):.2f}) "
+                f"| {_median([r.p50Ms or 0.0 for r in rows]):.2f} "
+                f"| {_median([r.p99Ms or 0.0 for r in rows]):.2f} |",
                 flush=True,
             )
     finally:
