@@ -10,7 +10,8 @@ functions this script reuses.
 
 One proxy has the three routes (C{/f0/}, C{/f1/} and C{/f5/}, each
 stripping its prefix, so that each asks the backend for C{/1k}); each row
-is measured C{--rounds} times, the rows taking turns, and shows its median
+is measured C{--rounds} times, the rows taking turns (each round starting
+one row further on), and shows its median
 CPU per request and the median (and range) of its ratios to the route
 without filters in the same round: the load of a shared machine drifting
 between rows, and one process's luck against another's, weigh less than in
@@ -267,13 +268,18 @@ def main() -> int:
         port, proc = startProxy(procs, args, backendPort)
         measured: dict[int, list[run.LoadRow]] = {count: [] for count in COUNTS}
         ratios: dict[int, list[float]] = {count: [] for count in COUNTS}
-        for _ in range(args.rounds):
-            for count in COUNTS:
+        for turn in range(args.rounds):
+            # Each round starts one row further on: a row's place in the
+            # round (the one after another, say) weighs on every row alike.
+            start = turn % len(COUNTS)
+            cpus: dict[int, float | None] = {}
+            for count in COUNTS[start:] + COUNTS[:start]:
                 scenario = run.Scenario(f"{count} filters", f"/f{count}/1k")
                 row = run.measureLoad(procs, args, scenario, "proxy", port, proc.pid)
                 measured[count].append(row)
-                base = measured[0][-1].proxyCpuUsPerRequest
-                cpu = row.proxyCpuUsPerRequest
+                cpus[count] = row.proxyCpuUsPerRequest
+            base = cpus[0]
+            for count, cpu in cpus.items():
                 if base and cpu:
                     ratios[count].append(cpu / base)
         print(
